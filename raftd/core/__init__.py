@@ -1,0 +1,51 @@
+"""Pure Raft: a deterministic state machine with no I/O, no clock and no global RNG.
+
+Only the standard library may be imported here (enforced by ``tests/core/test_purity.py``).
+The runtime drives a :class:`RawNode` and follows the :class:`Ready` contract.
+"""
+
+from raftd.core.raft import Config, ProposalDroppedError
+from raftd.core.rawnode import RawNode, Ready, Status
+from raftd.core.storage import MemoryStorage, Storage
+from raftd.core.types import (
+    NONE,
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    NodeId,
+    ReadState,
+    Snapshot,
+    SnapshotMetadata,
+    SoftState,
+    StateType,
+)
+
+__all__ = [
+    "NONE",
+    "ConfChange",
+    "ConfChangeType",
+    "ConfState",
+    "Config",
+    "Entry",
+    "EntryType",
+    "HardState",
+    "MemoryStorage",
+    "Message",
+    "MessageType",
+    "NodeId",
+    "ProposalDroppedError",
+    "RawNode",
+    "ReadState",
+    "Ready",
+    "Snapshot",
+    "SnapshotMetadata",
+    "SoftState",
+    "StateType",
+    "Status",
+    "Storage",
+]

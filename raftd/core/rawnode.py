@@ -1,0 +1,228 @@
+"""RawNode: the Raft state machine behind a Ready/advance interface.
+
+The runtime's loop, and its ordering duties (the contract of :class:`Ready`):
+
+1. ``rd = node.ready()`` when ``node.has_ready()``.
+2. **Persist** ``rd.snapshot`` (if any), then ``rd.entries`` (appended, replacing any
+   conflicting suffix) and ``rd.hard_state`` (if any), atomically and durably
+   (fsync when ``rd.must_sync``). This MUST happen BEFORE any message of ``rd`` is
+   sent: a vote or an append acknowledgement promises durable state (Raft §5,
+   Figure 2, "respond after updating stable storage").
+3. **Send** ``rd.messages``. Delivery may fail or reorder; Raft retransmits.
+4. **Apply** ``rd.committed_entries`` in order, exactly once, and call
+   :meth:`RawNode.apply_conf_change` for each CONF_CHANGE entry as it is applied.
+   Serve ``rd.read_states`` once the applied index reaches their index.
+5. ``node.advance(rd)``. Do not call ``ready()`` again before ``advance()``.
+
+Nothing here blocks or performs I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from raftd.core.progress import Progress
+from raftd.core.raft import Config, ProposalDroppedError, Raft
+from raftd.core.types import (
+    LOCAL_MESSAGES,
+    NONE,
+    RESPONSE_MESSAGES,
+    ConfChange,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    NodeId,
+    ReadState,
+    Snapshot,
+    SoftState,
+    StateType,
+)
+
+__all__ = ["ProposalDroppedError", "RawNode", "Ready", "Status"]
+
+
+@dataclass(slots=True)
+class Ready:
+    """One batch of work for the runtime. See the module docstring for the ordering duty:
+    persist, then send, then apply, then ``advance()``."""
+
+    soft_state: SoftState | None = None
+    hard_state: HardState | None = None
+    entries: list[Entry] = field(default_factory=list)
+    snapshot: Snapshot | None = None
+    committed_entries: list[Entry] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    read_states: list[ReadState] = field(default_factory=list)
+    must_sync: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A snapshot of a node's state for observation (status output, tests)."""
+
+    id: NodeId
+    term: int
+    vote: NodeId
+    commit: int
+    applied: int
+    lead: NodeId
+    state: StateType
+    is_learner: bool
+    last_index: int
+    conf_state: ConfState
+    progress: dict[NodeId, tuple[int, int, str]]  # id -> (match, next, state name)
+
+
+class RawNode:
+    """Thread-unsafe, I/O-free Raft node. One owner task drives it."""
+
+    def __init__(self, config: Config) -> None:
+        self.raft = Raft(config)
+        self._prev_soft = self.raft.soft_state()
+        self._prev_hard = self.raft.hard_state()
+        self._in_ready = False
+
+    # -- inputs ------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Advance logical time by one tick."""
+        self.raft.tick()
+
+    def campaign(self) -> None:
+        """Start an election now (pre-vote first if enabled)."""
+        self.raft.step(Message(MessageType.HUP, frm=self.raft.id))
+
+    def propose(self, data: bytes) -> int:
+        """Append ``data`` as a new entry. Leader only: raises ProposalDroppedError
+        otherwise. Returns the entry's index (it is committed once applied)."""
+        return self.raft.propose([data], [EntryType.NORMAL])
+
+    def propose_batch(self, datas: list[bytes]) -> int:
+        """Append many entries at once; returns the last index."""
+        return self.raft.propose(datas, [EntryType.NORMAL] * len(datas))
+
+    def propose_conf_change(self, cc: ConfChange) -> int:
+        """Propose a single-server membership change (one at a time; thesis §4.2)."""
+        return self.raft.propose([cc.encode()], [EntryType.CONF_CHANGE])
+
+    def apply_conf_change(self, cc: ConfChange) -> ConfState:
+        """Apply a committed membership change; returns the new membership."""
+        return self.raft.apply_conf_change(cc)
+
+    def step(self, m: Message) -> None:
+        """Feed a message received from a peer. Local message types are refused, and
+        responses from peers outside the configuration are ignored."""
+        if m.type in LOCAL_MESSAGES:
+            raise ValueError(f"cannot step a local message type {m.type.name} from the network")
+        if m.type in RESPONSE_MESSAGES and m.frm not in self.raft.prs:
+            return
+        self.raft.step(m)
+
+    def transfer_leader(self, target: NodeId) -> None:
+        """Ask the leader to hand leadership to ``target`` (thesis §3.10)."""
+        self.raft.step(
+            Message(MessageType.TRANSFER_LEADER, frm=self.raft.id, context=target.encode())
+        )
+
+    def read_index(self, ctx: bytes) -> None:
+        """Request a linearizable read point; the answer arrives as a ReadState with the
+        same ``ctx`` in a later Ready. ``ctx`` must be unique across the cluster."""
+        self.raft.step(Message(MessageType.READ_INDEX, frm=NONE, context=ctx))
+
+    def report_unreachable(self, node: NodeId) -> None:
+        """The transport failed to deliver to ``node``."""
+        self.raft.step(Message(MessageType.UNREACHABLE, frm=node))
+
+    def report_snapshot(self, node: NodeId, ok: bool) -> None:
+        """The result of sending a snapshot to ``node``."""
+        self.raft.step(Message(MessageType.SNAP_STATUS, frm=node, reject=not ok))
+
+    # -- outputs -----------------------------------------------------------------------------
+    def has_ready(self) -> bool:
+        r = self.raft
+        if r.soft_state() != self._prev_soft:
+            return True
+        hs = r.hard_state()
+        if not hs.is_empty() and hs != self._prev_hard:
+            return True
+        if r.log.has_pending_snapshot():
+            return True
+        if r.msgs or r.log.unstable.entries or r.read_states:
+            return True
+        if r._pending_bcast is not None:
+            return True
+        return r.log.has_next_committed_entries()
+
+    def ready(self) -> Ready:
+        """The current batch of work. Must be followed by :meth:`advance`."""
+        if self._in_ready:
+            raise RuntimeError("ready() called twice without advance()")
+        r = self.raft
+        rd = Ready(
+            entries=r.log.unstable_entries(),
+            committed_entries=r.log.next_committed_entries(),
+            messages=r.read_messages(),
+        )
+        ss = r.soft_state()
+        if ss != self._prev_soft:
+            rd.soft_state = ss
+        hs = r.hard_state()
+        if hs != self._prev_hard:
+            rd.hard_state = hs
+        if r.log.unstable.snapshot is not None:
+            rd.snapshot = r.log.unstable.snapshot
+        if r.read_states:
+            rd.read_states, r.read_states = r.read_states, []
+        rd.must_sync = bool(rd.entries) or (
+            rd.hard_state is not None
+            and (
+                rd.hard_state.term != self._prev_hard.term
+                or rd.hard_state.vote != self._prev_hard.vote
+            )
+        )
+        self._in_ready = True
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """Report that ``rd`` was persisted, sent and applied."""
+        if rd.soft_state is not None:
+            self._prev_soft = rd.soft_state
+        if rd.hard_state is not None:
+            self._prev_hard = rd.hard_state
+        log = self.raft.log
+        if rd.entries:
+            e = rd.entries[-1]
+            log.stable_to(e.index, e.term)
+        if rd.snapshot is not None:
+            log.stable_snap_to(rd.snapshot.metadata.index)
+            if rd.snapshot.metadata.index > log.applied:
+                log.applied_to(rd.snapshot.metadata.index)
+        if rd.committed_entries:
+            log.applied_to(rd.committed_entries[-1].index)
+        self._in_ready = False
+
+    # -- observation -------------------------------------------------------------------------
+    def status(self) -> Status:
+        r = self.raft
+        prog: dict[NodeId, tuple[int, int, str]] = {}
+        if r.state == StateType.LEADER:
+            for pid, p in r.prs.items():
+                prog[pid] = (p.match, p.next, p.state.name)
+        return Status(
+            id=r.id,
+            term=r.term,
+            vote=r.vote,
+            commit=r.log.committed,
+            applied=r.log.applied,
+            lead=r.lead,
+            state=r.state,
+            is_learner=r.is_learner,
+            last_index=r.log.last_index(),
+            conf_state=r.conf_state(),
+            progress=prog,
+        )
+
+    def progress(self, node: NodeId) -> Progress | None:
+        return self.raft.prs.get(node)
