@@ -121,6 +121,7 @@ class Raft:
         # Appends are broadcast once per Ready rather than once per proposal, so that
         # many proposals share one append message (batching). None: nothing pending.
         self._pending_bcast: bool | None = None
+        self._voters: list[NodeId] | None = None
 
         hs, cs = c.storage.initial_state()
         self._load_conf_state(cs)
@@ -138,7 +139,11 @@ class Raft:
         return HardState(term=self.term, vote=self.vote, commit=self.log.committed)
 
     def voters(self) -> list[NodeId]:
-        return sorted(i for i, p in self.prs.items() if not p.is_learner)
+        """The voters, sorted. Cached: membership changes only through the methods that
+        rebuild ``prs``, and they clear the cache."""
+        if self._voters is None:
+            self._voters = sorted(i for i, p in self.prs.items() if not p.is_learner)
+        return self._voters
 
     def learners(self) -> list[NodeId]:
         return sorted(i for i, p in self.prs.items() if p.is_learner)
@@ -161,6 +166,7 @@ class Raft:
         self.vote = hs.vote
 
     def _load_conf_state(self, cs: ConfState) -> None:
+        self._voters = None
         self.prs = {}
         nxt = self.log.last_index() + 1
         for v in cs.voters:
@@ -487,7 +493,10 @@ class Raft:
         me = self.prs.get(self.id)
         if me is not None:
             me.maybe_update(last)
-        self.maybe_commit()
+        # With other voters, our own append cannot move the quorum's match: skip the
+        # (per-proposal, hence hot) commit computation.
+        if len(self.voters()) == 1:
+            self.maybe_commit()
 
     def maybe_commit(self) -> bool:
         match = {pid: pr.match for pid, pr in self.prs.items()}
@@ -505,6 +514,9 @@ class Raft:
         """Why a proposed membership change must be refused, or None if it may go."""
         if self.pending_conf_index > self.log.applied:
             return "a membership change is already in progress"
+        if not self.committed_entry_in_current_term():
+            # Thesis §4.2 (the bug fix): a new leader first commits an entry of its term.
+            return "the new leader has not yet committed an entry of its term"
         voters = set(self.voters())
         if cc.node_id == self.id and cc.type != ConfChangeType.ADD_VOTER:
             return "the leader cannot remove or demote itself: transfer leadership first"
@@ -774,6 +786,7 @@ class Raft:
     def apply_conf_change(self, cc: ConfChange) -> ConfState:
         """Apply a committed single-server change (thesis §4.2). The runtime calls this
         when it applies a CONF_CHANGE entry."""
+        self._voters = None
         nxt = self.log.last_index() + 1
         pr = self.prs.get(cc.node_id)
         if cc.type == ConfChangeType.ADD_VOTER or cc.type == ConfChangeType.ADD_LEARNER:

@@ -177,4 +177,6 @@ class MemoryStorage:
             raise UnavailableError(
                 f"missing log entry: last {self.last_index()}, append at {ents[0].index}"
             )
-        self.ents = self.ents[:off] + ents
+        if off < len(self.ents):
+            del self.ents[off:]  # truncate the conflicting suffix
+        self.ents.extend(ents)
