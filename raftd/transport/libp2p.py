@@ -1,0 +1,935 @@
+"""The Raft transport over libp2p streams, for one Raft group (namespace).
+
+Shape (each choice follows a measured pitfall in /work/shared/LIBP2P-NOTES.md):
+
+- Outbound: one bounded queue and one sender task per peer. The sender owns ONE
+  long-lived stream on ``/raftd/1<ns>/raft`` (the only writer on it: pitfall 5), drains
+  everything queued into one ``Batch`` frame per write (batching: ~430k msg/s vs ~5k at
+  one frame per write), and redials with exponential backoff and jitter when the stream
+  breaks. Every dial and write is bounded (pitfall 8), ``unblock_peer`` precedes every
+  dial (pitfall 2) and stale addresses are cleared first (pitfall 3). A failed dial or
+  write discards what is queued for that peer and reports it unreachable: Raft resends.
+  When idle, the sender writes an empty Batch as keepalive so the receiver's idle
+  timeout only fires on dead or frozen peers.
+- Inbound: the stream handler hands each stream to a task in the transport's nursery,
+  which reads 64 KiB chunks into a :class:`FrameDecoder` (pitfall 7), bounds every read
+  with an idle timeout, resets the stream on an oversized or malformed frame, refuses
+  messages whose ``frm`` is not the authenticated remote peer, and catches everything
+  (pitfall 4: an exception escaping a handler kills the host).
+- Snapshots: ``/raftd/1<ns>/snap``, one stream per transfer: a header frame (the SNAP
+  message without data), chunk frames of ~256 KiB written with flow control (each write
+  awaits the Yamux window), a trailer with size and sha256; the receiver spools chunks to
+  a temp file as they arrive, verifies, awaits ``on_snapshot`` and answers with an ack.
+
+Peer ids are base58 strings, which are also the Raft node ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import multiaddr
+import trio
+from libp2p.custom_types import TProtocol
+from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.peer.id import ID
+
+from raftd.core.types import Message, MessageType, SnapshotMetadata
+from raftd.transport.base import (
+    DEFAULT_SNAPSHOT_CHUNK,
+    MessageFilter,
+    OnMessage,
+    OnSnapshot,
+    OnUnreachable,
+    Outbox,
+    SnapshotSource,
+    TransportStats,
+    is_routable,
+    iter_snapshot_chunks,
+    next_backoff,
+    protocol_id,
+    snapshot_envelope,
+)
+from raftd.wire.framing import (
+    DEFAULT_MAX_FRAME_SIZE,
+    FrameDecoder,
+    FrameError,
+    FrameTooLarge,
+    encode_frame,
+    encode_varint,
+)
+from raftd.wire.pb import raft_pb2 as pb
+from raftd.wire.raft import WireError, decode_batch, encode_message, message_from_pb, message_to_pb
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # see raftd.transport.base
+
+__all__ = ["FrameReader", "Libp2pTransport", "Libp2pTransportConfig", "parse_peer_id"]
+
+log = logging.getLogger("raftd.transport")
+
+#: Tag byte of ``Batch.messages`` (field 1, wire type 2): lets the sender build a Batch
+#: from individually encoded messages, so it knows each one's size while draining.
+_BATCH_FIELD_TAG = b"\x0a"
+
+#: Bytes a frame may hold beyond a snapshot chunk (oneof tag, lengths).
+_SNAP_FRAME_OVERHEAD = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Libp2pTransportConfig:
+    """Tunables. Defaults suit a LAN cluster with ~100 ms heartbeats."""
+
+    queue_size: int = 4096  # messages per peer before send() drops
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE  # inbound limit; larger frames reset
+    max_batch_bytes: int = 1024 * 1024  # soft cap of one outbound frame (one write)
+    read_chunk: int = 64 * 1024
+    dial_timeout: float = 3.0  # connect + stream negotiation
+    write_timeout: float = 10.0
+    idle_timeout: float = 30.0  # inbound raft stream with no frame at all
+    keepalive_interval: float = 10.0  # must stay well under the peer's idle_timeout
+    backoff_min: float = 0.05
+    backoff_max: float = 2.0
+    close_timeout: float = 1.0
+    snapshot_chunk_size: int = DEFAULT_SNAPSHOT_CHUNK
+    snapshot_max_chunk: int = 4 * 1024 * 1024  # inbound limit per chunk frame
+    snapshot_timeout: float = 600.0  # whole transfer, either side
+    snapshot_read_timeout: float = 15.0  # per frame on the receiver, and for the ack
+    snapshot_dir: str | None = None  # temp files; same filesystem as the store is best
+    max_inbound_snapshots: int = 2
+
+
+class FrameReader:
+    """Buffered frame reader over a libp2p stream (pitfall 7: never
+    ``read_varint_prefixed_bytes``). Reads ``chunk`` bytes at a time.
+
+    ``read_frame()`` returns the next payload, or None at a clean end of stream (EOF on
+    a frame boundary). It raises :class:`FrameError` for a bad or oversized prefix, or
+    a stream truncated inside a frame, and lets libp2p stream errors propagate. It does
+    not bound time itself: callers wrap it in ``trio.move_on_after``; a cancelled read
+    loses no data (measured), so the reader stays usable.
+    """
+
+    def __init__(self, stream: Any, max_frame_size: int, chunk: int = 64 * 1024) -> None:
+        self._stream = stream
+        self._decoder = FrameDecoder(max_frame_size)
+        self._frames: list[bytes] = []
+        self._chunk = chunk
+        self._eof = False
+
+    @property
+    def pending_frame_size(self) -> int | None:
+        return self._decoder.pending_frame_size
+
+    async def read_frame(self) -> bytes | None:
+        while not self._frames:
+            if self._eof:
+                return None
+            try:
+                data = await self._stream.read(self._chunk)
+            except StreamEOF:
+                data = b""
+            if not data:
+                self._eof = True
+                if not self._decoder.at_boundary:
+                    raise FrameError(
+                        f"stream ended inside a frame ({self._decoder.buffered} bytes buffered)"
+                    )
+                return None
+            self._frames = self._decoder.feed(data)
+            self._frames.reverse()  # pop() from the end, in arrival order
+        return self._frames.pop()
+
+
+class _Peer:
+    """Outbound state for one peer (owned by its sender task)."""
+
+    __slots__ = ("addrs", "failures", "id", "pid", "scope", "started")
+
+    def __init__(self, peer_id: str, pid: ID) -> None:
+        self.id = peer_id
+        self.pid = pid
+        self.addrs: list[str] = []
+        self.scope = trio.CancelScope()
+        self.started = False
+        self.failures = 0  # consecutive failed dials (for log levels)
+
+
+class Libp2pTransport:
+    """Raft transport for one namespace over a running libp2p host (see module doc).
+
+    The host is shared by every group of the daemon and owned by the caller (create it
+    with :func:`raftd.transport.host.create_host`); this object registers its two
+    protocol handlers in :meth:`run` and removes them when ``run`` ends.
+    """
+
+    def __init__(
+        self,
+        host: Any,
+        namespace: str,
+        *,
+        on_message: OnMessage | None = None,
+        on_unreachable: OnUnreachable | None = None,
+        on_snapshot: OnSnapshot | None = None,
+        config: Libp2pTransportConfig | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.on_message = on_message
+        self.on_unreachable = on_unreachable
+        self.on_snapshot = on_snapshot
+        self.config = cfg = config or Libp2pTransportConfig()
+        if cfg.keepalive_interval >= cfg.idle_timeout:
+            raise ValueError("keepalive_interval must be shorter than idle_timeout")
+        self._host = host
+        self._namespace = namespace
+        self._raft_proto = TProtocol(protocol_id(namespace, "raft"))
+        self._snap_proto = TProtocol(protocol_id(namespace, "snap"))
+        self._local_id = str(host.get_id())
+        self._rng = rng or random.Random()
+        self._stats = TransportStats()
+        self._peers: dict[str, _Peer] = {}
+        self._outbox = Outbox(self._stats, cfg.queue_size, self._on_new_queue, log)
+        self._nursery: trio.Nursery | None = None
+        self._snap_slots = trio.Semaphore(cfg.max_inbound_snapshots)
+        self._logged: set[tuple[str, ...]] = set()
+
+    # --- properties --------------------------------------------------------------------
+
+    @property
+    def local_id(self) -> str:
+        return self._local_id
+
+    @property
+    def namespace(self) -> str:
+        return self._namespace
+
+    @property
+    def stats(self) -> TransportStats:
+        return self._stats
+
+    @property
+    def host(self) -> Any:
+        return self._host
+
+    # --- address book --------------------------------------------------------------------
+
+    def add_peer_addrs(self, peer_id: str, addrs: Sequence[str]) -> None:
+        """Replace the known addresses of ``peer_id``.
+
+        ``addrs`` are multiaddr strings, with or without a ``/p2p/<id>`` suffix (which
+        must then name ``peer_id``). Raises ValueError on an invalid peer id or address:
+        the caller (config, discovery) should learn about it, not the dial loop.
+        """
+        peer = self._peer(peer_id)
+        clean: list[str] = []
+        for a in addrs:
+            ma = multiaddr.Multiaddr(a)  # raises ValueError (ParseError) on garbage
+            named = ma.get_peer_id()
+            if named is not None:
+                if str(named) != peer_id:
+                    raise ValueError(f"address {a} names peer {named}, not {peer_id}")
+                ma = ma.decapsulate_code(multiaddr.protocols.P_P2P)
+            clean.append(str(ma))
+        peer.addrs = clean
+
+    def peer_addrs(self, peer_id: str) -> list[str]:
+        peer = self._peers.get(peer_id)
+        return list(peer.addrs) if peer is not None else []
+
+    def remove_peer(self, peer_id: str) -> None:
+        peer = self._peers.pop(peer_id, None)
+        if peer is not None:
+            peer.scope.cancel()
+        self._outbox.forget(peer_id)
+
+    # --- sending -------------------------------------------------------------------------
+
+    def send(self, peer_id: str, msg: Message) -> None:
+        """Queue ``msg`` for ``peer_id``. Never blocks, never raises for network reasons.
+
+        Drops (and counts) when the peer's queue is full, when ``peer_id`` is not a valid
+        peer id or is this node, and when ``msg`` is a local-only type.
+        """
+        if peer_id == self._local_id or not is_routable(msg):
+            self._stats.dropped_invalid += 1
+            self._log_once(
+                ("send", peer_id, msg.type.name),
+                "refusing to send %s to %s (self or local-only type)",
+                msg.type.name,
+                peer_id,
+            )
+            return
+        if peer_id not in self._peers:
+            try:
+                self._peer(peer_id)
+            except ValueError as exc:
+                self._stats.dropped_invalid += 1
+                log.error("cannot send to %r: %s", peer_id, exc)
+                return
+        self._outbox.submit(peer_id, msg)
+
+    def pending(self, peer_id: str) -> int:
+        return self._outbox.pending(peer_id)
+
+    def set_fault(
+        self, drop_rate: float = 0.0, delay_s: float = 0.0, seed: int | None = None
+    ) -> None:
+        """Drop each outbound message with probability ``drop_rate`` and delay every
+        delivered one by ``delay_s`` (seeded; per-peer order kept). No args: clear."""
+        self._outbox.set_fault(drop_rate, delay_s, seed)
+
+    def set_filter(self, fn: MessageFilter | None) -> None:
+        self._outbox.filter = fn
+
+    def _peer(self, peer_id: str) -> _Peer:
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            if peer_id == self._local_id:
+                raise ValueError("cannot add self as a peer")
+            peer = self._peers[peer_id] = _Peer(peer_id, parse_peer_id(peer_id))
+            self._outbox.queue(peer_id)  # starts the sender if running
+        return peer
+
+    def _log_once(self, key: tuple[str, ...], fmt: str, *args: object) -> None:
+        # Misbehaviour repeats at message rate; one line per kind is enough. Bounded,
+        # since a hostile peer chooses the strings in the key.
+        if key in self._logged:
+            return
+        if len(self._logged) >= 1024:
+            self._logged.clear()
+        self._logged.add(key)
+        log.warning(fmt, *args)
+
+    def _on_new_queue(self, peer_id: str) -> None:
+        peer = self._peers.get(peer_id)
+        if peer is not None:
+            self._start_sender(peer)
+
+    def _start_sender(self, peer: _Peer) -> None:
+        if self._nursery is not None and not peer.started:
+            peer.started = True
+            self._nursery.start_soon(self._sender, peer, name=f"raftd-send-{peer.id[-8:]}")
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve this group's protocols and run the senders until cancelled."""
+        if self._nursery is not None:
+            raise RuntimeError("transport is already running")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._host.set_stream_handler(self._raft_proto, self._handle_raft_stream)
+                self._host.set_stream_handler(self._snap_proto, self._handle_snap_stream)
+                nursery.start_soon(self._outbox.run_delay_line)
+                for peer in list(self._peers.values()):
+                    self._start_sender(peer)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            for peer in self._peers.values():
+                peer.started = False
+                peer.scope = trio.CancelScope()
+            for proto in (self._raft_proto, self._snap_proto):
+                with contextlib.suppress(Exception):
+                    self._host.remove_stream_handler(proto)
+
+    # --- outbound ------------------------------------------------------------------------
+
+    async def _sender(self, peer: _Peer) -> None:
+        """The one writer of ``peer``'s raft stream: drain, batch, write, reconnect."""
+        cfg = self.config
+        queue = self._outbox.queue(peer.id)
+        stream: Any = None
+        backoff = cfg.backoff_min
+        try:
+            with peer.scope:
+                while True:
+                    if not len(queue):
+                        with trio.move_on_after(
+                            cfg.keepalive_interval if stream is not None else float("inf")
+                        ):
+                            await queue.wait_nonempty()
+                        if not len(queue):
+                            # Idle: a keepalive keeps the peer's idle timeout quiet.
+                            if stream is not None and not await self._write(
+                                stream, encode_varint(0), peer
+                            ):
+                                await self._reset(stream)
+                                stream = None
+                            continue
+                    if stream is None:
+                        # Log the first failure of an outage, not every redial.
+                        level = logging.WARNING if peer.failures == 0 else logging.DEBUG
+                        stream = await self._open_stream(peer, self._raft_proto, level)
+                        if stream is None:
+                            peer.failures += 1
+                            self._stats.dropped_unreachable += queue.clear()
+                            self._report_unreachable(peer.id)
+                            sleep_for, backoff = next_backoff(
+                                backoff, cfg.backoff_min, cfg.backoff_max, self._rng
+                            )
+                            await trio.sleep(sleep_for)
+                            continue
+                        if peer.failures:
+                            log.info(
+                                "connected to %s after %d failed dials", peer.id, peer.failures
+                            )
+                        peer.failures = 0
+                        backoff = cfg.backoff_min
+                    frame, count = self._drain(peer.id, queue)
+                    if not count:
+                        continue
+                    if await self._write(stream, frame, peer):
+                        self._stats.sent += count
+                        self._stats.frames_sent += 1
+                    else:
+                        self._stats.dropped_unreachable += count + queue.clear()
+                        await self._reset(stream)
+                        stream = None
+                        self._report_unreachable(peer.id)
+        finally:
+            if stream is not None:
+                await self._close(stream)
+
+    def _drain(self, peer_id: str, queue: Any) -> tuple[bytes, int]:
+        """Pop queued messages into one Batch frame of at most ~max_batch_bytes."""
+        limit = self.config.max_batch_bytes
+        hard_limit = self.config.max_frame_size
+        parts: list[bytes] = []
+        size = 0
+        count = 0
+        while len(queue):
+            msg = queue.peek()
+            try:
+                body = encode_message(msg)
+            except WireError as exc:
+                queue.popleft()
+                self._stats.dropped_invalid += 1
+                log.error("cannot encode %s to %s: %s", msg.type.name, peer_id, exc)
+                continue
+            part = _BATCH_FIELD_TAG + encode_varint(len(body)) + body
+            if size + len(part) > hard_limit - 16:
+                if not parts:
+                    # The receiver would reset the stream for it: refuse it here.
+                    queue.popleft()
+                    self._stats.dropped_invalid += 1
+                    log.error(
+                        "dropping %s to %s: %d bytes exceed the frame limit %d",
+                        msg.type.name,
+                        peer_id,
+                        len(part),
+                        hard_limit,
+                    )
+                    continue
+                break
+            if parts and size + len(part) > limit:
+                break
+            queue.popleft()
+            parts.append(part)
+            size += len(part)
+            count += 1
+        if not count:
+            return b"", 0
+        return encode_frame(b"".join(parts)), count
+
+    async def _write(self, stream: Any, data: bytes, peer: _Peer) -> bool:
+        """Write ``data`` within ``write_timeout``; False on any failure (the caller
+        resets the stream, since a partial write leaves the framing corrupt).
+
+        A timed-out write also aborts every connection to the peer: the cancelled write
+        may have consumed a Noise nonce or sent part of an encrypted frame, after which
+        the whole connection is garbage (measured: every later stream on it hung).
+        ``stream.write`` must therefore never be cancelled from outside this method.
+        """
+        with trio.move_on_after(self.config.write_timeout) as scope:
+            # Shielded: an outside cancel (shutdown, remove_peer, a snapshot deadline)
+            # must not cut a frame in half on a connection other groups share; it waits
+            # for this write instead, at most write_timeout.
+            scope.shield = True
+            try:
+                await stream.write(data)
+                return True
+            except Exception as exc:  # StreamReset/StreamClosed/StreamError/MuxedStream*
+                log.info("write to %s failed: %s", peer.id, _describe(exc))
+                return False
+        log.warning(
+            "write to %s timed out after %.1fs: dropping the connection",
+            peer.id,
+            self.config.write_timeout,
+        )
+        await self._abort_connections(peer)
+        return False
+
+    async def _abort_connections(self, peer: _Peer) -> None:
+        """Close every connection to ``peer`` at the socket, without writing anything.
+
+        A polite close writes a Yamux GO_AWAY, which blocks on the very socket that is
+        stuck; aborting the TCP socket makes the muxer's reader fail, and the swarm
+        then drops the connection and every stream on it.
+        """
+        network = self._host.get_network()
+        try:
+            conns = list(network.get_connections(peer.pid))
+        except Exception:
+            return
+        for conn in conns:
+            with trio.move_on_after(self.config.close_timeout) as scope:
+                scope.shield = True
+                try:
+                    sock = _socket_stream_of(conn)
+                    if sock is not None:
+                        await sock.aclose()
+                    else:
+                        await conn.close()
+                except Exception as exc:
+                    log.debug("aborting connection to %s: %s", peer.id, _describe(exc))
+
+    async def _open_stream(
+        self, peer: _Peer, proto: TProtocol, level: int = logging.WARNING
+    ) -> Any:
+        """Open a stream to ``peer`` on ``proto``, dialing if needed, within
+        ``dial_timeout``. Returns None on failure (logged at ``level``)."""
+        network = self._host.get_network()
+        connected = _has_live_connection(network, peer.pid)
+        with trio.move_on_after(self.config.dial_timeout):
+            try:
+                if not connected:
+                    # Deliberate redial: our own backoff paces dials, so the swarm's
+                    # 60 s negative cache only gets in the way (pitfall 2).
+                    network.unblock_peer(peer.pid)
+                    if peer.addrs:
+                        # Only one address is dialed, and a stale one first makes the
+                        # dial fail: replace, don't merge (pitfall 3). ttl=0: no expiry.
+                        store = self._host.get_peerstore()
+                        store.clear_addrs(peer.pid)
+                        store.add_addrs(peer.pid, [multiaddr.Multiaddr(a) for a in peer.addrs], 0)
+                    # Dial explicitly: new_stream() does not dial while the swarm still
+                    # lists a dead connection to the peer ("No valid connections").
+                    await network.dial_peer(peer.pid)
+                return await self._host.new_stream(peer.pid, [proto])
+            except Exception as exc:
+                log.log(level, "cannot open %s to %s: %s", proto, peer.id, _describe(exc))
+                return None
+        log.log(
+            level,
+            "opening %s to %s timed out after %.1fs%s",
+            proto,
+            peer.id,
+            self.config.dial_timeout,
+            " on an existing connection: dropping it" if connected else "",
+        )
+        if connected:
+            # Negotiation hung on a connection that looks alive: a frozen peer, or one
+            # corrupted by a cancelled write. Redial from scratch next time.
+            await self._abort_connections(peer)
+        return None
+
+    def _report_unreachable(self, peer_id: str) -> None:
+        self._stats.unreachable_reports += 1
+        cb = self.on_unreachable
+        if cb is not None:
+            try:
+                cb(peer_id)
+            except Exception:
+                log.exception("on_unreachable(%s) raised", peer_id)
+
+    async def _close(self, stream: Any) -> None:
+        # Shielded: runs in finally blocks of cancelled tasks; bounded: a frozen peer
+        # must not stall shutdown.
+        with trio.move_on_after(self.config.close_timeout) as scope:
+            scope.shield = True  # (trio-stubs lack move_on_after's shield argument)
+            try:
+                await stream.close()
+                return
+            except Exception:
+                pass
+        await self._reset(stream)
+
+    async def _reset(self, stream: Any) -> None:
+        with trio.move_on_after(self.config.close_timeout) as scope:
+            scope.shield = True
+            with contextlib.suppress(Exception):
+                await stream.reset()
+
+    # --- inbound raft stream -------------------------------------------------------------
+
+    async def _handle_raft_stream(self, stream: Any) -> None:
+        # Runs in libp2p's task: move the stream into our nursery so run() owns it.
+        await self._adopt(stream, self._serve_raft)
+
+    async def _adopt(self, stream: Any, serve: Any) -> None:
+        try:
+            nursery = self._nursery
+            if nursery is None:
+                await self._reset(stream)
+                return
+            nursery.start_soon(serve, stream)
+        except Exception:
+            log.exception("cannot adopt inbound stream")
+            await self._reset(stream)
+
+    async def _serve_raft(self, stream: Any) -> None:
+        cfg = self.config
+        remote = "?"
+        reset = False
+        try:
+            remote = str(stream.muxed_conn.peer_id)
+            reader = FrameReader(stream, cfg.max_frame_size, cfg.read_chunk)
+            while True:
+                with trio.move_on_after(cfg.idle_timeout):
+                    frame = await reader.read_frame()
+                    if frame is None:
+                        return  # clean EOF
+                    self._deliver_frame(remote, frame)
+                    continue
+                log.info("raft stream from %s idle for %.0fs: closing", remote, cfg.idle_timeout)
+                reset = True
+                return
+        except FrameTooLarge as exc:
+            self._stats.frames_rejected += 1
+            log.warning(
+                "peer %s sent a %d-byte frame on %s (limit %d): resetting the stream",
+                remote,
+                exc.size,
+                self._raft_proto,
+                exc.limit,
+            )
+            reset = True
+        except (FrameError, WireError) as exc:
+            self._stats.frames_rejected += 1
+            log.warning("malformed frame from %s on %s: %s", remote, self._raft_proto, exc)
+            reset = True
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            # StreamReset / StreamError and anything unexpected: never let it reach the
+            # host (pitfall 4).
+            log.debug("raft stream from %s ended: %r", remote, exc)
+            reset = True
+        finally:
+            if reset:
+                await self._reset(stream)
+            else:
+                await self._close(stream)
+
+    def _deliver_frame(self, remote: str, frame: bytes) -> None:
+        msgs = decode_batch(frame)  # WireError propagates: the stream is reset
+        if not msgs:
+            return  # keepalive
+        self._stats.frames_received += 1
+        for msg in msgs:
+            problem = self._check_inbound(remote, msg)
+            if problem is not None:
+                # Refuse the whole frame: a correct peer never sends any of these.
+                self._stats.refused += len(msgs)
+                self._log_once(
+                    ("refuse", remote, problem), "refusing frame from %s: %s", remote, problem
+                )
+                return
+        cb = self.on_message
+        for msg in msgs:
+            self._stats.received += 1
+            if cb is not None:
+                try:
+                    cb(msg)
+                except Exception:
+                    log.exception("on_message raised for %s from %s", msg.type.name, remote)
+
+    def _check_inbound(self, remote: str, msg: Message) -> str | None:
+        if msg.frm != remote:
+            return f"message claims frm={msg.frm!r} (spoofed)"
+        if msg.to != self._local_id:
+            return f"message addressed to {msg.to!r}, not this node"
+        if not is_routable(msg):
+            return f"local-only message type {msg.type.name}"
+        return None
+
+    # --- snapshots: sender ---------------------------------------------------------------
+
+    async def send_snapshot(
+        self,
+        peer_id: str,
+        meta: SnapshotMetadata,
+        source: SnapshotSource,
+        *,
+        message: Message | None = None,
+    ) -> bool:
+        """Stream a snapshot image to ``peer_id``; True once the receiver has verified
+        the sha256 and its ``on_snapshot`` accepted it.
+
+        ``source`` is a file path (read incrementally) or an async iterator of chunks.
+        ``message`` is the core's SNAP message (its ``snapshot.data`` is ignored); it
+        carries the leader's term to the receiver. Bounded by ``snapshot_timeout`` as a
+        whole and ``write_timeout`` per chunk; never raises for network reasons. Runs in
+        the caller's task (the runtime reports SNAP_STATUS from the result).
+        """
+        cfg = self.config
+        try:
+            peer = self._peer(peer_id)
+            header = pb.SnapshotHeader(
+                message=message_to_pb(snapshot_envelope(peer_id, self._local_id, meta, message))
+            )
+            if isinstance(source, (str, os.PathLike)):
+                header.size_hint = (await trio.Path(os.fspath(source)).stat()).st_size
+        except (ValueError, OSError) as exc:
+            log.error("cannot send snapshot to %s: %s", peer_id, exc)
+            self._stats.snapshots_failed += 1
+            return False
+        ok = False
+        stream: Any = None
+        with trio.move_on_after(cfg.snapshot_timeout) as scope:
+            try:
+                stream = await self._open_stream(peer, self._snap_proto)
+                if stream is not None:
+                    ok = await self._stream_snapshot(stream, peer, header, source)
+            except Exception as exc:
+                log.warning("snapshot to %s failed: %r", peer_id, exc)
+        if scope.cancelled_caught:
+            log.warning("snapshot to %s timed out after %.0fs", peer_id, cfg.snapshot_timeout)
+        if stream is not None:
+            if ok:
+                await self._close(stream)
+            else:
+                await self._reset(stream)
+        if ok:
+            self._stats.snapshots_sent += 1
+        else:
+            self._stats.snapshots_failed += 1
+        return ok
+
+    async def _stream_snapshot(
+        self, stream: Any, peer: _Peer, header: pb.SnapshotHeader, source: SnapshotSource
+    ) -> bool:
+        cfg = self.config
+        peer_id = peer.id
+        frame = pb.SnapshotFrame(header=header)
+        if not await self._write(stream, encode_frame(frame.SerializeToString()), peer):
+            return False
+        digest = hashlib.sha256()
+        size = 0
+        async for chunk in iter_snapshot_chunks(source, cfg.snapshot_chunk_size):
+            if not chunk:
+                continue
+            digest.update(chunk)
+            size += len(chunk)
+            # Each write awaits the Yamux window: this is the flow control.
+            data = encode_frame(pb.SnapshotFrame(chunk=chunk).SerializeToString())
+            if not await self._write(stream, data, peer):
+                return False
+        trailer = pb.SnapshotFrame(trailer=pb.SnapshotTrailer(size=size, sha256=digest.digest()))
+        if not await self._write(stream, encode_frame(trailer.SerializeToString()), peer):
+            return False
+        reader = FrameReader(stream, 64 * 1024, 4096)
+        ack_bytes: bytes | None = None
+        with trio.move_on_after(cfg.snapshot_read_timeout + cfg.snapshot_timeout / 10):
+            # The receiver acks after on_snapshot returns; allow it some time.
+            ack_bytes = await reader.read_frame()
+        if ack_bytes is None:
+            log.warning("snapshot to %s: no acknowledgement", peer_id)
+            return False
+        ack = pb.SnapshotAck.FromString(ack_bytes)
+        if not ack.ok:
+            log.warning("snapshot to %s refused: %s", peer_id, ack.error)
+        return bool(ack.ok)
+
+    # --- snapshots: receiver -------------------------------------------------------------
+
+    async def _handle_snap_stream(self, stream: Any) -> None:
+        await self._adopt(stream, self._serve_snap)
+
+    async def _serve_snap(self, stream: Any) -> None:
+        cfg = self.config
+        remote = "?"
+        path: Path | None = None
+        acked = False
+        try:
+            remote = str(stream.muxed_conn.peer_id)
+            try:
+                self._snap_slots.acquire_nowait()
+            except trio.WouldBlock:
+                # Refuse rather than queue: a sender stalled on our window for long
+                # enough would time out its write and drop the whole connection.
+                log.warning("refusing snapshot from %s: too many transfers", remote)
+                self._stats.snapshots_failed += 1
+                acked = await self._send_ack(stream, remote, "busy: too many snapshot transfers")
+                return
+            try:
+                with trio.move_on_after(cfg.snapshot_timeout) as scope:
+                    path, error = await self._receive_snapshot(stream, remote)
+                    if error:
+                        self._stats.snapshots_failed += 1
+                    acked = await self._send_ack(stream, remote, error)
+            finally:
+                self._snap_slots.release()
+            if scope.cancelled_caught:
+                log.warning("snapshot from %s timed out after %.0fs", remote, cfg.snapshot_timeout)
+        except trio.Cancelled:
+            raise
+        except Exception:
+            log.exception("snapshot stream from %s failed", remote)
+        finally:
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    path.unlink()  # the callback moved it away, or it is garbage
+            if acked:
+                await self._close(stream)
+            else:
+                await self._reset(stream)
+
+    async def _receive_snapshot(self, stream: Any, remote: str) -> tuple[Path | None, str]:
+        """Spool one snapshot to a temp file and hand it to ``on_snapshot``.
+
+        Returns ``(temp path or None, error)``; ``error`` is empty on success.
+        """
+        cfg = self.config
+        reader = FrameReader(stream, cfg.snapshot_max_chunk + _SNAP_FRAME_OVERHEAD, cfg.read_chunk)
+
+        async def next_frame() -> pb.SnapshotFrame | None:
+            raw: bytes | None = None
+            with trio.move_on_after(cfg.snapshot_read_timeout) as sc:
+                raw = await reader.read_frame()
+            if sc.cancelled_caught:
+                raise TimeoutError(f"no snapshot data for {cfg.snapshot_read_timeout:.0f}s")
+            return None if raw is None else pb.SnapshotFrame.FromString(raw)
+
+        try:
+            first = await next_frame()
+            if first is None or first.WhichOneof("kind") != "header":
+                return None, "expected a snapshot header"
+            msg = message_from_pb(first.header.message)
+            problem = self._check_inbound(remote, msg)
+            if problem is None and (msg.type != MessageType.SNAP or msg.snapshot is None):
+                problem = "header is not a SNAP message with metadata"
+            if problem is not None:
+                self._stats.refused += 1
+                log.warning("refusing snapshot from %s: %s", remote, problem)
+                return None, problem
+            assert msg.snapshot is not None
+            meta = msg.snapshot.metadata
+            directory = cfg.snapshot_dir or tempfile.gettempdir()
+            fd, name = tempfile.mkstemp(prefix="raftd-snap-", suffix=".part", dir=directory)
+            path = Path(name)
+        except (FrameError, WireError, TimeoutError, ValueError, OSError) as exc:
+            log.warning("cannot start snapshot from %s: %s", remote, exc)
+            return None, f"cannot start: {exc}"
+
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as raw_file:
+                f = trio.wrap_file(raw_file)
+                while True:
+                    frame = await next_frame()
+                    if frame is None:
+                        return path, "stream ended before the trailer"
+                    kind = frame.WhichOneof("kind")
+                    if kind == "chunk":
+                        digest.update(frame.chunk)
+                        size += len(frame.chunk)
+                        await f.write(frame.chunk)  # in a worker thread: never whole
+                        continue
+                    if kind != "trailer":
+                        return path, f"unexpected {kind} frame"
+                    if frame.trailer.size != size or frame.trailer.sha256 != digest.digest():
+                        log.warning(
+                            "snapshot from %s corrupt: %d bytes, trailer says %d (or sha differs)",
+                            remote,
+                            size,
+                            frame.trailer.size,
+                        )
+                        return path, "size or sha256 mismatch"
+                    await f.flush()
+                    await trio.to_thread.run_sync(os.fsync, raw_file.fileno())
+                    break
+        except (FrameError, WireError, TimeoutError, ValueError, OSError) as exc:
+            log.warning("snapshot from %s failed after %d bytes: %s", remote, size, exc)
+            return path, str(exc)
+
+        self._stats.snapshots_received += 1
+        cb = self.on_snapshot
+        if cb is None:
+            return path, "receiver has no snapshot handler"
+        try:
+            await cb(remote, meta, path, msg)
+        except Exception as exc:
+            log.exception("on_snapshot from %s raised", remote)
+            return path, f"handler failed: {exc}"
+        log.info(
+            "snapshot index=%d term=%d (%d bytes) from %s accepted",
+            meta.index,
+            meta.term,
+            size,
+            remote,
+        )
+        return path, ""
+
+    async def _send_ack(self, stream: Any, remote: str, error: str) -> bool:
+        ack = pb.SnapshotAck(ok=not error, error=error)
+        peer = self._peers.get(remote)
+        if peer is None:
+            try:
+                peer = _Peer(remote, parse_peer_id(remote))
+            except ValueError:
+                return False
+        return await self._write(stream, encode_frame(ack.SerializeToString()), peer)
+
+
+def _describe(exc: BaseException) -> str:
+    # libp2p raises many exceptions with empty messages; the type is then the message.
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def parse_peer_id(peer_id: str) -> ID:
+    """Parse a base58 peer id, checking it is a well-formed multihash.
+
+    ``ID.from_base58`` accepts any base58 text (``"nope"`` decodes to 3 bytes), so a typo
+    would become a peer nobody can ever dial. Raises ValueError.
+    """
+    try:
+        pid = ID.from_base58(peer_id)
+        raw = pid.to_bytes()
+    except Exception as exc:
+        raise ValueError(f"invalid peer id {peer_id!r}: not base58") from exc
+    # <hash code: identity 0x00 or sha2-256 0x12> <digest length (one varint byte)> <digest>
+    if len(raw) < 3 or raw[0] not in (0x00, 0x12) or raw[1] != len(raw) - 2 or raw[1] >= 0x80:
+        raise ValueError(f"invalid peer id {peer_id!r}: not a multihash")
+    if str(pid) != peer_id:
+        raise ValueError(f"invalid peer id {peer_id!r}: not in canonical base58")
+    return pid
+
+
+def _socket_stream_of(conn: Any) -> trio.SocketStream | None:
+    """The TCP socket under a swarm connection (SwarmConn -> Yamux -> SecureSession ->
+    NoiseTransportReadWriter -> RawConnection -> TrioTCPStream -> trio.SocketStream), or
+    None if the layers differ (another transport or libp2p version)."""
+    obj = conn
+    for _ in range(10):
+        if isinstance(obj, trio.SocketStream):
+            return obj
+        for attr in ("muxed_conn", "secured_conn", "conn", "stream"):
+            nxt = getattr(obj, attr, None)
+            if nxt is not None and nxt is not obj:
+                obj = nxt
+                break
+        else:
+            return None
+    return None
+
+
+def _has_live_connection(network: Any, pid: ID) -> bool:
+    try:
+        return any(not c.is_closed for c in network.get_connections(pid))
+    except Exception:
+        return False
