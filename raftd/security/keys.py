@@ -123,7 +123,7 @@ SUBKEY_BYTES: Final = 32
 #: The environment variable a key value may come from.
 KEY_ENV_VAR: Final = "RAFTD_KEY"
 
-Purpose = Literal["transport", "commands", "snapshot"]
+Purpose = Literal["transport", "commands", "snapshot", "pnet"]
 PURPOSES: Final[tuple[Purpose, ...]] = get_args(Purpose)
 KeySource = Literal["hex", "base64", "raw", "passphrase"]
 
@@ -434,3 +434,15 @@ class KeyRing:
         return f"KeyRing(current={self.current!r}, next={self.next!r}, previous={self.previous!r})"
 
     __str__ = __repr__
+
+
+def load_psk(path: str | os.PathLike[str]) -> str:
+    """The libp2p private-network key (64 hex digits) for ``--psk-file``.
+
+    The file follows the same rules as ``--key-file`` (any accepted key format, the same
+    permission checks); the 32-byte network key is derived from it with HKDF, so one
+    random file can be generated with ``openssl rand -hex 32 > psk && chmod 600 psk``.
+    Peers with a different file never complete a connection.
+    """
+    key = load_key_file(path)
+    return key.derive("pnet", "/libp2p/pnet").hex()

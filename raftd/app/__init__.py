@@ -1,0 +1,1 @@
+"""The daemon: configuration, per-namespace group runtimes, the local API, the CLI."""

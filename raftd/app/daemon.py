@@ -1,0 +1,168 @@
+"""``raftd run``: one libp2p host, one Raft group per namespace, the local API socket.
+
+Lifecycle: open the data dir (identity key, LevelDB), start the host, start every group
+(bootstrapping it from the static peer list when it is new), serve the API, and on
+SIGTERM/SIGINT shut down cleanly: each group that leads hands leadership to its most
+caught-up voter, in-flight requests finish or fail with a clear error, storage is flushed
+and closed, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from raftd.app.config import DaemonConfig
+from raftd.core import NONE, NodeId, StateType
+from raftd.kv.machine import KVStateMachine
+from raftd.runtime.group import Group, default_rng
+from raftd.security.keys import load_psk
+from raftd.storage.leveldb import LevelDB
+from raftd.transport.host import listen_addrs_of, load_or_create_identity, open_host, peer_id_of
+from raftd.transport.libp2p import Libp2pTransport, Libp2pTransportConfig
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+log = logging.getLogger("raftd.daemon")
+
+
+class DaemonError(Exception):
+    """The daemon cannot start; the message says why."""
+
+
+def split_peer_addr(addr: str) -> tuple[str, str]:
+    """``/ip4/1.2.3.4/tcp/7420/p2p/<id>`` -> (peer id, address without /p2p)."""
+    head, sep, pid = addr.rpartition("/p2p/")
+    if not sep or not pid or "/" in pid:
+        raise DaemonError(f"peer address {addr!r} must end in /p2p/<peer id>")
+    return pid, head
+
+
+@dataclass
+class Daemon:
+    """One raftd process. ``run()`` until cancelled or ``stop()``."""
+
+    cfg: DaemonConfig
+    groups: dict[str, Group] = field(default_factory=dict)
+    transports: dict[str, Libp2pTransport] = field(default_factory=dict)
+    peer_id: NodeId = NONE
+    addrs: list[str] = field(default_factory=list)
+    host: Any = None
+    db: LevelDB | None = None
+    _stop: trio.Event = field(default_factory=trio.Event)
+    _started_hooks: list[Callable[[Daemon], None]] = field(default_factory=list)
+
+    def stop(self) -> None:
+        """Ask for a graceful shutdown (as SIGTERM does)."""
+        self._stop.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.cfg
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        kp = load_or_create_identity(cfg.data_dir)
+        self.peer_id = peer_id_of(kp)
+        psk = None
+        if cfg.psk_file is not None:
+            psk = load_psk(cfg.psk_file)
+        self.db = db = LevelDB(cfg.data_dir)
+        try:
+            async with open_host(kp, cfg.listen, psk=psk) as host:
+                self.host = host
+                self.addrs = listen_addrs_of(host)
+                log.info("peer id %s listening on %s", self.peer_id, ", ".join(self.addrs))
+                await self._serve(host, db, task_status)
+        finally:
+            db.close()
+            log.info("stopped")
+
+    def _make_group(self, host: Any, db: LevelDB, ns: str) -> Group:
+        p = self.cfg.timing
+        tcfg = Libp2pTransportConfig(
+            dial_timeout=p.dial_timeout_s,
+            snapshot_dir=str(db.snapshot_dir(ns)),
+        )
+        transport = Libp2pTransport(host, ns, config=tcfg)
+        self.transports[ns] = transport
+        group = Group(
+            namespace=ns,
+            node_id=self.peer_id,
+            storage=db.group(ns),
+            sm=KVStateMachine.leveldb(db, ns, sync=False),
+            transport=transport,
+            preset=p,
+            rng=default_rng(self.peer_id, ns),
+        )
+        self.groups[ns] = group
+        return group
+
+    async def _serve(self, host: Any, db: LevelDB, task_status: TaskStatus[None]) -> None:
+        cfg = self.cfg
+        static: list[tuple[str, str]] = [split_peer_addr(a) for a in cfg.peers]
+        async with trio.open_nursery() as nursery:
+            for ns in cfg.namespaces:
+                group = self._make_group(host, db, ns)
+                transport = self.transports[ns]
+                for pid, addr in static:
+                    if pid != self.peer_id:
+                        transport.add_peer_addrs(pid, [addr])
+                if group.is_empty() and static:
+                    voters = sorted({self.peer_id} | {pid for pid, _ in static})
+                    group.bootstrap(voters)
+                elif group.is_empty() and not cfg.discovery:
+                    group.bootstrap([self.peer_id])
+                await nursery.start(transport.run)
+                await nursery.start(group.run)
+            for hook in self._started_hooks:
+                hook(self)
+            task_status.started()
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                nursery.start_soon(self._watch_signals, signals)
+                await self._stop.wait()
+            await self._graceful_shutdown()
+            nursery.cancel_scope.cancel()
+
+    async def _watch_signals(self, signals: Any) -> None:
+        async for signum in signals:
+            log.info("received %s: shutting down", signal.Signals(signum).name)
+            self._stop.set()
+            return
+
+    async def _graceful_shutdown(self) -> None:
+        """Hand leadership over before leaving (bounded by two election timeouts)."""
+        timeout = 2 * self.cfg.timing.election_s
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as n:
+                for g in self.groups.values():
+                    n.start_soon(_hand_over, g)
+
+
+async def _hand_over(g: Group) -> None:
+    if g.role != StateType.LEADER or g.node is None:
+        return
+    target = most_caught_up_voter(g)
+    if target is None:
+        return
+    log.info("%s: transferring leadership to %s before shutdown", g.namespace, target)
+    g.transfer_leader(target)
+    while g.role == StateType.LEADER:
+        await g.wait_state_change()
+
+
+def most_caught_up_voter(g: Group) -> NodeId | None:
+    """The voter (other than us) with the highest match index, if any."""
+    node = g.node
+    if node is None:
+        return None
+    best: tuple[int, NodeId] | None = None
+    for pid, pr in node.raft.prs.items():
+        if pid == g.id or pr.is_learner:
+            continue
+        if best is None or pr.match > best[0]:
+            best = (pr.match, pid)
+    return best[1] if best else None

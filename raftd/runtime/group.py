@@ -1,0 +1,743 @@
+"""The runtime of one Raft group (one namespace): one trio task owns the RawNode.
+
+Tasks, all in a nursery owned by :meth:`Group.run`:
+
+- the **ticker** counts ticks at the preset's interval;
+- the **Ready loop** takes every queued input (peer messages, proposals, reads, ticks,
+  transport reports), steps the core, then handles each Ready in the contract's order:
+  **persist** (one fsynced LevelDB batch), **send**, **apply** (one batch for the state
+  machine), **advance**;
+- one **snapshot sender** per peer that needs a snapshot streams the file.
+
+Proposals resolve when their entry is applied, with the state machine's result. When this
+node loses leadership, pending proposals fail at once with :class:`LeadershipLost`: their
+entry may still commit under the new leader (the outcome is indeterminate), which is why
+clients attach a client id and sequence number (de-duplicated by the state machine).
+
+What "acknowledged" means: a proposal resolves only after its entry is committed (stored
+and fsynced on a majority of voters, the leader included) and applied here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from raftd.app.presets import Preset
+from raftd.core import (
+    NONE,
+    ConfChange,
+    Config,
+    ConfState,
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    NodeId,
+    ProposalDroppedError,
+    RawNode,
+    Ready,
+    Snapshot,
+    SnapshotMetadata,
+    StateType,
+)
+from raftd.kv.machine import ApplyResult, KVStateMachine
+from raftd.storage.base import StorageWriteError
+from raftd.storage.leveldb import LevelDBStorage
+from raftd.storage.snapshots import (
+    SnapshotPolicy,
+    Snapshotter,
+    finish_pending_install,
+    recover,
+)
+from raftd.transport.base import Transport
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+log = logging.getLogger("raftd.group")
+
+
+class GroupError(Exception):
+    """Base class of errors a request to a group can end with."""
+
+
+class NotLeader(GroupError):
+    """This node is not the leader. ``leader`` is the known leader ("" if none)."""
+
+    def __init__(self, leader: NodeId) -> None:
+        super().__init__(f"not the leader (leader: {leader or 'unknown'})")
+        self.leader = leader
+
+
+class LeadershipLost(GroupError):
+    """Leadership was lost while the proposal was pending: it may or may not commit."""
+
+    indeterminate = True
+
+
+class ProposalRejected(GroupError):
+    """The core refused the proposal (e.g. a membership change already in progress)."""
+
+
+class GroupUnavailable(GroupError):
+    """The group cannot serve: storage failed, or it is stopping."""
+
+
+class MetaOnlyStorage:
+    """The core's view of the storage: snapshots without their data.
+
+    The leader's core asks for the snapshot only to name it in a SNAP message; the
+    runtime streams the file itself, so the data is never loaded whole into memory.
+    """
+
+    def __init__(self, inner: LevelDBStorage) -> None:
+        self.inner = inner
+
+    def initial_state(self) -> Any:
+        return self.inner.initial_state()
+
+    def entries(self, lo: int, hi: int, max_size: int | None = None) -> list[Entry]:
+        return self.inner.entries(lo, hi, max_size)
+
+    def term(self, index: int) -> int:
+        return self.inner.term(index)
+
+    def last_index(self) -> int:
+        return self.inner.last_index()
+
+    def first_index(self) -> int:
+        return self.inner.first_index()
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(metadata=self.inner.snapshot_metadata())
+
+
+class _Waiter:
+    """A one-shot result slot for a task waiting on the Ready loop."""
+
+    __slots__ = ("error", "event", "result")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def set(self, result: Any) -> None:
+        if not self.event.is_set():
+            self.result = result
+            self.event.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self.event.is_set():
+            self.error = error
+            self.event.set()
+
+    async def wait(self) -> Any:
+        await self.event.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+@dataclass(slots=True)
+class GroupStats:
+    proposals_ok: int = 0
+    proposals_failed: int = 0
+    leader_changes: int = 0
+    snapshots_taken: int = 0
+    snapshots_installed: int = 0
+    snapshots_sent: int = 0
+    apply_seconds: list[float] = field(default_factory=list)
+    fsync_seconds: list[float] = field(default_factory=list)
+
+
+class Group:
+    """One namespace's Raft group on this daemon. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        node_id: NodeId,
+        storage: LevelDBStorage,
+        sm: KVStateMachine,
+        transport: Transport,
+        preset: Preset,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.namespace = namespace
+        self.id = node_id
+        self.storage = storage
+        self.sm = sm
+        self.transport = transport
+        self.preset = preset
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.stats = GroupStats()
+        transport.on_message = self._on_message
+        transport.on_unreachable = self._on_unreachable
+        transport.on_snapshot = self._on_snapshot
+        self.node: RawNode | None = None
+        self._inbox: deque[Message] = deque()
+        self._reports: deque[tuple[str, NodeId, bool]] = deque()
+        self._proposals: list[tuple[bytes, EntryType, _Waiter]] = []
+        self._pending: dict[int, tuple[int, _Waiter]] = {}
+        self._read_waiters: list[_Waiter] = []
+        self._reads_in_flight: dict[bytes, list[_Waiter]] = {}
+        self._reads_ready: list[tuple[int, list[_Waiter]]] = []
+        self._transfers: list[NodeId] = []
+        self._ticks = 0
+        self._wake = trio.Event()
+        self._applied_event = trio.Event()
+        self._leader_event = trio.Event()
+        self._state_event = trio.Event()
+        self._read_seq = itertools.count(1)
+        self._snapshot_senders: set[NodeId] = set()
+        self._nursery: trio.Nursery | None = None
+        self._stopping = False
+        self.failed: BaseException | None = None
+        self.leader: NodeId = NONE
+        self.role: StateType = StateType.FOLLOWER
+        self.conf: ConfState = ConfState()
+        self._snapshotter: Snapshotter | None = None
+        self._on_conf_change: list[Callable[[ConfChange, ConfState], None]] = []
+        self._on_leader_change: list[Callable[[NodeId], None]] = []
+
+    # -- setup -------------------------------------------------------------------------------
+    def is_empty(self) -> bool:
+        """True if this group has never been bootstrapped nor joined (no log, no state)."""
+        hs, cs = self.storage.initial_state()
+        return (
+            hs.is_empty()
+            and not cs.voters
+            and not cs.learners
+            and self.storage.last_index() == 0
+            and self.storage.snapshot_metadata().index == 0
+        )
+
+    def bootstrap(self, voters: Sequence[NodeId]) -> None:
+        """Seed an empty group with its initial membership: a snapshot at index 1, term 1
+        with an empty state machine. Every founder must use the same ``voters``."""
+        if not self.is_empty():
+            raise GroupError(f"{self.namespace}: already initialized; not bootstrapping")
+        meta = SnapshotMetadata(index=1, term=1, conf_state=ConfState(voters=tuple(voters)))
+        # The state machine is empty "as of index 1"; its image is the snapshot file.
+        self.sm.apply_many([(1, b"")])
+        view = self.sm.snapshot_view()
+        try:
+            self.storage.snapshot_store.write(meta, view.write)
+        finally:
+            view.close()
+        self.storage.save(None, (), Snapshot(metadata=meta))
+        finish_pending_install(self.storage, self.sm)
+        log.info("%s: bootstrapped with voters %s", self.namespace, ", ".join(voters))
+
+    def _open_node(self) -> RawNode:
+        recover(self.storage, self.sm)
+        applied = max(self.sm.applied_index(), self.storage.snapshot_metadata().index)
+        p = self.preset
+        cfg = Config(
+            id=self.id,
+            storage=MetaOnlyStorage(self.storage),
+            rng=self.rng,
+            election_tick=p.election_ticks,
+            heartbeat_tick=p.heartbeat_ticks,
+            applied=min(applied, self.storage.initial_state()[0].commit or applied),
+            max_size_per_msg=512 * 1024,
+            max_inflight_msgs=256,
+            max_committed_size_per_ready=4 * 1024 * 1024,
+            check_quorum=True,
+            pre_vote=True,
+        )
+        node = RawNode(cfg)
+        self.conf = node.raft.conf_state()
+        self._snapshotter = Snapshotter(
+            self.storage,
+            self.sm,
+            SnapshotPolicy(
+                entries=p.snapshot_entries,
+                interval_s=p.snapshot_interval_s,
+                trailing=p.compaction_trailing,
+            ),
+            now=self.clock(),
+        )
+        return node
+
+    # -- transport callbacks (synchronous; never block) -------------------------------------
+    def _on_message(self, msg: Message) -> None:
+        self._inbox.append(msg)
+        self._wake.set()
+
+    def _on_unreachable(self, peer: str) -> None:
+        self._reports.append(("unreachable", peer, False))
+        self._wake.set()
+
+    async def _on_snapshot(
+        self, peer: str, meta: SnapshotMetadata, path: Path, msg: Message
+    ) -> None:
+        """A verified snapshot file arrived: adopt it into the store, then let the core
+        decide (it may be stale). The file must be consumed before we return."""
+        try:
+            dest = self.storage.snapshot_store.path(meta.term, meta.index)
+            await trio.to_thread.run_sync(os.replace, path, dest)
+        except OSError as exc:
+            log.warning("%s: cannot adopt snapshot from %s: %s", self.namespace, peer, exc)
+            return
+        self._inbox.append(
+            Message(
+                MessageType.SNAP,
+                to=msg.to,
+                frm=msg.frm,
+                term=msg.term,
+                snapshot=Snapshot(metadata=meta),
+            )
+        )
+        self._wake.set()
+
+    # -- public API --------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """The schema of ``raftd status -o json`` for one namespace."""
+        node = self.node
+        st = node.status() if node is not None else None
+        role = "stopped"
+        if st is not None:
+            role = {
+                StateType.LEADER: "leader",
+                StateType.CANDIDATE: "candidate",
+                StateType.PRE_CANDIDATE: "candidate",
+                StateType.FOLLOWER: "learner" if st.is_learner else "follower",
+            }[st.state]
+        cs = st.conf_state if st is not None else self.conf
+        return {
+            "id": self.id,
+            "namespace": self.namespace,
+            "role": role,
+            "term": st.term if st else 0,
+            "leader": st.lead if st else "",
+            "commit": st.commit if st else 0,
+            "applied": self.sm.applied_index(),
+            "members": [{"id": v, "voter": True} for v in cs.voters]
+            + [{"id": v, "voter": False} for v in cs.learners],
+        }
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role == StateType.LEADER
+
+    def applied_index(self) -> int:
+        return self.sm.applied_index()
+
+    async def wait_leader(self) -> NodeId:
+        """Wait until some leader is known; return its id."""
+        while self.leader == NONE:
+            await self._leader_event.wait()
+        return self.leader
+
+    async def wait_state_change(self) -> None:
+        """Wait for the next change of role or leader."""
+        await self._state_event.wait()
+
+    async def wait_applied(self, index: int) -> None:
+        while self.sm.applied_index() < index:
+            self._check_usable()
+            await self._applied_event.wait()
+
+    def _check_usable(self) -> None:
+        if self.failed is not None:
+            raise GroupUnavailable(f"{self.namespace}: storage failed: {self.failed}")
+        if self._stopping or self.node is None:
+            raise GroupUnavailable(f"{self.namespace}: not running")
+
+    async def propose(self, data: bytes, kind: EntryType = EntryType.NORMAL) -> ApplyResult:
+        """Leader only: replicate ``data`` and return its apply result once applied here.
+
+        Raises :class:`NotLeader` on a non-leader (so the caller can forward),
+        :class:`LeadershipLost` (indeterminate) or :class:`ProposalRejected`.
+        Cancel the call to give up waiting (the entry may still commit).
+        """
+        self._check_usable()
+        if not self.is_leader:
+            raise NotLeader(self.leader)
+        w = _Waiter()
+        self._proposals.append((data, kind, w))
+        self._wake.set()
+        result: ApplyResult = await w.wait()
+        return result
+
+    async def propose_conf_change(self, cc: ConfChange) -> ConfState:
+        """Leader only: one single-server membership change; returns the new membership."""
+        await self.propose(cc.encode(), EntryType.CONF_CHANGE)
+        return self.conf
+
+    async def read_barrier(self) -> int:
+        """Linearizable read point (ReadIndex, thesis §6.4). Returns once this node's
+        state machine has applied everything committed before the call; then local reads
+        are linearizable. Works on followers and learners (asks the leader)."""
+        self._check_usable()
+        if self.leader == NONE:
+            raise NotLeader(NONE)
+        w = _Waiter()
+        self._read_waiters.append(w)
+        self._wake.set()
+        index: int = await w.wait()
+        return index
+
+    def transfer_leader(self, target: NodeId) -> None:
+        self._check_usable()
+        self._transfers.append(target)
+        self._wake.set()
+
+    def campaign(self) -> None:
+        self._check_usable()
+        self._reports.append(("campaign", NONE, True))
+        self._wake.set()
+
+    def add_conf_listener(self, fn: Callable[[ConfChange, ConfState], None]) -> None:
+        self._on_conf_change.append(fn)
+
+    def add_leader_listener(self, fn: Callable[[NodeId], None]) -> None:
+        self._on_leader_change.append(fn)
+
+    # -- running ----------------------------------------------------------------------------
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled. Storage failures stop the group (it steps down by
+        stopping; peers elect another leader) and are re-raised as GroupUnavailable."""
+        self.node = self._open_node()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._ticker)
+                task_status.started()
+                await self._loop()
+        finally:
+            self._stopping = True
+            self._fail_all(GroupUnavailable(f"{self.namespace}: group stopped"))
+
+    async def _ticker(self) -> None:
+        interval = self.preset.tick_s
+        nxt = trio.current_time() + interval
+        while True:
+            await trio.sleep_until(nxt)
+            nxt += interval
+            now = trio.current_time()
+            if nxt < now:  # we fell behind (a long fsync): don't burst ticks
+                nxt = now + interval
+            self._ticks += 1
+            self._wake.set()
+
+    async def _loop(self) -> None:
+        node = self.node
+        assert node is not None
+        while True:
+            if not self._has_input() and not node.has_ready():
+                await self._wake.wait()
+            self._wake = trio.Event()
+            self._take_inputs(node)
+            while node.has_ready():
+                rd = node.ready()
+                try:
+                    await self._handle_ready(node, rd)
+                except StorageWriteError as exc:
+                    self.failed = exc
+                    log.error(
+                        "%s: storage write failed, stopping this group (no more "
+                        "acknowledgements): %s",
+                        self.namespace,
+                        exc,
+                    )
+                    self._fail_all(GroupUnavailable(f"storage failed: {exc}"))
+                    raise GroupUnavailable(f"{self.namespace}: storage failed: {exc}") from exc
+                node.advance(rd)
+            await self._maybe_snapshot(node)
+            # Let other tasks (API handlers, transport) run between batches.
+            await trio.lowlevel.checkpoint()
+
+    def _has_input(self) -> bool:
+        return bool(
+            self._inbox
+            or self._reports
+            or self._proposals
+            or self._read_waiters
+            or self._transfers
+            or self._ticks
+        )
+
+    def _take_inputs(self, node: RawNode) -> None:
+        for _ in range(self._ticks):
+            node.tick()
+        self._ticks = 0
+        while self._reports:
+            kind, peer, ok = self._reports.popleft()
+            if kind == "unreachable":
+                node.report_unreachable(peer)
+            elif kind == "snapshot":
+                node.report_snapshot(peer, ok)
+            elif kind == "campaign":
+                node.campaign()
+        inbox = self._inbox
+        while inbox:
+            m = inbox.popleft()
+            try:
+                node.step(m)
+            except Exception:
+                log.exception("%s: stepping %s from %s failed", self.namespace, m.type.name, m.frm)
+        while self._transfers:
+            node.transfer_leader(self._transfers.pop(0))
+        if self._proposals:
+            self._propose_all(node)
+        if self._read_waiters:
+            if node.raft.lead == NONE:
+                for w in self._read_waiters:
+                    w.fail(NotLeader(NONE))
+            else:
+                ctx = f"{self.id}:{next(self._read_seq)}".encode()
+                self._reads_in_flight[ctx] = self._read_waiters
+                node.read_index(ctx)
+            self._read_waiters = []
+
+    def _propose_all(self, node: RawNode) -> None:
+        props, self._proposals = self._proposals, []
+        term = node.raft.term
+        # Consecutive normal entries go in one batch; conf changes one at a time.
+        i = 0
+        while i < len(props):
+            data, kind, w = props[i]
+            if kind == EntryType.CONF_CHANGE:
+                try:
+                    idx = node.propose_conf_change(ConfChange.decode(data))
+                except ProposalDroppedError as exc:
+                    w.fail(self._drop_error(node, exc))
+                else:
+                    self._pending[idx] = (term, w)
+                i += 1
+                continue
+            j = i
+            while j < len(props) and props[j][1] == EntryType.NORMAL:
+                j += 1
+            batch = props[i:j]
+            try:
+                last = node.propose_batch([d for d, _, _ in batch])
+            except ProposalDroppedError as exc:
+                err = self._drop_error(node, exc)
+                for _, _, bw in batch:
+                    bw.fail(err)
+            else:
+                first = last - len(batch) + 1
+                for k, (_, _, bw) in enumerate(batch):
+                    self._pending[first + k] = (term, bw)
+            i = j
+
+    def _drop_error(self, node: RawNode, exc: ProposalDroppedError) -> GroupError:
+        if node.raft.state != StateType.LEADER:
+            return NotLeader(node.raft.lead)
+        return ProposalRejected(str(exc))
+
+    async def _handle_ready(self, node: RawNode, rd: Ready) -> None:
+        # 1. Persist: snapshot, entries and hard state in one fsynced batch.
+        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+            t0 = time.perf_counter()
+            if len(rd.entries) > 64 or rd.snapshot is not None:
+                await self.storage.save_async(rd.hard_state, rd.entries, rd.snapshot)
+            else:
+                # Small batches: a worker-thread hop costs more than the write itself.
+                self.storage.save(rd.hard_state, rd.entries, rd.snapshot)
+            self._observe(self.stats.fsync_seconds, time.perf_counter() - t0)
+            if rd.snapshot is not None:
+                await trio.to_thread.run_sync(finish_pending_install, self.storage, self.sm)
+                self.stats.snapshots_installed += 1
+                self.conf = rd.snapshot.metadata.conf_state
+                self._applied_event.set()
+                self._applied_event = trio.Event()
+        # 2. Send (only after persisting: votes and acks promise durable state).
+        for m in rd.messages:
+            if m.type == MessageType.SNAP:
+                self._start_snapshot_send(m)
+            else:
+                self.transport.send(m.to, m)
+        # 3. Apply.
+        if rd.committed_entries:
+            t0 = time.perf_counter()
+            self._apply(node, rd.committed_entries)
+            self._observe(self.stats.apply_seconds, time.perf_counter() - t0)
+        if rd.read_states:
+            for rs in rd.read_states:
+                waiters = self._reads_in_flight.pop(rs.context, None)
+                if waiters:
+                    self._reads_ready.append((rs.index, waiters))
+        self._release_reads()
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state.leader, rd.soft_state.state)
+
+    @staticmethod
+    def _observe(samples: list[float], value: float) -> None:
+        samples.append(value)
+        if len(samples) > 4096:
+            del samples[:2048]
+
+    def _apply(self, node: RawNode, entries: list[Entry]) -> None:
+        batch: list[tuple[int, bytes]] = []
+        results: dict[int, ApplyResult] = {}
+
+        def flush() -> None:
+            if batch:
+                for r in self.sm.apply_many(batch):
+                    results[r.index] = r
+                batch.clear()
+
+        for e in entries:
+            if e.type == EntryType.CONF_CHANGE:
+                flush()
+                cc = ConfChange.decode(e.data)
+                cs = node.apply_conf_change(cc)
+                # Persist the membership before the state machine moves past the entry:
+                # after a crash in between, the entry is applied again (idempotently).
+                self.storage.set_conf_state(cs)
+                self.conf = cs
+                for r in self.sm.apply_many([(e.index, b"")]):
+                    results[r.index] = r
+                for fn in self._on_conf_change:
+                    fn(cc, cs)
+            else:
+                batch.append((e.index, e.data))
+        flush()
+        for e in entries:
+            pending = self._pending.pop(e.index, None)
+            if pending is None:
+                continue
+            term, w = pending
+            if term != e.term:
+                w.fail(LeadershipLost("the entry was replaced by a new leader's"))
+                self.stats.proposals_failed += 1
+            else:
+                w.set(results.get(e.index))
+                self.stats.proposals_ok += 1
+        self._applied_event.set()
+        self._applied_event = trio.Event()
+
+    def _release_reads(self) -> None:
+        if not self._reads_ready:
+            return
+        applied = self.sm.applied_index()
+        keep = []
+        for index, waiters in self._reads_ready:
+            if applied >= index:
+                for w in waiters:
+                    w.set(index)
+            else:
+                keep.append((index, waiters))
+        self._reads_ready = keep
+
+    def _on_soft_state(self, leader: NodeId, state: StateType) -> None:
+        self._state_event.set()
+        self._state_event = trio.Event()
+        was_leader = self.role == StateType.LEADER
+        self.role = state
+        if leader != self.leader:
+            self.leader = leader
+            self.stats.leader_changes += 1
+            for fn in self._on_leader_change:
+                fn(leader)
+        if leader != NONE:
+            self._leader_event.set()
+            self._leader_event = trio.Event()
+        if was_leader and state != StateType.LEADER:
+            err = LeadershipLost("leadership lost before the entry was applied")
+            for _, w in self._pending.values():
+                w.fail(err)
+            self.stats.proposals_failed += len(self._pending)
+            self._pending.clear()
+        if state != StateType.LEADER or leader == NONE:
+            # Reads in flight through a leader that is gone will never be answered.
+            for waiters in self._reads_in_flight.values():
+                for w in waiters:
+                    w.fail(NotLeader(leader))
+            self._reads_in_flight.clear()
+
+    def _fail_all(self, err: BaseException) -> None:
+        for _, w in self._pending.values():
+            w.fail(err)
+        self._pending.clear()
+        for _, _, w in self._proposals:
+            w.fail(err)
+        self._proposals.clear()
+        for w in self._read_waiters:
+            w.fail(err)
+        self._read_waiters.clear()
+        for waiters in self._reads_in_flight.values():
+            for w in waiters:
+                w.fail(err)
+        self._reads_in_flight.clear()
+        for _, waiters in self._reads_ready:
+            for w in waiters:
+                w.fail(err)
+        self._reads_ready.clear()
+        self._applied_event.set()
+
+    # -- snapshots --------------------------------------------------------------------------
+    def _start_snapshot_send(self, m: Message) -> None:
+        if m.to in self._snapshot_senders or self._nursery is None or m.snapshot is None:
+            self._reports.append(("snapshot", m.to, False))
+            return
+        self._snapshot_senders.add(m.to)
+        self._nursery.start_soon(self._send_snapshot, m)
+
+    async def _send_snapshot(self, m: Message) -> None:
+        assert m.snapshot is not None
+        meta = m.snapshot.metadata
+        ok = False
+        try:
+            path = self.storage.snapshot_store.path(meta.term, meta.index)
+            ok = await self.transport.send_snapshot(m.to, meta, str(path), message=m)
+            if ok:
+                self.stats.snapshots_sent += 1
+        except Exception as exc:
+            log.warning("%s: snapshot to %s failed: %s", self.namespace, m.to, exc)
+        finally:
+            self._snapshot_senders.discard(m.to)
+            self._reports.append(("snapshot", m.to, ok))
+            self._wake.set()
+
+    async def _maybe_snapshot(self, node: RawNode) -> None:
+        s = self._snapshotter
+        if s is None or self.storage.pending_install() is not None:
+            return
+        now = self.clock()
+        if not s.due(now):
+            return
+        # Never snapshot past what the log holds durably (the state machine can only
+        # be ahead of the log right after a snapshot install, which is then the point).
+        if self.sm.applied_index() > self.storage.last_index():
+            return
+        meta = await s.take_async(now, node.raft.conf_state())
+        self.stats.snapshots_taken += 1
+        log.info("%s: snapshot at index %d (term %d)", self.namespace, meta.index, meta.term)
+
+
+def default_rng(node_id: NodeId, namespace: str) -> random.Random:
+    """Election-timeout randomness: distinct per node and group, not reproducible
+    across runs (unlike the simulator, a real cluster wants independent timeouts)."""
+    return random.Random(f"{node_id}{namespace}{os.urandom(8).hex()}")
+
+
+__all__ = [
+    "Group",
+    "GroupError",
+    "GroupUnavailable",
+    "LeadershipLost",
+    "MetaOnlyStorage",
+    "NotLeader",
+    "ProposalRejected",
+    "default_rng",
+]

@@ -1,0 +1,233 @@
+"""The storage contract of the runtime: the core's reads plus the writes the runtime makes.
+
+The pure core (:mod:`raftd.core`) only *reads* storage, through
+:class:`raftd.core.storage.Storage`. The runtime's Ready loop *writes* it, and its duty
+(etcd-io/raft's ``Ready`` contract, Raft §5 Figure 2) is:
+
+    persist hard state + entries (+ snapshot)  ->  send messages  ->  apply  ->  advance
+
+:meth:`RaftStorage.save` is that "persist" step: ONE atomic, durable write per ``Ready``.
+
+Index conventions follow :mod:`raftd.core.storage`: ``first_index() - 1`` is the index of
+the last compaction point (a snapshot or a ``compact()`` call) and ``term(first_index()-1)``
+is always answerable.
+
+Error model:
+
+- Contract violations by the caller (a gap in the log, entries out of order) raise
+  :class:`~raftd.core.storage.UnavailableError` or :class:`ValueError` and write nothing.
+- A failed write (disk full, I/O error) raises :class:`StorageWriteError`. From then on the
+  storage is *failed*: every further write raises :class:`StorageWriteError` too (reads
+  keep working). The runtime must step down and stop acknowledging: after a failed write
+  we no longer know what is on disk, so we must not promise anything.
+- Stored data that does not check out (bad checksum, a hole in the log) raises
+  :class:`CorruptionError`, preferably at open, never a silently wrong answer.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Protocol, runtime_checkable
+
+from raftd.core.storage import Storage, StorageError
+from raftd.core.types import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
+
+__all__ = [
+    "CorruptionError",
+    "FaultHook",
+    "RaftStorage",
+    "Readable",
+    "StorageClosedError",
+    "StorageWriteError",
+    "Writable",
+    "check_entries",
+]
+
+FaultHook = Callable[[str], None]
+"""Fault-injection hook: called with a point name (``"write:save"``, ``"snapfile:chunk"``,
+...) just before the storage does the named thing. It may raise (an ``OSError`` is then
+reported as a :class:`StorageWriteError`, as a real I/O error would be), sleep, or kill the
+process (crash tests). ``None`` in production."""
+
+
+class Writable(Protocol):
+    """The part of a binary file object that snapshot writers need."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+
+class Readable(Protocol):
+    """The part of a binary file object that snapshot readers need."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class StorageWriteError(StorageError):
+    """A write failed (disk full, I/O error, ...). The storage is failed from then on."""
+
+    def __init__(self, message: str, *, cause: BaseException | None = None) -> None:
+        super().__init__(message if cause is None else f"{message}: {cause!r}")
+        self.cause = cause
+
+
+class StorageClosedError(StorageError):
+    """The storage (or its database) was closed."""
+
+
+class CorruptionError(StorageError):
+    """Stored data failed validation. Names where, so an operator can find it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        namespace: str,
+        index: int | None = None,
+        key: bytes | None = None,
+    ) -> None:
+        where = [f"namespace={namespace!r}"]
+        if index is not None:
+            where.append(f"index={index}")
+        if key is not None:
+            where.append(f"key={key.hex()}")
+        super().__init__(f"{message} ({', '.join(where)})")
+        self.namespace = namespace
+        self.index = index
+        self.key = key
+
+
+@runtime_checkable
+class RaftStorage(Storage, Protocol):
+    """Durable Raft storage for one group (namespace): the core's reads plus the writes.
+
+    Implementations: :class:`raftd.storage.memory.MemoryRaftStorage` (tests, simulator)
+    and :class:`raftd.storage.leveldb.LevelDBStorage`. Both pass
+    ``tests/storage/test_contract.py``.
+
+    Threading: one owner (the group's Ready loop) calls the writes, one at a time.
+    ``save_async`` may run the blocking part in a worker thread; in-memory caches are only
+    updated on the caller's thread after the write lands.
+    """
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def failed(self) -> StorageWriteError | None:
+        """The write error that failed this storage, or ``None``."""
+        ...
+
+    def save(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: Snapshot | None,
+    ) -> None:
+        """Persist one ``Ready`` atomically and durably (fsync) before returning.
+
+        Order inside the one batch: the snapshot (if newer than the current one) replaces
+        the log and marks an install pending (see :meth:`pending_install`); then
+        ``entries`` are appended, replacing every stored entry with index >= the first new
+        entry's index (conflicting suffix, Raft §5.3); entries at or below the compaction
+        point are skipped; then ``hard_state`` (``None``: unchanged).
+
+        Snapshot data: the bytes in ``snapshot.data`` are written to the snapshot store.
+        A snapshot with *empty* data whose file is already in the store (put there by
+        ``snapshot_store.write`` or streamed there by the transport) is recorded from
+        that file, verified and fsynced, without rewriting it (LevelDB only).
+
+        Raises :class:`~raftd.core.storage.UnavailableError` if ``entries`` would leave a
+        gap, :class:`ValueError` if they are not contiguous or their terms go down, and
+        :class:`StorageWriteError` if the write fails (nothing is then known to be durable).
+        """
+        ...
+
+    async def save_async(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: Snapshot | None,
+    ) -> None:
+        """:meth:`save` without stalling the trio loop where the write is slow."""
+        ...
+
+    def compact(self, index: int) -> None:
+        """Drop entries before ``index``; ``index`` becomes the compaction point, so
+        afterwards ``first_index() == index + 1`` and ``term(index)`` still answers.
+        No-op if already compacted that far; ``UnavailableError`` if ``index > last``."""
+        ...
+
+    async def compact_async(self, index: int) -> None:
+        """:meth:`compact` without stalling the trio loop."""
+        ...
+
+    def snapshot_metadata(self) -> SnapshotMetadata:
+        """Metadata of the current snapshot, cheaply (no data is loaded)."""
+        ...
+
+    def apply_snapshot(self, snap: Snapshot) -> None:
+        """Replace the whole log by ``snap`` (ignored unless newer than the current
+        snapshot) and mark an install pending, durably. Same as ``save(None, [], snap)``."""
+        ...
+
+    def create_snapshot(self, index: int, conf_state: ConfState | None, data: bytes) -> Snapshot:
+        """Record a snapshot of the state machine as of applied ``index`` (durably). Does not
+        compact. Returns the current snapshot unchanged if ``index`` is not newer.
+        ``conf_state=None`` keeps the current membership."""
+        ...
+
+    def create_snapshot_streaming(
+        self,
+        index: int,
+        conf_state: ConfState | None,
+        write: Callable[[Writable], object],
+    ) -> SnapshotMetadata:
+        """As :meth:`create_snapshot`, but the data is produced by ``write(file)`` in
+        chunks, so a large state machine never has to sit in memory as one ``bytes``."""
+        ...
+
+    async def create_snapshot_streaming_async(
+        self,
+        index: int,
+        conf_state: ConfState | None,
+        write: Callable[[Writable], object],
+    ) -> SnapshotMetadata:
+        """:meth:`create_snapshot_streaming` with the writing off the trio thread (``write``
+        must then be safe to call from a worker thread)."""
+        ...
+
+    def open_snapshot_data(self) -> AbstractContextManager[Readable]:
+        """A reader of the current snapshot's data, verified (checksum) before it is handed
+        out. Used to restore the state machine."""
+        ...
+
+    def set_conf_state(self, conf_state: ConfState) -> None:
+        """Durably record the membership the runtime applied. ``initial_state()`` returns
+        the last one recorded (here or by a snapshot install), else the current
+        snapshot's membership."""
+        ...
+
+    def pending_install(self) -> SnapshotMetadata | None:
+        """The snapshot whose install (state machine restore) has not been confirmed with
+        :meth:`finish_install`, or ``None``. Survives restarts: see
+        :func:`raftd.storage.snapshots.recover`."""
+        ...
+
+    def finish_install(self, index: int) -> None:
+        """Confirm that the state machine now reflects the snapshot at ``index``."""
+        ...
+
+    def close(self) -> None:
+        """Release resources. Further writes raise :class:`StorageClosedError`."""
+        ...
+
+
+def check_entries(entries: Sequence[Entry]) -> None:
+    """Raise ``ValueError`` unless ``entries`` are contiguous with non-decreasing terms."""
+    for prev, cur in itertools.pairwise(entries):
+        if cur.index != prev.index + 1:
+            raise ValueError(f"entries not contiguous: {prev.index} then {cur.index}")
+        if cur.term < prev.term:
+            raise ValueError(f"entry terms go down at index {cur.index}")

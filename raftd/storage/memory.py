@@ -1,0 +1,212 @@
+"""In-memory :class:`~raftd.storage.base.RaftStorage`: the test twin of the LevelDB one.
+
+It extends the core's :class:`~raftd.core.storage.MemoryStorage` with the runtime's write
+contract (one atomic ``save``, install markers, failure semantics, a fault hook), so that
+``tests/storage/test_contract.py`` runs the same suite against both implementations.
+Nothing here is durable: "durable" means "visible to later reads of this object".
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+
+import trio
+
+from raftd.core.storage import CompactedError, MemoryStorage, UnavailableError
+from raftd.core.types import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
+from raftd.storage.base import (
+    FaultHook,
+    Readable,
+    StorageClosedError,
+    StorageWriteError,
+    Writable,
+    check_entries,
+)
+
+__all__ = ["MemoryRaftStorage"]
+
+
+class MemoryRaftStorage(MemoryStorage):
+    """Memory-backed Raft storage for one namespace. See :class:`RaftStorage`."""
+
+    def __init__(self, namespace: str = "/memory", *, fault_hook: FaultHook | None = None):
+        super().__init__()
+        self._namespace = namespace
+        self._hook = fault_hook
+        self._failed: StorageWriteError | None = None
+        self._closed = False
+        self._conf_state: ConfState | None = None
+        self._install: SnapshotMetadata | None = None
+
+    # -- status ------------------------------------------------------------------------
+    @property
+    def namespace(self) -> str:
+        return self._namespace
+
+    @property
+    def failed(self) -> StorageWriteError | None:
+        return self._failed
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise StorageClosedError(f"storage {self._namespace!r} is closed")
+        if self._failed is not None:
+            raise StorageWriteError(
+                f"storage {self._namespace!r} failed earlier, refusing writes",
+                cause=self._failed,
+            )
+
+    def _fault(self, point: str) -> None:
+        """Run the fault hook; an exception from it fails the storage like an I/O error."""
+        if self._hook is None:
+            return
+        try:
+            self._hook(point)
+        except Exception as e:
+            self._failed = StorageWriteError(f"write failed at {point}", cause=e)
+            raise self._failed from e
+
+    # -- reads -------------------------------------------------------------------------
+    def initial_state(self) -> tuple[HardState, ConfState]:
+        return self.hard_state, self._current_conf()
+
+    def _current_conf(self) -> ConfState:
+        # The membership the runtime last recorded, else the snapshot's (as MemoryStorage).
+        return self._conf_state if self._conf_state is not None else self.snap.metadata.conf_state
+
+    def snapshot_metadata(self) -> SnapshotMetadata:
+        return self.snap.metadata
+
+    def pending_install(self) -> SnapshotMetadata | None:
+        return self._install
+
+    def open_snapshot_data(self) -> AbstractContextManager[Readable]:
+        @contextmanager
+        def reader() -> Iterator[Readable]:
+            yield io.BytesIO(self.snap.data)
+
+        return reader()
+
+    # -- writes ------------------------------------------------------------------------
+    def save(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: Snapshot | None,
+    ) -> None:
+        self._check_writable()
+        check_entries(entries)
+        new_snap = (
+            snapshot
+            if snapshot is not None and snapshot.metadata.index > self.snap.metadata.index
+            else None
+        )
+        # Validate everything before mutating anything: the write must be all or nothing.
+        if new_snap is not None:
+            base_first = new_snap.metadata.index + 1
+            base_last = new_snap.metadata.index
+        else:
+            base_first, base_last = self.first_index(), self.last_index()
+        ents = [e for e in entries if e.index >= base_first]
+        if ents:
+            if ents[0].index > base_last + 1:
+                raise UnavailableError(
+                    f"missing log entry: last {base_last}, append at {ents[0].index}"
+                )
+            prev = ents[0].index - 1
+            if new_snap is not None and prev == new_snap.metadata.index:
+                prev_term = new_snap.metadata.term
+            else:
+                prev_term = self.term(prev)
+            if ents[0].term < prev_term:
+                raise ValueError(f"entry terms go down at index {ents[0].index}")
+        self._fault("write:save")
+        if new_snap is not None:
+            MemoryStorage.apply_snapshot(self, new_snap)
+            self._conf_state = new_snap.metadata.conf_state
+            self._install = new_snap.metadata
+        if ents:
+            self.append(ents)
+        if hard_state is not None:
+            self.hard_state = hard_state
+
+    async def save_async(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: Snapshot | None,
+    ) -> None:
+        # Memory writes never block: run inline, but stay a checkpoint like any async call.
+        await trio.lowlevel.checkpoint()
+        self.save(hard_state, entries, snapshot)
+
+    def apply_snapshot(self, snap: Snapshot) -> None:
+        self.save(None, (), snap)
+
+    def compact(self, compact_index: int) -> None:
+        self._check_writable()
+        if compact_index <= self._offset():
+            return
+        if compact_index > self.last_index():
+            raise UnavailableError(f"compact {compact_index} beyond last {self.last_index()}")
+        self._fault("write:compact")
+        super().compact(compact_index)
+
+    def create_snapshot(self, index: int, conf_state: ConfState | None, data: bytes) -> Snapshot:
+        self._check_writable()
+        if index <= self.snap.metadata.index:
+            return self.snap
+        if self._install is not None:
+            raise ValueError("a snapshot install is pending: finish it first")
+        if index > self.last_index():
+            raise UnavailableError(f"snapshot index {index} beyond last {self.last_index()}")
+        if index < self._offset():
+            raise CompactedError(f"snapshot index {index} already compacted")
+        self._fault("write:snapshot")
+        cs = conf_state if conf_state is not None else self._current_conf()
+        meta = SnapshotMetadata(index=index, term=self.term(index), conf_state=cs)
+        self.snap = Snapshot(metadata=meta, data=data)
+        return self.snap
+
+    def create_snapshot_streaming(
+        self,
+        index: int,
+        conf_state: ConfState | None,
+        write: Callable[[Writable], object],
+    ) -> SnapshotMetadata:
+        self._check_writable()
+        if index <= self.snap.metadata.index:
+            return self.snap.metadata
+        buf = io.BytesIO()
+        write(buf)
+        return self.create_snapshot(index, conf_state, buf.getvalue()).metadata
+
+    async def create_snapshot_streaming_async(
+        self,
+        index: int,
+        conf_state: ConfState | None,
+        write: Callable[[Writable], object],
+    ) -> SnapshotMetadata:
+        await trio.lowlevel.checkpoint()
+        return self.create_snapshot_streaming(index, conf_state, write)
+
+    async def compact_async(self, index: int) -> None:
+        await trio.lowlevel.checkpoint()
+        self.compact(index)
+
+    def set_conf_state(self, conf_state: ConfState) -> None:
+        self._check_writable()
+        self._fault("write:conf")
+        self._conf_state = conf_state
+
+    def finish_install(self, index: int) -> None:
+        self._check_writable()
+        if self._install is None or self._install.index > index:
+            return
+        self._fault("write:install")
+        self._install = None

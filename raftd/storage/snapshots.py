@@ -1,0 +1,512 @@
+"""Snapshots on disk, the snapshot/compaction policy, and crash-safe install.
+
+Snapshot files
+--------------
+``<data-dir>/snapshots/<namespace-slug>/<term>-<index>.snap``, where the slug is the
+namespace with every run of characters outside ``[A-Za-z0-9._-]`` replaced by ``-``, cut to
+48 characters, plus ``-`` and 8 hex digits of the namespace's SHA-256 (so ``/raft/cron`` and
+``raft-cron`` cannot share a folder). File layout::
+
+    "RAFTSNP1" | header_len u32 | header | body | body_len u64 | sha256 | "RAFTSNPE"
+    header = term u64 | index u64 | namespace_len u16 | namespace | conf state
+
+The SHA-256 covers everything before it (magic, header and body) and is verified before a
+snapshot is handed out (:meth:`SnapshotStore.open_data`, :meth:`SnapshotStore.load`).
+
+A file is written as ``.<name>.tmp``, fsynced, renamed into place, then the folder is
+fsynced, so a file with the final name is always complete. Only after that does the
+database record it (one LevelDB batch), so a crash leaves at worst an *orphan* file newer
+than the recorded snapshot; orphans and temp files are removed when the storage opens.
+The newest ``keep`` files (default 3) are kept, and always the recorded one.
+
+Installing a received snapshot, crash-safely
+--------------------------------------------
+1. ``storage.save(hs, [], snapshot)``: the file is written as above; then ONE batch
+   replaces the log by the snapshot (log metadata, snapshot metadata, conf state, deletes
+   of the old entries) and sets the *install marker* (``M install``).
+2. ``sm.restore(file, index=...)``: the state machine replaces its data. It may take
+   several batches; the state machine keeps its own "restoring" flag until the last one,
+   which also writes its applied index.
+3. ``storage.finish_install(index)`` clears the marker.
+
+On restart :func:`recover` redoes step 2 and 3 whenever the marker is set, the state
+machine says it is mid-restore, or its applied index is behind the recorded snapshot (the
+log before the snapshot is gone, so the snapshot is the only way forward). Step 2 is
+idempotent (it starts by clearing), so redoing it any number of times is safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import struct
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from raftd.core.types import ConfState, Snapshot, SnapshotMetadata
+from raftd.storage.base import (
+    CorruptionError,
+    FaultHook,
+    RaftStorage,
+    Readable,
+    StorageWriteError,
+    Writable,
+)
+from raftd.storage.codec import DecodeError, decode_conf_state, encode_conf_state
+
+__all__ = [
+    "PRESETS",
+    "SnapshotFileInfo",
+    "SnapshotPolicy",
+    "SnapshotStore",
+    "SnapshotView",
+    "Snapshottable",
+    "Snapshotter",
+    "finish_pending_install",
+    "install_snapshot",
+    "namespace_slug",
+    "recover",
+]
+
+MAGIC = b"RAFTSNP1"
+END_MAGIC = b"RAFTSNPE"
+_PRE = struct.Struct(">8sI")
+_HDR = struct.Struct(">QQH")
+_FOOT = struct.Struct(">Q32s8s")
+_NAME = re.compile(r"^(\d+)-(\d+)\.snap$")
+_CHUNK = 1 << 20
+
+
+def namespace_slug(namespace: str) -> str:
+    """Folder name for a namespace: readable, filesystem-safe and collision-free."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", namespace).strip("-.")[:48] or "ns"
+    return f"{base}-{hashlib.sha256(namespace.encode()).hexdigest()[:8]}"
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename or unlink in it is durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotFileInfo:
+    """A verified snapshot file: its metadata and where its body sits."""
+
+    path: Path
+    metadata: SnapshotMetadata
+    body_offset: int
+    body_length: int
+
+
+class _FileWriter:
+    """Hashes and counts what the producer writes; calls the fault hook per chunk."""
+
+    def __init__(self, f: BinaryIO, h: hashlib._Hash, hook: FaultHook | None) -> None:
+        self._f = f
+        self._h = h
+        self._hook = hook
+        self.length = 0
+
+    def write(self, data: bytes, /) -> int:
+        if self._hook is not None:
+            self._hook("snapfile:chunk")
+        self._f.write(data)
+        self._h.update(data)
+        self.length += len(data)
+        return len(data)
+
+
+class _BoundedReader:
+    """Reads at most ``length`` bytes of ``f`` (the body of a snapshot file)."""
+
+    def __init__(self, f: BinaryIO, length: int) -> None:
+        self._f = f
+        self._left = length
+
+    def read(self, size: int = -1, /) -> bytes:
+        if size < 0 or size > self._left:
+            size = self._left
+        data = self._f.read(size)
+        self._left -= len(data)
+        return data
+
+
+class SnapshotStore:
+    """The snapshot files of one namespace, in one folder. Not thread-safe for writers:
+    one writer at a time (the group's owner), any number of readers."""
+
+    def __init__(self, directory: Path, namespace: str, *, fault_hook: FaultHook | None = None):
+        self.directory = directory
+        self.namespace = namespace
+        self._hook = fault_hook
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def _fault(self, point: str) -> None:
+        if self._hook is not None:
+            self._hook(point)
+
+    @staticmethod
+    def file_name(term: int, index: int) -> str:
+        return f"{term}-{index}.snap"
+
+    def path(self, term: int, index: int) -> Path:
+        return self.directory / self.file_name(term, index)
+
+    def files(self) -> list[tuple[int, int]]:
+        """``(term, index)`` of every complete file, oldest (lowest index) first."""
+        out = []
+        for name in os.listdir(self.directory):
+            m = _NAME.match(name)
+            if m:
+                out.append((int(m.group(1)), int(m.group(2))))
+        out.sort(key=lambda ti: (ti[1], ti[0]))
+        return out
+
+    # -- writing -----------------------------------------------------------------------
+    def write(self, meta: SnapshotMetadata, produce: Callable[[Writable], object]) -> Path:
+        """Write a complete snapshot file; ``produce(w)`` writes the body in chunks.
+
+        Durable on return (file and folder fsynced). Raises :class:`StorageWriteError` on
+        any I/O error (or fault-hook exception); the temp file is then removed if possible.
+        """
+        final = self.path(meta.term, meta.index)
+        tmp = self.directory / f".{final.name}.tmp"
+        ns = self.namespace.encode()
+        header = _HDR.pack(meta.term, meta.index, len(ns)) + ns + encode_conf_state(meta.conf_state)
+        try:
+            self._fault("snapfile:begin")
+            with open(tmp, "wb") as f:
+                h = hashlib.sha256()
+                pre = _PRE.pack(MAGIC, len(header)) + header
+                f.write(pre)
+                h.update(pre)
+                w = _FileWriter(f, h, self._hook)
+                produce(w)
+                f.write(_FOOT.pack(w.length, h.digest(), END_MAGIC))
+                f.flush()
+                os.fsync(f.fileno())
+            self._fault("snapfile:before-rename")
+            os.replace(tmp, final)
+            fsync_dir(self.directory)
+            self._fault("snapfile:after-rename")
+        except Exception as e:
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if isinstance(e, StorageWriteError):
+                raise
+            raise StorageWriteError(f"writing snapshot {final}", cause=e) from e
+        return final
+
+    def adopt(self, meta: SnapshotMetadata) -> bool:
+        """Make a file that was placed at :meth:`path` by someone else (a transport that
+        streamed it there) durable: verify it, fsync it and the folder. False if there is
+        no such file; :class:`CorruptionError` if it does not check out."""
+        p = self.path(meta.term, meta.index)
+        if not p.exists():
+            return False
+        info = self.verify(meta.term, meta.index)
+        if info.metadata != meta:
+            raise self._corrupt(f"snapshot file {p} holds {info.metadata}, not {meta}", meta.index)
+        try:
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            fsync_dir(self.directory)
+        except OSError as e:
+            raise StorageWriteError(f"making snapshot {p} durable", cause=e) from e
+        return True
+
+    def write_bytes(self, meta: SnapshotMetadata, data: bytes) -> Path:
+        def produce(w: Writable) -> None:
+            for i in range(0, len(data), _CHUNK):
+                w.write(data[i : i + _CHUNK])
+
+        return self.write(meta, produce)
+
+    # -- reading -----------------------------------------------------------------------
+    def _corrupt(self, msg: str, index: int | None) -> CorruptionError:
+        return CorruptionError(msg, namespace=self.namespace, index=index)
+
+    def verify(self, term: int, index: int) -> SnapshotFileInfo:
+        """Check the whole file (structure, SHA-256, header vs name). Raises
+        :class:`CorruptionError` if it is missing or does not check out."""
+        p = self.path(term, index)
+        try:
+            with open(p, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < _PRE.size + _HDR.size + _FOOT.size:
+                    raise self._corrupt(f"snapshot file {p} too short", index)
+                magic, hlen = _PRE.unpack(f.read(_PRE.size))
+                if magic != MAGIC:
+                    raise self._corrupt(f"snapshot file {p}: bad magic", index)
+                f.seek(size - _FOOT.size)
+                body_len, digest, end = _FOOT.unpack(f.read(_FOOT.size))
+                body_off = _PRE.size + hlen
+                if end != END_MAGIC or body_off + body_len + _FOOT.size != size:
+                    raise self._corrupt(f"snapshot file {p}: bad footer", index)
+                f.seek(0)
+                h = hashlib.sha256()
+                left = size - _FOOT.size
+                while left > 0:
+                    chunk = f.read(min(_CHUNK, left))
+                    if not chunk:
+                        raise self._corrupt(f"snapshot file {p}: truncated", index)
+                    h.update(chunk)
+                    left -= len(chunk)
+                if h.digest() != digest:
+                    raise self._corrupt(f"snapshot file {p}: sha256 mismatch", index)
+                f.seek(_PRE.size)
+                header = f.read(hlen)
+        except FileNotFoundError:
+            raise self._corrupt(f"snapshot file {p} is missing", index) from None
+        except OSError as e:
+            raise self._corrupt(f"snapshot file {p} unreadable: {e}", index) from e
+        try:
+            t, i, nlen = _HDR.unpack_from(header)
+            ns = header[_HDR.size : _HDR.size + nlen].decode()
+            cs, off = decode_conf_state(header, _HDR.size + nlen)
+        except (struct.error, DecodeError, UnicodeDecodeError) as e:
+            raise self._corrupt(f"snapshot file {p}: bad header: {e}", index) from None
+        if (t, i) != (term, index) or ns != self.namespace or off != len(header):
+            raise self._corrupt(f"snapshot file {p}: header does not match its name", index)
+        meta = SnapshotMetadata(index=i, term=t, conf_state=cs)
+        return SnapshotFileInfo(p, meta, body_off, body_len)
+
+    def open_data(self, term: int, index: int) -> AbstractContextManager[Readable]:
+        """A reader of the verified body of snapshot ``term-index``."""
+        info = self.verify(term, index)
+
+        @contextmanager
+        def reader() -> Iterator[Readable]:
+            with open(info.path, "rb") as f:
+                f.seek(info.body_offset)
+                yield _BoundedReader(f, info.body_length)
+
+        return reader()
+
+    def load(self, term: int, index: int) -> Snapshot:
+        """The whole snapshot in memory (what the core's ``Storage.snapshot()`` returns)."""
+        info = self.verify(term, index)
+        with open(info.path, "rb") as f:
+            f.seek(info.body_offset)
+            data = f.read(info.body_length)
+        if len(data) != info.body_length:
+            raise self._corrupt(f"snapshot file {info.path}: truncated", index)
+        return Snapshot(metadata=info.metadata, data=data)
+
+    # -- housekeeping ------------------------------------------------------------------
+    def remove(self, term: int, index: int) -> None:
+        self.path(term, index).unlink(missing_ok=True)
+
+    def retain(self, keep: int, pin: tuple[int, int] | None) -> list[tuple[int, int]]:
+        """Delete all but the newest ``keep`` files, never ``pin``. Returns what went."""
+        files = self.files()
+        doomed = [ti for ti in files[: max(0, len(files) - keep)] if ti != pin]
+        for t, i in doomed:
+            self.remove(t, i)
+        if doomed:
+            fsync_dir(self.directory)
+        return doomed
+
+    def cleanup(self, recorded: tuple[int, int] | None) -> list[str]:
+        """At open: remove temp files and orphans (complete files newer than the recorded
+        snapshot: written, but the crash came before the database recorded them)."""
+        removed = []
+        rec_index = recorded[1] if recorded is not None else 0
+        for name in os.listdir(self.directory):
+            m = _NAME.match(name)
+            if name.endswith(".tmp") or (
+                m is not None
+                and int(m.group(2)) > rec_index
+                and (int(m.group(1)), int(m.group(2))) != recorded
+            ):
+                (self.directory / name).unlink(missing_ok=True)
+                removed.append(name)
+        if removed:
+            fsync_dir(self.directory)
+        return removed
+
+
+# -- policy ----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SnapshotPolicy:
+    """When to snapshot and how much log to keep behind a snapshot.
+
+    A snapshot is due when ``entries`` entries were applied since the last one, or when
+    ``interval_s`` seconds passed and at least one entry was applied, whichever comes
+    first. After a snapshot at index ``i`` the log is compacted up to ``i - trailing``, so
+    followers that lag by less than ``trailing`` entries still catch up from the log
+    instead of needing a whole snapshot.
+    """
+
+    entries: int = 10_000
+    interval_s: float = 60.0
+    trailing: int = 5_000
+    keep: int = 3
+
+    def __post_init__(self) -> None:
+        if self.entries < 1 or self.interval_s <= 0 or self.trailing < 0 or self.keep < 1:
+            raise ValueError(f"invalid snapshot policy {self}")
+
+    def due(self, *, applied: int, snapshot_index: int, now: float, last_at: float) -> bool:
+        behind = applied - snapshot_index
+        if behind <= 0:
+            return False
+        return behind >= self.entries or now - last_at >= self.interval_s
+
+    def compact_index(self, snapshot_index: int) -> int:
+        """Compact up to here (0 means nothing to compact)."""
+        return max(0, snapshot_index - self.trailing)
+
+
+PRESETS: dict[str, SnapshotPolicy] = {
+    "local": SnapshotPolicy(entries=10_000, interval_s=60.0),
+    "regional": SnapshotPolicy(entries=20_000, interval_s=120.0),
+    "global": SnapshotPolicy(entries=50_000, interval_s=300.0),
+}
+"""Suggested defaults per deployment preset (the trailing window is 5000 entries)."""
+
+
+# -- the state machine side ------------------------------------------------------------
+class SnapshotView(Protocol):
+    """A frozen view of a state machine at ``index``; ``write`` may run in another thread
+    while the state machine keeps applying."""
+
+    @property
+    def index(self) -> int: ...
+
+    def write(self, f: Writable) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Snapshottable(Protocol):
+    """What snapshotting and install need from a state machine."""
+
+    def applied_index(self) -> int: ...
+
+    def needs_restore(self) -> bool:
+        """True if a restore was interrupted: the data is not usable until restored."""
+        ...
+
+    def snapshot_view(self) -> SnapshotView: ...
+
+    def restore(self, f: Readable, *, index: int) -> None:
+        """Replace all data by the snapshot read from ``f``; afterwards
+        ``applied_index() == index``. Must be idempotent under crashes."""
+        ...
+
+
+class Snapshotter:
+    """Applies a :class:`SnapshotPolicy` to one group: snapshot, then compact.
+
+    Time is passed in (``now``, any monotonic clock in seconds), so tests need no clock.
+    """
+
+    def __init__(
+        self,
+        storage: RaftStorage,
+        sm: Snapshottable,
+        policy: SnapshotPolicy,
+        *,
+        now: float,
+    ) -> None:
+        self.storage = storage
+        self.sm = sm
+        self.policy = policy
+        self.last_at = now
+
+    def due(self, now: float) -> bool:
+        return self.policy.due(
+            applied=self.sm.applied_index(),
+            snapshot_index=self.storage.snapshot_metadata().index,
+            now=now,
+            last_at=self.last_at,
+        )
+
+    def take(self, now: float, conf_state: ConfState | None = None) -> SnapshotMetadata:
+        """Snapshot the state machine at its applied index, then compact the log behind
+        it. ``conf_state`` (a ``ConfState``) defaults to the storage's current one."""
+        view = self.sm.snapshot_view()
+        try:
+            meta = self.storage.create_snapshot_streaming(view.index, conf_state, view.write)
+        finally:
+            view.close()
+        self.last_at = now
+        ci = self.policy.compact_index(meta.index)
+        if ci > self.storage.first_index() - 1:
+            self.storage.compact(ci)
+        return meta
+
+    async def take_async(self, now: float, conf_state: ConfState | None = None) -> SnapshotMetadata:
+        """:meth:`take` with the file write and the compaction off the trio thread. The
+        view is captured first, on the caller's thread, so applies may continue."""
+        view = self.sm.snapshot_view()
+        try:
+            meta = await self.storage.create_snapshot_streaming_async(
+                view.index, conf_state, view.write
+            )
+        finally:
+            view.close()
+        self.last_at = now
+        ci = self.policy.compact_index(meta.index)
+        if ci > self.storage.first_index() - 1:
+            await self.storage.compact_async(ci)
+        return meta
+
+    def maybe_take(
+        self, now: float, conf_state: ConfState | None = None
+    ) -> SnapshotMetadata | None:
+        return self.take(now, conf_state) if self.due(now) else None
+
+
+def finish_pending_install(storage: RaftStorage, sm: Snapshottable) -> bool:
+    """Restore ``sm`` from the pending snapshot and clear the marker. False if none."""
+    meta = storage.pending_install()
+    if meta is None:
+        return False
+    with storage.open_snapshot_data() as f:
+        sm.restore(f, index=meta.index)
+    storage.finish_install(meta.index)
+    return True
+
+
+def install_snapshot(storage: RaftStorage, sm: Snapshottable, snap: Snapshot) -> bool:
+    """Install a snapshot received from the leader (steps 1-3 of the module docstring).
+    Returns False (and does nothing) if it is not newer than the current snapshot."""
+    if snap.metadata.index <= storage.snapshot_metadata().index:
+        return False
+    storage.save(None, (), snap)
+    return finish_pending_install(storage, sm)
+
+
+def recover(storage: RaftStorage, sm: Snapshottable) -> bool:
+    """Run at startup, before the state machine serves anything or applies an entry.
+
+    Restores ``sm`` from the recorded snapshot if an install was interrupted (marker set),
+    a restore was interrupted (``sm.needs_restore()``), or ``sm`` is behind the snapshot.
+    Returns True if it restored.
+    """
+    meta = storage.snapshot_metadata()
+    pending = storage.pending_install()
+    if pending is None and not sm.needs_restore() and sm.applied_index() >= meta.index:
+        return False
+    if meta.index == 0:
+        raise CorruptionError(
+            "state machine needs a restore but there is no snapshot", namespace=storage.namespace
+        )
+    with storage.open_snapshot_data() as f:
+        sm.restore(f, index=meta.index)
+    if pending is not None:
+        storage.finish_install(meta.index)
+    return True

@@ -1,0 +1,332 @@
+"""LevelDB-specific behaviour: layout, namespaces, corruption detection, real disk-full."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from raftd.core.types import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
+from raftd.storage import codec
+from raftd.storage.base import CorruptionError, StorageWriteError, Writable
+from raftd.storage.leveldb import LevelDB, LevelDBStorage
+
+NS = "/raft/cron"
+
+
+def ents(lo: int, hi: int, term: int, size: int = 8) -> list[Entry]:
+    return [Entry(term, i, data=(b"%d:" % i).ljust(size, b".")) for i in range(lo, hi + 1)]
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+def reopen(db: LevelDB, ns: str = NS) -> tuple[LevelDB, LevelDBStorage]:
+    db.close()
+    db2 = LevelDB(db.data_dir)
+    return db2, db2.group(ns)
+
+
+def test_layout_one_db_many_namespaces(data_dir: Path) -> None:
+    db = LevelDB(data_dir)
+    a, b = db.group("/raft/a"), db.group("/raft/b")
+    assert db.group("/raft/a") is a
+    assert a.prefix != b.prefix and len(a.prefix) == 5
+    a.save(HardState(1, "x", 2), ents(1, 5, 1), None)
+    b.save(HardState(7, "y", 1), ents(1, 2, 7), None)
+    pa = a.prefix
+    db.close()
+    assert (data_dir / "db").is_dir()
+    db = LevelDB(data_dir)
+    assert db.namespaces() == ["/raft/a", "/raft/b"]
+    a, b = db.group("/raft/a"), db.group("/raft/b")
+    assert a.prefix == pa
+    assert (a.last_index(), b.last_index()) == (5, 2)
+    assert a.initial_state()[0] == HardState(1, "x", 2)
+    assert b.entries(1, 3) == ents(1, 2, 7)
+    db.close()
+
+
+def test_keys_are_big_endian_so_scans_are_ordered(data_dir: Path) -> None:
+    db = LevelDB(data_dir)
+    s = db.group(NS)
+    s.save(None, ents(1, 300, 1), None)
+    assert s.entries(250, 270) == ents(250, 269, 1)
+    # Cross 2**16 and 2**32 boundaries by starting the log after a snapshot.
+    for base in (65_530, (1 << 32) - 5):
+        s.apply_snapshot(Snapshot(SnapshotMetadata(base, 2, ConfState()), b""))
+        s.finish_install(base)
+        s.save(None, ents(base + 1, base + 12, 2), None)
+        assert s.entries(base + 1, base + 13) == ents(base + 1, base + 12, 2)
+    keys = list(db.raw.iterator(prefix=s.prefix + codec.KIND_LOG, include_value=False))
+    assert keys == sorted(keys) and len(keys) == 12
+    db.close()
+
+
+def test_tail_cache_serves_the_newest_entries(data_dir: Path) -> None:
+    db = LevelDB(data_dir, tail_cache=10)
+    s = db.group(NS)
+    s.save(None, ents(1, 30, 1), None)
+    assert [e.index for e in s._tail] == list(range(21, 31))
+    s.save(None, ents(25, 26, 2), None)  # truncate inside the cache
+    assert [e.index for e in s._tail] == list(range(21, 27)) and s._tail[-1].term == 2
+    s.save(None, ents(5, 6, 3), None)  # truncate below the cache
+    assert [e.index for e in s._tail] == [5, 6]
+    s.compact(5)
+    assert [e.index for e in s._tail] == [6]
+    assert s.entries(2 + 4, 7) == ents(6, 6, 3)
+    s.apply_snapshot(Snapshot(SnapshotMetadata(40, 3, ConfState()), b""))
+    assert s._tail == []
+    db.close()
+
+
+def test_first_last_index_persisted_not_scanned(data_dir: Path) -> None:
+    db = LevelDB(data_dir)
+    s = db.group(NS)
+    s.save(None, ents(1, 50, 1), None)
+    s.compact(20)
+    raw = db.raw.get(s.prefix + codec.KIND_META + codec.META_LOG)
+    key = s.prefix + codec.KIND_META + codec.META_LOG
+    assert codec.decode_log_meta(codec.unseal(key, raw)) == (21, 50, 1)
+    db.close()
+
+
+# -- corruption ------------------------------------------------------------------------
+def _corrupt_and_reopen(data_dir: Path, damage: str) -> CorruptionError:
+    db = LevelDB(data_dir)
+    s = db.group(NS)
+    s.save(HardState(1, "a", 10), ents(1, 10, 1), None)
+    raw = db.raw
+    k7 = codec.log_key(s.prefix, 7)
+    if damage == "flip":
+        v = bytearray(raw.get(k7))
+        v[10] ^= 0x01
+        raw.put(k7, bytes(v))
+    elif damage == "hole":
+        raw.delete(k7)
+    elif damage == "stray":
+        raw.put(codec.log_key(s.prefix, 12), codec.encode_entry(Entry(1, 12)))
+    elif damage == "short":
+        raw.delete(codec.log_key(s.prefix, 10))
+    elif damage == "hard_state":
+        k = s.prefix + codec.KIND_HARD_STATE
+        raw.put(k, raw.get(k)[:-1] + b"\x00")
+    elif damage == "term_down":
+        raw.put(k7, codec.encode_entry(Entry(0, 7)))
+    db.close()
+    with pytest.raises(CorruptionError) as ei:
+        LevelDB(data_dir).group(NS)
+    return ei.value
+
+
+@pytest.mark.parametrize(
+    ("damage", "index", "words"),
+    [
+        ("flip", 7, "checksum"),
+        ("hole", 7, "hole"),
+        ("stray", 12, "stray"),
+        ("short", 10, "ends at 9"),
+        ("hard_state", None, "bad record"),
+        ("term_down", 7, "term goes down"),
+    ],
+)
+def test_corruption_is_a_named_error_at_open(
+    data_dir: Path, damage: str, index: int | None, words: str
+) -> None:
+    err = _corrupt_and_reopen(data_dir, damage)
+    assert err.namespace == NS
+    assert err.index == index
+    assert words in str(err)
+    assert NS in str(err)
+    if index is not None:
+        assert err.key is not None and str(err).count("key=") == 1
+
+
+def test_corruption_after_open_is_caught_on_read(data_dir: Path) -> None:
+    db = LevelDB(data_dir, tail_cache=0)  # read through to the database
+    s = db.group(NS)
+    s.save(None, ents(1, 10, 1), None)
+    k = codec.log_key(s.prefix, 4)
+    v = bytearray(db.raw.get(k))
+    v[-1] ^= 0xFF
+    db.raw.put(k, bytes(v))
+    with pytest.raises(CorruptionError, match="index=4"):
+        s.entries(1, 11)
+    with pytest.raises(CorruptionError, match="index=4"):
+        s.entries(4, 5)
+    assert s.entries(5, 11) == ents(5, 10, 1)
+    db.close()
+
+
+def test_missing_or_damaged_snapshot_file(data_dir: Path) -> None:
+    db = LevelDB(data_dir)
+    s = db.group(NS)
+    s.save(None, ents(1, 10, 1), None)
+    s.create_snapshot(8, None, b"x" * 1000)
+    path = s.snapshot_store.path(1, 8)
+    db.close()
+    data = bytearray(path.read_bytes())
+    data[500] ^= 0x40
+    path.write_bytes(bytes(data))
+    db, s = reopen(LevelDB(data_dir))
+    with pytest.raises(CorruptionError, match="sha256"):
+        s.snapshot()
+    db.close()
+    path.unlink()
+    with pytest.raises(CorruptionError, match="missing"):
+        LevelDB(data_dir).group(NS)
+
+
+def test_orphans_and_temp_files_are_removed_at_open(data_dir: Path) -> None:
+    db = LevelDB(data_dir)
+    s = db.group(NS)
+    s.save(None, ents(1, 10, 1), None)
+    s.create_snapshot(5, None, b"five")
+    d = s.snapshot_store.directory
+    (d / ".1-9.snap.tmp").write_bytes(b"partial")
+    s.snapshot_store.write_bytes(SnapshotMetadata(9, 1, ConfState()), b"orphan")
+    db, s = reopen(db)
+    assert sorted(os.listdir(d)) == ["1-5.snap"]
+    assert s.snapshot().data == b"five"
+    db.close()
+
+
+def test_snapshot_retention_keeps_newest_three(data_dir: Path) -> None:
+    db = LevelDB(data_dir)
+    s = db.group(NS)
+    s.save(None, ents(1, 10, 1), None)
+    for i in range(2, 8):
+        s.create_snapshot(i, None, b"s%d" % i)
+    assert s.snapshot_store.files() == [(1, 5), (1, 6), (1, 7)]
+    db.close()
+
+
+def test_failed_snapshot_file_write(data_dir: Path) -> None:
+    def hook(point: str) -> None:
+        if point == "snapfile:chunk":
+            raise OSError(5, "Input/output error (injected)")
+
+    db = LevelDB(data_dir, fault_hook=hook)
+    s = db.group(NS)
+    s.save(None, ents(1, 10, 1), None)
+
+    def produce(w: Writable) -> None:
+        w.write(b"chunk")
+
+    with pytest.raises(StorageWriteError, match="Input/output error"):
+        s.create_snapshot_streaming(5, None, produce)
+    assert s.failed is not None
+    assert os.listdir(s.snapshot_store.directory) == []
+    assert s.snapshot().is_empty()
+    db.close()
+
+
+# -- a real full disk ------------------------------------------------------------------
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    try:
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.skip(f"cannot mount a tmpfs: {e}")
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
+
+
+def test_disk_full_fails_the_storage(tiny_tmpfs: Path) -> None:
+    db = LevelDB(tiny_tmpfs / "data")
+    s = db.group(NS)
+    index = 0
+    with pytest.raises(StorageWriteError, match="No space left") as ei:
+        for _ in range(2000):  # 2000 x 1 KiB is well over the 1 MiB tmpfs
+            s.save(HardState(1, "a", index), ents(index + 1, index + 1, 1, 1024), None)
+            index += 1
+    assert ei.value.cause is not None
+    assert s.failed is ei.value
+    assert index > 100  # it did write for a while
+    # Nothing half-written is visible: the caches still describe the last good save.
+    assert s.last_index() == index
+    assert s.initial_state()[0] == HardState(1, "a", index - 1)
+    assert s.entries(index, index + 1) == ents(index, index, 1, 1024)
+    with pytest.raises(StorageWriteError, match="refusing"):
+        s.save(None, ents(index + 1, index + 1, 1), None)
+    # Another group in the same database refuses too: LevelDB is one log.
+    with pytest.raises(StorageWriteError):
+        db.group("/raft/other").save(None, ents(1, 1, 1), None)
+    db.close()
+
+
+def test_disk_full_while_writing_a_snapshot(tiny_tmpfs: Path) -> None:
+    db = LevelDB(tiny_tmpfs / "data")
+    s = db.group(NS)
+    s.save(None, ents(1, 10, 1), None)
+
+    def produce(w: Writable) -> None:
+        for _ in range(64):
+            w.write(b"z" * 32768)  # 2 MiB
+
+    with pytest.raises(StorageWriteError, match="No space left"):
+        s.create_snapshot_streaming(5, None, produce)
+    assert s.failed is not None
+    assert s.snapshot().is_empty()
+    assert os.listdir(s.snapshot_store.directory) == []  # the temp file was removed
+    db.close()
+
+
+# -- save_async ------------------------------------------------------------------------
+async def test_save_async_threads_big_or_slow_writes(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trio
+
+    hops: list[int] = []
+    real = trio.to_thread.run_sync
+
+    async def counting(fn: Any, *args: Any, **kw: Any) -> Any:
+        hops.append(1)
+        return await real(fn, *args, **kw)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+    db = LevelDB(data_dir)
+    s = db.group(NS)
+    s.write_seconds = 0.0
+    await s.save_async(None, ents(1, 1, 1), None)  # small and fast: inline
+    assert hops == []
+    await s.save_async(None, ents(2, 200, 1), None)  # big: thread
+    assert len(hops) == 1
+    s.write_seconds = 1.0  # the disk got slow: even small writes go to a thread
+    await s.save_async(None, ents(201, 201, 1), None)
+    assert len(hops) == 2
+    assert s.last_index() == 201
+    db.close()
+
+
+async def test_cancelled_save_async_still_publishes_a_landed_write(data_dir: Path) -> None:
+    import trio
+
+    db = LevelDB(data_dir)
+    s = db.group(NS)
+    with trio.CancelScope() as cs:
+        cs.cancel()  # cancelled before it even starts waiting for the thread
+        await s.save_async(HardState(1, "a", 0), ents(1, 100, 1), None)
+    assert cs.cancelled_caught
+    # The write landed and the caches agree with the disk.
+    assert s.last_index() == 100
+    db, s = reopen(db)
+    assert s.last_index() == 100
+    db.close()

@@ -1,0 +1,282 @@
+"""Snapshot files, the snapshot policy, and crash-safe snapshot install."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from raftd.core.types import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
+from raftd.kv import commands as C
+from raftd.kv.machine import KVStateMachine
+from raftd.storage.base import CorruptionError, StorageWriteError
+from raftd.storage.leveldb import LevelDB, LevelDBStorage
+from raftd.storage.memory import MemoryRaftStorage
+from raftd.storage.snapshots import (
+    PRESETS,
+    SnapshotPolicy,
+    SnapshotStore,
+    Snapshotter,
+    install_snapshot,
+    namespace_slug,
+    recover,
+)
+
+NS = "/raft/cron"
+META = SnapshotMetadata(index=42, term=3, conf_state=ConfState(("a", "b"), ("c",)))
+
+
+# -- the file store --------------------------------------------------------------------
+def test_file_roundtrip_and_layout(tmp_path: Path) -> None:
+    st = SnapshotStore(tmp_path / "s", NS)
+    body = os.urandom(3 << 20)
+    path = st.write_bytes(META, body)
+    assert path.name == "3-42.snap"
+    info = st.verify(3, 42)
+    assert info.metadata == META and info.body_length == len(body)
+    assert st.load(3, 42) == Snapshot(META, body)
+    with st.open_data(3, 42) as f:
+        assert f.read(10) == body[:10]
+        assert f.read() == body[10:]
+        assert f.read() == b""
+    assert st.files() == [(3, 42)]
+    assert not [n for n in os.listdir(st.directory) if n.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("damage", ["flip_body", "flip_header", "truncate", "append", "rename"])
+def test_damaged_file_is_detected(tmp_path: Path, damage: str) -> None:
+    st = SnapshotStore(tmp_path / "s", NS)
+    path = st.write_bytes(META, b"payload" * 1000)
+    data = bytearray(path.read_bytes())
+    if damage == "flip_body":
+        data[3000] ^= 1
+    elif damage == "flip_header":
+        data[14] ^= 1
+    elif damage == "truncate":
+        data = data[:-100]
+    elif damage == "append":
+        data += b"x"
+    path.write_bytes(bytes(data))
+    term, index = 3, 42
+    if damage == "rename":
+        path.rename(st.path(3, 43))
+        index = 43
+    with pytest.raises(CorruptionError) as ei:
+        st.load(term, index)
+    assert ei.value.namespace == NS and ei.value.index == index
+
+
+def test_namespace_slug() -> None:
+    assert namespace_slug("/raft/cron").startswith("raft-cron-")
+    assert namespace_slug("/raft/cron") != namespace_slug("raft-cron")
+    assert namespace_slug("/") != namespace_slug("//")
+    assert "/" not in namespace_slug("../../etc")
+
+
+def test_retain_never_drops_the_pinned_one(tmp_path: Path) -> None:
+    st = SnapshotStore(tmp_path / "s", NS)
+    for i in range(1, 7):
+        st.write_bytes(SnapshotMetadata(i, 1, ConfState()), b"x")
+    assert st.retain(2, pin=(1, 1)) == [(1, 2), (1, 3), (1, 4)]
+    assert st.files() == [(1, 1), (1, 5), (1, 6)]
+
+
+# -- policy ----------------------------------------------------------------------------
+def test_policy_entries_or_time_whichever_first() -> None:
+    p = SnapshotPolicy(entries=100, interval_s=10.0, trailing=30)
+    assert not p.due(applied=50, snapshot_index=0, now=5.0, last_at=0.0)
+    assert p.due(applied=100, snapshot_index=0, now=5.0, last_at=0.0)  # by entries
+    assert p.due(applied=1, snapshot_index=0, now=10.0, last_at=0.0)  # by time
+    assert not p.due(applied=7, snapshot_index=7, now=99.0, last_at=0.0)  # nothing new
+    assert p.compact_index(100) == 70 and p.compact_index(10) == 0
+    with pytest.raises(ValueError):
+        SnapshotPolicy(entries=0)
+
+
+def test_presets() -> None:
+    assert (PRESETS["local"].entries, PRESETS["local"].interval_s) == (10_000, 60.0)
+    assert (PRESETS["regional"].entries, PRESETS["regional"].interval_s) == (20_000, 120.0)
+    assert (PRESETS["global"].entries, PRESETS["global"].interval_s) == (50_000, 300.0)
+    assert all(p.trailing == 5000 and p.keep == 3 for p in PRESETS.values())
+
+
+# -- snapshotter -----------------------------------------------------------------------
+def run_node(storage: LevelDBStorage | MemoryRaftStorage, sm: KVStateMachine, n: int) -> None:
+    """Mimic a single-node runtime: append n put commands, commit, apply."""
+    base = storage.last_index()
+    es = [Entry(1, base + i, data=C.put(b"k%05d" % (base + i), b"v")) for i in range(1, n + 1)]
+    storage.save(HardState(1, "a", base + n), es, None)
+    sm.apply_many([(e.index, e.data) for e in es])
+
+
+Node = tuple[LevelDB | None, LevelDBStorage | MemoryRaftStorage, KVStateMachine]
+
+
+@pytest.fixture(params=["memory", "leveldb"])
+def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
+    """A storage and a KV machine: the memory twins, or both in one LevelDB."""
+    if request.param == "memory":
+        yield None, MemoryRaftStorage(NS), KVStateMachine.memory()
+        return
+    db = LevelDB(tmp_path / "n1")
+    yield db, db.group(NS), KVStateMachine.leveldb(db, NS)
+    db.close()
+
+
+def test_snapshotter_snapshots_and_compacts_behind(node: Node) -> None:
+    _, storage, sm = node
+    snapper = Snapshotter(
+        storage, sm, SnapshotPolicy(entries=100, interval_s=60, trailing=30), now=0.0
+    )
+    run_node(storage, sm, 99)
+    assert snapper.maybe_take(now=1.0) is None
+    run_node(storage, sm, 1)
+    meta = snapper.maybe_take(now=2.0)
+    assert meta is not None and meta.index == 100
+    assert storage.first_index() == 71  # trailing window of 30 kept: 71..100
+    run_node(storage, sm, 5)
+    assert snapper.maybe_take(now=30.0) is None
+    meta = snapper.maybe_take(now=62.5)  # by time
+    assert meta is not None and meta.index == 105 and storage.first_index() == 76
+    # The snapshot restores to the same state.
+    other = KVStateMachine.memory()
+    with storage.open_snapshot_data() as f:
+        other.restore(f, index=105)
+    assert other.revision() == sm.revision() == 105
+
+
+async def test_snapshotter_async(node: Node) -> None:
+    _, storage, sm = node
+    run_node(storage, sm, 50)
+    snapper = Snapshotter(storage, sm, SnapshotPolicy(entries=10, trailing=5), now=0.0)
+    meta = await snapper.take_async(now=1.0)
+    assert meta.index == 50 and storage.first_index() == 46
+
+
+# -- install ---------------------------------------------------------------------------
+def leader_snapshot(tmp_path: Path, n: int = 300) -> Snapshot:
+    """A snapshot from another node ('the leader') that holds n keys."""
+    db = LevelDB(tmp_path / "leader")
+    st = db.group(NS)
+    sm = KVStateMachine.leveldb(db, NS)
+    run_node(st, sm, n)
+    st.create_snapshot_streaming(n, ConfState(("a", "b", "c")), sm.snapshot_data)
+    snap = st.snapshot()
+    db.close()
+    return snap
+
+
+def state_of(sm: KVStateMachine) -> bytes:
+    buf = io.BytesIO()
+    sm.snapshot_data(buf)
+    return buf.getvalue()
+
+
+def test_install_snapshot(tmp_path: Path) -> None:
+    snap = leader_snapshot(tmp_path)
+    db = LevelDB(tmp_path / "follower")
+    st = db.group(NS)
+    sm = KVStateMachine.leveldb(db, NS)
+    run_node(st, sm, 10)  # some divergent local state, to be replaced
+    assert install_snapshot(st, sm, snap)
+    assert st.pending_install() is None
+    assert (st.first_index(), st.last_index()) == (301, 300)
+    assert sm.applied_index() == 300 and sm.get(b"k00299") is not None
+    expected = state_of(sm)
+    db.close()
+    db = LevelDB(tmp_path / "follower")
+    st, sm = db.group(NS), KVStateMachine.leveldb(db, NS)
+    assert not recover(st, sm)
+    assert state_of(sm) == expected
+    assert not install_snapshot(st, sm, snap)  # not newer: ignored
+    db.close()
+
+
+CRASH_POINTS = [
+    "snapfile:begin",
+    "snapfile:chunk",
+    "snapfile:before-rename",
+    "snapfile:after-rename",
+    "write:save",
+    "write:kv.restore-begin",
+    "write:kv.restore-clear",
+    "write:kv.restore",
+    "write:kv.restore-end",
+    "write:install",
+]
+
+
+class Crash(Exception):
+    """Stands for the process dying at a fault point (the test then 'restarts')."""
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_install_survives_a_crash_at_any_step(tmp_path: Path, point: str) -> None:
+    snap = leader_snapshot(tmp_path, n=5000)  # > one restore chunk, so restore has steps
+    hits = 0
+
+    def hook(p: str) -> None:
+        nonlocal hits
+        if p == point:
+            hits += 1
+            if hits == 2 or point != "write:kv.restore":  # mid-restore: after one chunk
+                raise Crash(p)
+
+    path = tmp_path / "follower"
+    db = LevelDB(path)
+    st, sm = db.group(NS), KVStateMachine.leveldb(db, NS)
+    run_node(st, sm, 10)
+    before = state_of(sm)
+    db.fault_hook = hook
+    with pytest.raises((Crash, StorageWriteError)):
+        install_snapshot(st, sm, snap)
+    db.close()  # the "process" is gone; everything in memory is lost
+
+    db = LevelDB(path)
+    st, sm = db.group(NS), KVStateMachine.leveldb(db, NS)
+    recovered = recover(st, sm)
+    if point.startswith("snapfile:"):
+        # The install never reached the database: the old state stands, no debris.
+        assert not recovered and st.snapshot().is_empty() and state_of(sm) == before
+        assert os.listdir(st.snapshot_store.directory) == []
+    else:
+        # The log was replaced: the restore is (re)done from the recorded snapshot.
+        assert recovered == (point != "write:save")
+        if point == "write:save":
+            assert st.snapshot().is_empty()
+        else:
+            assert st.pending_install() is None and sm.applied_index() == 5000
+            assert not sm.needs_restore() and sm.get(b"k04999") is not None
+            assert sm.get(b"k00003") is not None and sm.revision() == 5000
+    db.close()
+
+
+def test_save_adopts_a_snapshot_file_already_in_the_store(tmp_path: Path) -> None:
+    """The transport streams a received snapshot into the store, then the runtime saves
+    the core's data-less Snapshot: the file is kept (not overwritten with nothing)."""
+    snap = leader_snapshot(tmp_path)
+    db = LevelDB(tmp_path / "follower")
+    st, sm = db.group(NS), KVStateMachine.leveldb(db, NS)
+    st.snapshot_store.write_bytes(snap.metadata, snap.data)  # "streamed by the transport"
+    meta_only = Snapshot(metadata=snap.metadata)
+    assert install_snapshot(st, sm, meta_only)
+    assert st.snapshot() == snap
+    assert sm.applied_index() == 300 and sm.get(b"k00299") is not None
+    db.close()
+
+
+def test_adopting_a_bad_file_is_refused(tmp_path: Path) -> None:
+    snap = leader_snapshot(tmp_path)
+    db = LevelDB(tmp_path / "follower")
+    st = db.group(NS)
+    path = st.snapshot_store.write_bytes(snap.metadata, snap.data)
+    data = bytearray(path.read_bytes())
+    data[100] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptionError, match="sha256"):
+        st.save(None, (), Snapshot(metadata=snap.metadata))
+    assert st.snapshot().is_empty() and st.pending_install() is None
+    db.close()
