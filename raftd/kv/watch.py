@@ -1,0 +1,143 @@
+"""The bounded in-memory history of key events that watches are served from.
+
+Every applied command that changes keys appends its events (all with the command's store
+revision) after its batch is durable. A watch asks for the events from some revision on;
+the history answers from memory, so a watcher that reconnects can resume from the last
+revision it saw, as long as that revision is still held.
+
+Bounds: at most ``max_events`` events and about ``max_bytes`` bytes of keys and values
+(defaults 100,000 events / 64 MiB). The oldest *whole revisions* are dropped first, and
+:attr:`EventHistory.floor` is the oldest revision still complete: a watch from an older
+revision must be refused ("compacted") and the client must re-read and watch again.
+
+The history is not persisted. After a restart it starts empty at the state machine's
+revision (``floor = revision + 1``); after a snapshot install it is cleared the same way,
+since the events that the snapshot skipped are unknown.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from raftd.kv.backend import KeyRecord
+
+__all__ = ["DELETE", "PUT", "EventHistory", "KeyEvent"]
+
+PUT = 0
+DELETE = 1
+
+DEFAULT_MAX_EVENTS = 100_000
+DEFAULT_MAX_BYTES = 64 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEvent:
+    """One change of one key at ``revision``. ``record`` is the new state (PUT), ``prev``
+    the state before (``None`` if the key did not exist)."""
+
+    revision: int
+    type: int  # PUT or DELETE
+    key: bytes
+    record: KeyRecord | None
+    prev: KeyRecord | None
+
+    def size(self) -> int:
+        n = 64 + len(self.key)
+        if self.record is not None:
+            n += len(self.record.value)
+        if self.prev is not None:
+            n += len(self.prev.value)
+        return n
+
+
+def _rev(e: KeyEvent) -> int:
+    return e.revision
+
+
+class EventHistory:
+    """Events of the most recent revisions, in revision order (see the module doc)."""
+
+    def __init__(
+        self,
+        revision: int = 0,
+        *,
+        max_events: int = DEFAULT_MAX_EVENTS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        if max_events < 1 or max_bytes < 1:
+            raise ValueError("history bounds must be positive")
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._events: list[KeyEvent] = []
+        self._head = 0  # index of the oldest held event in _events
+        self._bytes = 0
+        self.floor = revision + 1
+        self.last = revision
+
+    def __len__(self) -> int:
+        return len(self._events) - self._head
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def reset(self, revision: int) -> None:
+        """Forget everything; the next event will be after ``revision``."""
+        self._events = []
+        self._head = 0
+        self._bytes = 0
+        self.floor = revision + 1
+        self.last = revision
+
+    def append(self, events: list[KeyEvent]) -> None:
+        """Add the events of one or more revisions, each newer than :attr:`last`."""
+        if not events:
+            return
+        if events[0].revision <= self.last:
+            raise ValueError(f"history: revision {events[0].revision} is not after {self.last}")
+        self._events.extend(events)
+        self._bytes += sum(e.size() for e in events)
+        self.last = events[-1].revision
+        self._trim()
+
+    def _trim(self) -> None:
+        evs = self._events
+        dropped_rev = 0
+        while len(evs) - self._head > self.max_events or self._bytes > self.max_bytes:
+            e = evs[self._head]
+            self._head += 1
+            self._bytes -= e.size()
+            dropped_rev = e.revision
+        if dropped_rev:
+            # Never keep half a revision: a watcher from it would miss events.
+            while self._head < len(evs) and evs[self._head].revision == dropped_rev:
+                self._bytes -= evs[self._head].size()
+                self._head += 1
+            self.floor = dropped_rev + 1
+        if self._head > 4096 and self._head * 2 > len(evs):
+            del evs[: self._head]
+            self._head = 0
+
+    def read(
+        self, start: int, key: bytes, end: bytes | None, limit: int = 1000
+    ) -> tuple[list[KeyEvent], int]:
+        """Events with ``revision >= start`` on keys in ``[key, end)`` (``end=None``:
+        unbounded), at most about ``limit`` (whole revisions only), and the revision to
+        read from next. Raises ``LookupError`` if ``start < floor`` (compacted)."""
+        if start < self.floor:
+            raise LookupError(f"revision {start} is compacted (oldest held: {self.floor})")
+        evs = self._events
+        i = bisect.bisect_left(evs, start, lo=self._head, key=_rev)
+        out: list[KeyEvent] = []
+        nxt = max(start, self.last + 1)
+        n = len(evs)
+        while i < n:
+            e = evs[i]
+            if len(out) >= limit and e.revision != out[-1].revision:
+                nxt = e.revision
+                break
+            if e.key >= key and (end is None or e.key < end):
+                out.append(e)
+            i += 1
+        return out, nxt
