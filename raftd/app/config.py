@@ -53,6 +53,8 @@ class DaemonConfig:
     expect: int = 0
     voter_cap: int = 5
     key_file: Path | None = None
+    next_key_file: Path | None = None
+    previous_key_file: Path | None = None
     psk_file: Path | None = None
     metrics: str | None = None
     log_format: str = "text"
@@ -98,7 +100,15 @@ class DaemonConfig:
 
 
 _LIST_FIELDS = {"namespaces", "listen", "peers", "discovery", "bootstrap"}
-_PATH_FIELDS = {"data_dir", "socket", "api_token_file", "key_file", "psk_file"}
+_PATH_FIELDS = {
+    "data_dir",
+    "socket",
+    "api_token_file",
+    "key_file",
+    "next_key_file",
+    "previous_key_file",
+    "psk_file",
+}
 _INT_FIELDS = {"expect", "voter_cap"}
 _BOOL_FIELDS = {"leave_on_shutdown"}
 # TOML keys and env names use the flag spelling; these differ from the field name.

@@ -10,6 +10,7 @@ and closed, and the process exits 0.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from raftd.app.config import DaemonConfig
+from raftd.app.keys import load_ring
 from raftd.core import NONE, NodeId, StateType
 from raftd.kv.machine import KVStateMachine
 from raftd.runtime.group import Group, default_rng
-from raftd.security.keys import load_psk
+from raftd.security.envelope import Envelope, KeyedEnvelope, NullEnvelope, make_envelope
+from raftd.security.keys import KeyLoadError, load_psk
 from raftd.storage.leveldb import LevelDB
 from raftd.transport.host import listen_addrs_of, load_or_create_identity, open_host, peer_id_of
 from raftd.transport.libp2p import Libp2pTransport, Libp2pTransportConfig
@@ -55,6 +58,7 @@ class Daemon:
     addrs: list[str] = field(default_factory=list)
     host: Any = None
     db: LevelDB | None = None
+    envelope: Envelope = field(default_factory=NullEnvelope)
     _stop: trio.Event = field(default_factory=trio.Event)
     _started_hooks: list[Callable[[Daemon], None]] = field(default_factory=list)
 
@@ -68,8 +72,15 @@ class Daemon:
         kp = load_or_create_identity(cfg.data_dir)
         self.peer_id = peer_id_of(kp)
         psk = None
-        if cfg.psk_file is not None:
-            psk = load_psk(cfg.psk_file)
+        try:
+            if cfg.psk_file is not None:
+                psk = load_psk(cfg.psk_file)
+            ring = load_ring(cfg)
+        except KeyLoadError as exc:
+            raise DaemonError(f"key: {exc}") from None
+        self.envelope = make_envelope(ring)
+        if ring is not None:
+            log.info("shared key loaded: %s", ", ".join(ring.accepted_ids))
         self.db = db = LevelDB(cfg.data_dir)
         try:
             async with open_host(kp, cfg.listen, psk=psk) as host:
@@ -87,7 +98,7 @@ class Daemon:
             dial_timeout=p.dial_timeout_s,
             snapshot_dir=str(db.snapshot_dir(ns)),
         )
-        transport = Libp2pTransport(host, ns, config=tcfg)
+        transport = Libp2pTransport(host, ns, config=tcfg, envelope=self.envelope)
         self.transports[ns] = transport
         group = Group(
             namespace=ns,
@@ -121,7 +132,9 @@ class Daemon:
             for hook in self._started_hooks:
                 hook(self)
             task_status.started()
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            pidfile = cfg.data_dir / "raftd.pid"
+            pidfile.write_text(f"{os.getpid()}\n")
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 nursery.start_soon(self._watch_signals, signals)
                 await self._stop.wait()
             await self._graceful_shutdown()
@@ -129,9 +142,33 @@ class Daemon:
 
     async def _watch_signals(self, signals: Any) -> None:
         async for signum in signals:
+            if signum == signal.SIGHUP:
+                self.reload()
+                continue
             log.info("received %s: shutting down", signal.Signals(signum).name)
             self._stop.set()
             return
+
+    def reload(self) -> bool:
+        """Re-read the key files (SIGHUP, ``raftd reload``). False if it failed; the old
+        keys then stay in force."""
+        try:
+            ring = load_ring(self.cfg)
+        except KeyLoadError as exc:
+            log.error("reload failed, keeping the current keys: %s", exc)
+            return False
+        env = self.envelope
+        if isinstance(env, KeyedEnvelope) and ring is not None:
+            env.reload(ring)
+            for t in self.transports.values():
+                t.readvertise()
+            log.info("keys reloaded: %s", ", ".join(ring.accepted_ids))
+            return True
+        if ring is None and not env.encrypted:
+            log.info("reload: no key configured, nothing to do")
+            return True
+        log.error("reload cannot switch encryption on or off: restart the daemon")
+        return False
 
     async def _graceful_shutdown(self) -> None:
         """Hand leadership over before leaving (bounded by two election timeouts)."""

@@ -69,8 +69,9 @@ __all__ = [
     "snapshot_envelope",
 ]
 
-Kind = Literal["raft", "snap", "cmd"]
-KINDS: tuple[Kind, ...] = ("raft", "snap", "cmd")
+# "form": the formation protocol (issue #6, raftd.formation): peer exchange, join, leave.
+Kind = Literal["raft", "snap", "cmd", "form"]
+KINDS: tuple[Kind, ...] = ("raft", "snap", "cmd", "form")
 
 DEFAULT_SNAPSHOT_CHUNK = 256 * 1024
 
@@ -115,6 +116,7 @@ class TransportStats:
     dropped_invalid: int = 0  # not sendable (unknown peer id, self, too large)
     refused: int = 0  # inbound messages refused (spoofed frm, wrong to, local type)
     frames_rejected: int = 0  # inbound frames over the limit or malformed
+    auth_failures: int = 0  # inbound streams refused by the envelope (key, bit flip, replay)
     unreachable_reports: int = 0
     snapshots_sent: int = 0
     snapshots_received: int = 0

@@ -44,6 +44,14 @@ from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 
 from raftd.core.types import Message, MessageType, SnapshotMetadata
+from raftd.security.envelope import (
+    Envelope,
+    EnvelopeError,
+    FrameOpener,
+    FrameSealer,
+    NullEnvelope,
+)
+from raftd.security.keys import NoCommonKey
 from raftd.transport.base import (
     DEFAULT_SNAPSHOT_CHUNK,
     MessageFilter,
@@ -182,6 +190,7 @@ class Libp2pTransport:
         on_snapshot: OnSnapshot | None = None,
         config: Libp2pTransportConfig | None = None,
         rng: random.Random | None = None,
+        envelope: Envelope | None = None,
     ) -> None:
         self.on_message = on_message
         self.on_unreachable = on_unreachable
@@ -201,6 +210,15 @@ class Libp2pTransport:
         self._nursery: trio.Nursery | None = None
         self._snap_slots = trio.Semaphore(cfg.max_inbound_snapshots)
         self._logged: set[tuple[str, ...]] = set()
+        # Every stream starts with an envelope header frame; with a shared key each frame
+        # is sealed (AES-256-GCM, raftd.security.envelope), otherwise it passes through.
+        self.envelope: Envelope = envelope if envelope is not None else NullEnvelope()
+        # Key ids each peer advertised on its inbound streams (authenticated): the
+        # sender picks the newest key the peer accepts (key rotation).
+        self._peer_accepts: dict[str, frozenset[str] | None] = {}
+        # Bumped by readvertise(): senders reopen their stream, so the new header tells
+        # each peer which keys we now accept (key rotation step 1).
+        self._generation = 0
 
     # --- properties --------------------------------------------------------------------
 
@@ -351,6 +369,8 @@ class Libp2pTransport:
         cfg = self.config
         queue = self._outbox.queue(peer.id)
         stream: Any = None
+        sealer: FrameSealer | None = None
+        generation = self._generation
         backoff = cfg.backoff_min
         try:
             with peer.scope:
@@ -362,16 +382,36 @@ class Libp2pTransport:
                             await queue.wait_nonempty()
                         if not len(queue):
                             # Idle: a keepalive keeps the peer's idle timeout quiet.
-                            if stream is not None and not await self._write(
-                                stream, encode_varint(0), peer
+                            if (
+                                stream is not None
+                                and sealer is not None
+                                and not await self._write(
+                                    stream, encode_frame(sealer.seal(b"")), peer
+                                )
                             ):
                                 await self._reset(stream)
                                 stream = None
                             continue
+                    if (
+                        stream is not None
+                        and sealer is not None
+                        and sealer.stale(self.envelope.ring, self._peer_accepts.get(peer.id))
+                    ):
+                        # A newer key became usable (rotation), or ours was retired.
+                        await self._close(stream)
+                        stream = None
                     if stream is None:
                         # Log the first failure of an outage, not every redial.
                         level = logging.WARNING if peer.failures == 0 else logging.DEBUG
                         stream = await self._open_stream(peer, self._raft_proto, level)
+                        if stream is not None:
+                            generation = self._generation
+                            sealer = self._make_sealer(peer.id, "raft")
+                            if sealer is None or not await self._write(
+                                stream, encode_frame(sealer.header), peer
+                            ):
+                                await self._reset(stream)
+                                stream = None
                         if stream is None:
                             peer.failures += 1
                             self._stats.dropped_unreachable += queue.clear()
@@ -387,10 +427,11 @@ class Libp2pTransport:
                             )
                         peer.failures = 0
                         backoff = cfg.backoff_min
-                    frame, count = self._drain(peer.id, queue)
+                    payload, count = self._drain(peer.id, queue, sealer)
                     if not count:
                         continue
-                    if await self._write(stream, frame, peer):
+                    assert sealer is not None
+                    if await self._write(stream, encode_frame(sealer.seal(payload)), peer):
                         self._stats.sent += count
                         self._stats.frames_sent += 1
                     else:
@@ -402,10 +443,13 @@ class Libp2pTransport:
             if stream is not None:
                 await self._close(stream)
 
-    def _drain(self, peer_id: str, queue: Any) -> tuple[bytes, int]:
-        """Pop queued messages into one Batch frame of at most ~max_batch_bytes."""
+    def _drain(
+        self, peer_id: str, queue: Any, sealer: FrameSealer | None = None
+    ) -> tuple[bytes, int]:
+        """Pop queued messages into one Batch payload of at most ~max_batch_bytes (the
+        caller seals and frames it)."""
         limit = self.config.max_batch_bytes
-        hard_limit = self.config.max_frame_size
+        hard_limit = self.config.max_frame_size - 64  # room for the envelope
         parts: list[bytes] = []
         size = 0
         count = 0
@@ -441,7 +485,40 @@ class Libp2pTransport:
             count += 1
         if not count:
             return b"", 0
-        return encode_frame(b"".join(parts)), count
+        return b"".join(parts), count
+
+    def readvertise(self) -> None:
+        """Reopen every outbound stream (after a key reload), so each peer learns from
+        the new stream header which keys this node accepts now. Takes effect at each
+        sender's next write (Raft heartbeats keep them frequent)."""
+        self._generation += 1
+
+    def _make_sealer(self, peer_id: str, kind: Any) -> FrameSealer | None:
+        """A sealer for a new outbound stream, or None (logged) if the peer accepts none
+        of our keys."""
+        try:
+            return self.envelope.sealer(
+                self._namespace,
+                kind,
+                local_peer=self._local_id,
+                remote_peer=peer_id,
+                peer_accepts=self._peer_accepts.get(peer_id),
+            )
+        except NoCommonKey as exc:
+            # What the peer advertised may be stale (it reloads too, and idle streams
+            # keep old headers): try our current key; the peer refuses it if it must.
+            self._log_once(("nokey", peer_id), "no common key with %s: %s", peer_id, exc)
+            try:
+                return self.envelope.sealer(
+                    self._namespace, kind, local_peer=self._local_id, remote_peer=peer_id
+                )
+            except NoCommonKey:
+                return None
+
+    def _make_opener(self, remote: str, kind: Any) -> FrameOpener:
+        return self.envelope.opener(
+            self._namespace, kind, local_peer=self._local_id, remote_peer=remote
+        )
 
     async def _write(self, stream: Any, data: bytes, peer: _Peer) -> bool:
         """Write ``data`` within ``write_timeout``; False on any failure (the caller
@@ -586,12 +663,21 @@ class Libp2pTransport:
         try:
             remote = str(stream.muxed_conn.peer_id)
             reader = FrameReader(stream, cfg.max_frame_size, cfg.read_chunk)
+            opener = self._make_opener(remote, "raft")
+            header: bytes | None = None
+            with trio.move_on_after(cfg.idle_timeout):
+                header = await reader.read_frame()
+            if header is None:  # EOF or no header in time
+                reset = True
+                return
+            opener.accept_header(header)  # EnvelopeError: reset below
+            self._peer_accepts[remote] = opener.peer_accepts
             while True:
                 with trio.move_on_after(cfg.idle_timeout):
                     frame = await reader.read_frame()
                     if frame is None:
                         return  # clean EOF
-                    self._deliver_frame(remote, frame)
+                    self._deliver_frame(remote, opener.open(frame))
                     continue
                 log.info("raft stream from %s idle for %.0fs: closing", remote, cfg.idle_timeout)
                 reset = True
@@ -609,6 +695,12 @@ class Libp2pTransport:
         except (FrameError, WireError) as exc:
             self._stats.frames_rejected += 1
             log.warning("malformed frame from %s on %s: %s", remote, self._raft_proto, exc)
+            reset = True
+        except EnvelopeError as exc:
+            # Wrong key, no key, a flipped bit, a replay: refuse the stream, keep serving.
+            self._stats.frames_rejected += 1
+            self._stats.auth_failures += 1
+            self._log_once(("env", remote, type(exc).__name__), "refusing raft stream: %s", exc)
             reset = True
         except trio.Cancelled:
             raise
@@ -713,8 +805,13 @@ class Libp2pTransport:
     ) -> bool:
         cfg = self.config
         peer_id = peer.id
+        sealer = self._make_sealer(peer_id, "snap")
+        if sealer is None:
+            return False
+        seal = sealer.seal
         frame = pb.SnapshotFrame(header=header)
-        if not await self._write(stream, encode_frame(frame.SerializeToString()), peer):
+        first = encode_frame(sealer.header) + encode_frame(seal(frame.SerializeToString()))
+        if not await self._write(stream, first, peer):
             return False
         digest = hashlib.sha256()
         size = 0
@@ -724,21 +821,31 @@ class Libp2pTransport:
             digest.update(chunk)
             size += len(chunk)
             # Each write awaits the Yamux window: this is the flow control.
-            data = encode_frame(pb.SnapshotFrame(chunk=chunk).SerializeToString())
+            data = encode_frame(seal(pb.SnapshotFrame(chunk=chunk).SerializeToString()))
             if not await self._write(stream, data, peer):
                 return False
         trailer = pb.SnapshotFrame(trailer=pb.SnapshotTrailer(size=size, sha256=digest.digest()))
-        if not await self._write(stream, encode_frame(trailer.SerializeToString()), peer):
+        if not await self._write(stream, encode_frame(seal(trailer.SerializeToString())), peer):
             return False
         reader = FrameReader(stream, 64 * 1024, 4096)
+        opener = self._make_opener(peer_id, "snap")
+        ack_header: bytes | None = None
         ack_bytes: bytes | None = None
         with trio.move_on_after(cfg.snapshot_read_timeout + cfg.snapshot_timeout / 10):
             # The receiver acks after on_snapshot returns; allow it some time.
-            ack_bytes = await reader.read_frame()
-        if ack_bytes is None:
+            ack_header = await reader.read_frame()
+            if ack_header is not None:
+                ack_bytes = await reader.read_frame()
+        if ack_header is None or ack_bytes is None:
             log.warning("snapshot to %s: no acknowledgement", peer_id)
             return False
-        ack = pb.SnapshotAck.FromString(ack_bytes)
+        try:
+            opener.accept_header(ack_header)
+            ack = pb.SnapshotAck.FromString(opener.open(ack_bytes))
+        except EnvelopeError as exc:
+            self._stats.auth_failures += 1
+            log.warning("snapshot to %s: acknowledgement refused: %s", peer_id, exc)
+            return False
         if not ack.ok:
             log.warning("snapshot to %s refused: %s", peer_id, ack.error)
         return bool(ack.ok)
@@ -794,16 +901,26 @@ class Libp2pTransport:
         """
         cfg = self.config
         reader = FrameReader(stream, cfg.snapshot_max_chunk + _SNAP_FRAME_OVERHEAD, cfg.read_chunk)
+        opener = self._make_opener(remote, "snap")
 
-        async def next_frame() -> pb.SnapshotFrame | None:
+        async def next_raw() -> bytes | None:
             raw: bytes | None = None
             with trio.move_on_after(cfg.snapshot_read_timeout) as sc:
                 raw = await reader.read_frame()
             if sc.cancelled_caught:
                 raise TimeoutError(f"no snapshot data for {cfg.snapshot_read_timeout:.0f}s")
-            return None if raw is None else pb.SnapshotFrame.FromString(raw)
+            return raw
+
+        async def next_frame() -> pb.SnapshotFrame | None:
+            raw = await next_raw()
+            return None if raw is None else pb.SnapshotFrame.FromString(opener.open(raw))
 
         try:
+            env_header = await next_raw()
+            if env_header is None:
+                return None, "stream ended before the envelope header"
+            opener.accept_header(env_header)
+            self._peer_accepts[remote] = opener.peer_accepts
             first = await next_frame()
             if first is None or first.WhichOneof("kind") != "header":
                 return None, "expected a snapshot header"
@@ -820,6 +937,10 @@ class Libp2pTransport:
             directory = cfg.snapshot_dir or tempfile.gettempdir()
             fd, name = tempfile.mkstemp(prefix="raftd-snap-", suffix=".part", dir=directory)
             path = Path(name)
+        except EnvelopeError as exc:
+            self._stats.auth_failures += 1
+            self._log_once(("env", remote, "snap"), "refusing snapshot stream: %s", exc)
+            return None, "envelope refused"
         except (FrameError, WireError, TimeoutError, ValueError, OSError) as exc:
             log.warning("cannot start snapshot from %s: %s", remote, exc)
             return None, f"cannot start: {exc}"
@@ -852,6 +973,10 @@ class Libp2pTransport:
                     await f.flush()
                     await trio.to_thread.run_sync(os.fsync, raw_file.fileno())
                     break
+        except EnvelopeError as exc:
+            self._stats.auth_failures += 1
+            log.warning("snapshot from %s refused after %d bytes: %s", remote, size, exc)
+            return path, "envelope refused"
         except (FrameError, WireError, TimeoutError, ValueError, OSError) as exc:
             log.warning("snapshot from %s failed after %d bytes: %s", remote, size, exc)
             return path, str(exc)
@@ -882,7 +1007,11 @@ class Libp2pTransport:
                 peer = _Peer(remote, parse_peer_id(remote))
             except ValueError:
                 return False
-        return await self._write(stream, encode_frame(ack.SerializeToString()), peer)
+        sealer = self._make_sealer(remote, "snap")
+        if sealer is None:
+            return False
+        data = encode_frame(sealer.header) + encode_frame(sealer.seal(ack.SerializeToString()))
+        return await self._write(stream, data, peer)
 
 
 def _describe(exc: BaseException) -> str:

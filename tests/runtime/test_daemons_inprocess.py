@@ -6,134 +6,14 @@ run faster and show the group runtime's behaviour directly.
 
 from __future__ import annotations
 
-import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 import trio
 
-from raftd.app.config import DaemonConfig
-from raftd.app.daemon import Daemon
-from raftd.app.presets import PRESETS, Preset
-from raftd.core import Message
 from raftd.kv import commands
 from raftd.runtime.group import Group, LeadershipLost, NotLeader
-from raftd.transport.host import load_or_create_identity, peer_id_of
-
-if TYPE_CHECKING:
-    from trio_typing import TaskStatus
-
-NS = "/raft/test"
-PRESETS["tiny"] = replace(
-    PRESETS["local"], name="tiny", snapshot_entries=300, compaction_trailing=50
-)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _drop_all(pid: str, m: Message) -> bool:
-    return False
-
-
-def _drop_to(peer: str) -> Callable[[str, Message], bool]:
-    return lambda pid, m: pid != peer
-
-
-@dataclass
-class Node:
-    dir: Path
-    port: int
-    peer_id: str
-    daemon: Daemon | None = None
-    scope: trio.CancelScope | None = None
-
-    def group(self, ns: str = NS) -> Group:
-        assert self.daemon is not None
-        return self.daemon.groups[ns]
-
-
-class Cluster:
-    def __init__(self, base: Path, n: int, namespaces: list[str], preset: str) -> None:
-        self.nodes: list[Node] = []
-        self.namespaces = namespaces
-        self.preset = preset
-        for i in range(n):
-            d = base / f"n{i}"
-            d.mkdir()
-            self.nodes.append(Node(d, free_port(), peer_id_of(load_or_create_identity(d))))
-        self.peers = [f"/ip4/127.0.0.1/tcp/{nd.port}/p2p/{nd.peer_id}" for nd in self.nodes]
-
-    async def start(self, nursery: trio.Nursery, node: Node) -> None:
-        cfg = DaemonConfig(
-            data_dir=node.dir,
-            namespaces=self.namespaces,
-            listen=[f"/ip4/127.0.0.1/tcp/{node.port}"],
-            peers=self.peers,
-            discovery=[],
-            preset=self.preset,
-        )
-        node.daemon = Daemon(cfg)
-
-        async def runner(task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            with trio.CancelScope() as scope:
-                node.scope = scope
-                assert node.daemon is not None
-                await node.daemon.run(task_status=task_status)
-
-        await nursery.start(runner)
-
-    def isolate(self, node: Node) -> None:
-        """Cut every Raft message to and from ``node`` (both directions, all groups)."""
-        for n in self.live():
-            assert n.daemon is not None
-            for t in n.daemon.transports.values():
-                t.set_filter(_drop_all if n is node else _drop_to(node.peer_id))
-
-    def heal(self) -> None:
-        for n in self.live():
-            assert n.daemon is not None
-            for t in n.daemon.transports.values():
-                t.set_filter(None)
-
-    def live(self) -> list[Node]:
-        return [n for n in self.nodes if n.daemon is not None]
-
-    async def leader(self, ns: str = NS, exclude: Node | None = None) -> Node:
-        """The current leader (other than ``exclude``), waiting for one if needed."""
-        with trio.fail_after(10):
-            while True:
-                for n in self.live():
-                    if n is not exclude and n.group(ns).is_leader:
-                        return n
-                async with trio.open_nursery() as waiters:
-                    # Wake on any node's next role or leader change.
-                    for n in self.live():
-
-                        async def wake(g: Group) -> None:
-                            await g.wait_state_change()
-                            waiters.cancel_scope.cancel()
-
-                        waiters.start_soon(wake, n.group(ns))
-
-
-@asynccontextmanager
-async def cluster(
-    tmp_path: Path, n: int = 3, namespaces: list[str] | None = None, preset: str = "local"
-) -> AsyncIterator[tuple[Cluster, trio.Nursery]]:
-    c = Cluster(tmp_path, n, namespaces or [NS], preset)
-    async with trio.open_nursery() as nursery:
-        for node in c.nodes:
-            await c.start(nursery, node)
-        yield c, nursery
-        nursery.cancel_scope.cancel()
+from raftd.testing.inproc import NS, Cluster, cluster
 
 
 async def put(g: Group, key: bytes, value: bytes) -> int:
@@ -231,6 +111,3 @@ async def test_follower_read_barrier_sees_leader_writes(tmp_path: Path) -> None:
             assert kv is not None and kv.value == b"rv"
             with pytest.raises(NotLeader):
                 await f.group().propose(commands.put(b"x", b"y"))
-
-
-__all__ = ["Preset"]

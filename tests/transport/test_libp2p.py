@@ -19,6 +19,7 @@ from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 
 from raftd.core.types import ConfState, Message, MessageType, Snapshot, SnapshotMetadata
+from raftd.security.envelope import NULL_HEADER
 from raftd.transport.base import protocol_id
 from raftd.transport.host import quiet_libp2p_logging
 from raftd.transport.libp2p import FrameReader, Libp2pTransportConfig
@@ -230,6 +231,7 @@ async def test_spoofed_frm_is_refused(tmp_path: Path, caplog: pytest.LogCaptureF
             wrong_to = encode_batch([app(a, c, 2)])  # addressed to c, sent to b
             local = encode_batch([Message(MessageType.HUP, to=b.id, frm=a.id)])
             good = encode_batch([app(a, b, 3)])
+            await stream.write(encode_frame(NULL_HEADER))
             for payload in (spoofed, wrong_to, local, good):
                 await stream.write(encode_frame(payload))
             await b.rec.wait_for(lambda: len(b.rec.messages) >= 1)
@@ -428,8 +430,12 @@ async def test_snapshot_checksum_mismatch_is_rejected(tmp_path: Path) -> None:
                 pb.SnapshotFrame(chunk=b"hello"),
                 pb.SnapshotFrame(trailer=pb.SnapshotTrailer(size=5, sha256=b"\x00" * 32)),
             ]
-            await stream.write(b"".join(encode_frame(f.SerializeToString()) for f in frames))
+            await stream.write(
+                encode_frame(NULL_HEADER)
+                + b"".join(encode_frame(f.SerializeToString()) for f in frames)
+            )
             reader = FrameReader(stream, 4096)
+            assert await reader.read_frame() == NULL_HEADER
             ack = pb.SnapshotAck.FromString(await reader.read_frame() or b"")
             assert not ack.ok and "sha256" in ack.error
             assert b.rec.snapshots == []
