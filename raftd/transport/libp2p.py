@@ -395,7 +395,10 @@ class Libp2pTransport:
                     if (
                         stream is not None
                         and sealer is not None
-                        and sealer.stale(self.envelope.ring, self._peer_accepts.get(peer.id))
+                        and (
+                            generation != self._generation
+                            or sealer.stale(self.envelope.ring, self._peer_accepts.get(peer.id))
+                        )
                     ):
                         # A newer key became usable (rotation), or ours was retired.
                         await self._close(stream)
