@@ -75,7 +75,7 @@ class Cluster:
         self.overrides = overrides or (lambda i: {})
         for i in range(n):
             d = base / f"n{i}"
-            d.mkdir()
+            d.mkdir(exist_ok=True)  # may hold a restored backup already
             self.nodes.append(Node(d, free_port(), peer_id_of(load_or_create_identity(d))))
         self.peers = [f"/ip4/127.0.0.1/tcp/{nd.port}/p2p/{nd.peer_id}" for nd in self.nodes]
 
