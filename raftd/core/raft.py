@@ -360,6 +360,22 @@ class Raft:
             self.heartbeat_elapsed = 0
             self.step(Message(MT.BEAT, frm=self.id))
 
+    def leader_unreachable(self) -> None:
+        """A failure-detector hint: the connection to our leader broke (e.g. its process
+        died). A follower forgets the leader and shortens its election timer to a random
+        fraction of the timeout, so failover does not wait a full election timeout.
+
+        Only liveness depends on this: if the leader is in fact alive, its next heartbeat
+        restores it, and pre-vote keeps an early campaign from disrupting anything.
+        """
+        if self.state != StateType.FOLLOWER or self.lead == NONE:
+            return
+        self.lead = NONE
+        remaining = 1 + self.rng.randrange(max(1, self.election_timeout // 2))
+        self.election_elapsed = max(
+            self.election_elapsed, self.randomized_election_timeout - remaining
+        )
+
     # -- elections ---------------------------------------------------------------------------
     def _has_unapplied_conf_changes(self) -> bool:
         if self.log.applied >= self.log.committed:

@@ -135,6 +135,11 @@ class RawNode:
         """The transport failed to deliver to ``node``."""
         self.raft.step(Message(MessageType.UNREACHABLE, frm=node))
 
+    def report_leader_unreachable(self) -> None:
+        """The transport lost its connection to the current leader (see
+        :meth:`raftd.core.raft.Raft.leader_unreachable`): campaign sooner."""
+        self.raft.leader_unreachable()
+
     def report_snapshot(self, node: NodeId, ok: bool) -> None:
         """The result of sending a snapshot to ``node``."""
         self.raft.step(Message(MessageType.SNAP_STATUS, frm=node, reject=not ok))

@@ -482,6 +482,8 @@ class Group:
             kind, peer, ok = self._reports.popleft()
             if kind == "unreachable":
                 node.report_unreachable(peer)
+                if peer == node.raft.lead and node.raft.state == StateType.FOLLOWER:
+                    node.report_leader_unreachable()
             elif kind == "snapshot":
                 node.report_snapshot(peer, ok)
             elif kind == "campaign":

@@ -399,6 +399,7 @@ class Simulator:
             (1, self.a_transfer),
             (1, self.a_compact),
             (3, self.a_read),
+            (1, self.a_leader_hint),
         ]
 
     def a_tick(self) -> None:
@@ -518,6 +519,14 @@ class Simulator:
         keep = self.rng.randint(0, 3)
         st.compact(max(st.first_index(), idx - keep))
         self.stats["compactions"] = self.stats.get("compactions", 0) + 1
+
+    def a_leader_hint(self) -> None:
+        """A (possibly false) failure-detector hint that the leader is gone."""
+        alive = self.alive()
+        if alive:
+            raw = self.nodes[self.rng.choice(alive)].raw
+            assert raw is not None
+            raw.report_leader_unreachable()
 
     def a_read(self) -> None:
         alive = self.alive()

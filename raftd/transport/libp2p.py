@@ -662,7 +662,7 @@ class Libp2pTransport:
     async def _serve_raft(self, stream: Any) -> None:
         cfg = self.config
         remote = "?"
-        reset = False
+        reset = lost = False
         try:
             remote = str(stream.muxed_conn.peer_id)
             reader = FrameReader(stream, cfg.max_frame_size, cfg.read_chunk)
@@ -679,11 +679,12 @@ class Libp2pTransport:
                 with trio.move_on_after(cfg.idle_timeout):
                     frame = await reader.read_frame()
                     if frame is None:
-                        return  # clean EOF
+                        lost = True  # EOF: the peer closed it, or its process died
+                        return
                     self._deliver_frame(remote, opener.open(frame))
                     continue
                 log.info("raft stream from %s idle for %.0fs: closing", remote, cfg.idle_timeout)
-                reset = True
+                reset = lost = True
                 return
         except FrameTooLarge as exc:
             self._stats.frames_rejected += 1
@@ -711,12 +712,17 @@ class Libp2pTransport:
             # StreamReset / StreamError and anything unexpected: never let it reach the
             # host (pitfall 4).
             log.debug("raft stream from %s ended: %r", remote, exc)
-            reset = True
+            reset = lost = True
         finally:
             if reset:
                 await self._reset(stream)
             else:
                 await self._close(stream)
+            if lost:
+                # A broken inbound stream is the fastest sign that the peer is gone (a
+                # killed process resets it within ~20 ms); the runtime may campaign sooner
+                # if it was our leader.
+                self._report_unreachable(remote)
 
     def _deliver_frame(self, remote: str, frame: bytes) -> None:
         msgs = decode_batch(frame)  # WireError propagates: the stream is reset
