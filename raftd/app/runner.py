@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 import trio
 
@@ -19,16 +18,28 @@ def run_daemon(cfg: DaemonConfig) -> int:
     log = logging.getLogger("raftd")
     try:
         trio.run(Daemon(cfg).run)
-    except DaemonError as exc:
-        log.error("%s", exc)
-        return 1
     except KeyboardInterrupt:
         return 0
-    except Exception:
+    except BaseException as exc:
+        # Start-up errors may arrive wrapped in an ExceptionGroup from a nursery.
+        errors = _leaves(exc)
+        known = [e for e in errors if isinstance(e, DaemonError)]
+        if known:
+            for e in known:
+                log.error("%s", e)
+            return 1
+        if all(isinstance(e, KeyboardInterrupt) for e in errors):
+            return 0
         log.exception("fatal error")
         return 1
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(0)
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        out: list[BaseException] = []
+        for e in exc.exceptions:
+            out.extend(_leaves(e))
+        return out
+    return [exc]
+
