@@ -42,4 +42,3 @@ def _leaves(exc: BaseException) -> list[BaseException]:
             out.extend(_leaves(e))
         return out
     return [exc]
-

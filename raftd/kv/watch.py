@@ -6,7 +6,7 @@ the history answers from memory, so a watcher that reconnects can resume from th
 revision it saw, as long as that revision is still held.
 
 Bounds: at most ``max_events`` events and about ``max_bytes`` bytes of keys and values
-(defaults 100,000 events / 64 MiB). The oldest *whole revisions* are dropped first, and
+(defaults 50,000 events / 32 MiB). The oldest *whole revisions* are dropped first, and
 :attr:`EventHistory.floor` is the oldest revision still complete: a watch from an older
 revision must be refused ("compacted") and the client must re-read and watch again.
 
@@ -27,8 +27,8 @@ __all__ = ["DELETE", "PUT", "EventHistory", "KeyEvent"]
 PUT = 0
 DELETE = 1
 
-DEFAULT_MAX_EVENTS = 100_000
-DEFAULT_MAX_BYTES = 64 << 20
+DEFAULT_MAX_EVENTS = 50_000
+DEFAULT_MAX_BYTES = 32 << 20
 
 
 @dataclass(frozen=True, slots=True)

@@ -550,11 +550,10 @@ class Group:
         # 1. Persist: snapshot, entries and hard state in one fsynced batch.
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
             t0 = time.perf_counter()
-            if len(rd.entries) > 64 or rd.snapshot is not None:
-                await self.storage.save_async(rd.hard_state, rd.entries, rd.snapshot)
-            else:
-                # Small batches: a worker-thread hop costs more than the write itself.
-                self.storage.save(rd.hard_state, rd.entries, rd.snapshot)
+            # save_async writes small batches inline (a thread hop would cost more than
+            # the write) and big ones in a worker thread. A Ready that only moves the
+            # commit index needs no fsync (MustSync).
+            await self.storage.save_async(rd.hard_state, rd.entries, rd.snapshot, sync=rd.must_sync)
             self._observe(self.stats.fsync_seconds, time.perf_counter() - t0)
             if rd.snapshot is not None:
                 await trio.to_thread.run_sync(finish_pending_install, self.storage, self.sm)

@@ -124,8 +124,13 @@ class RaftStorage(Storage, Protocol):
         hard_state: HardState | None,
         entries: Sequence[Entry],
         snapshot: Snapshot | None,
+        *,
+        sync: bool = True,
     ) -> None:
         """Persist one ``Ready`` atomically and durably (fsync) before returning.
+
+        ``sync=False`` (a Ready whose only change is the commit index, etcd's
+        ``MustSync == false``) skips the fsync; entries and snapshots are always synced.
 
         Order inside the one batch: the snapshot (if newer than the current one) replaces
         the log and marks an install pending (see :meth:`pending_install`); then
@@ -149,6 +154,8 @@ class RaftStorage(Storage, Protocol):
         hard_state: HardState | None,
         entries: Sequence[Entry],
         snapshot: Snapshot | None,
+        *,
+        sync: bool = True,
     ) -> None:
         """:meth:`save` without stalling the trio loop where the write is slow."""
         ...

@@ -302,6 +302,7 @@ class _Pending:
     conf_state: ConfState | None = None
     install: SnapshotMetadata | None = None
     clear_install: bool = False
+    sync: bool = True  # False only for a Ready that changes nothing but the commit index
 
     def empty(self) -> bool:
         return not self.puts and not self.deletes and self.snap_meta is None
@@ -561,7 +562,7 @@ class LevelDBStorage:
                     else:
                         self._store.write_bytes(m, pend.snapshot.data)
             if pend.puts or pend.deletes:
-                self._db.write(pend.op, pend.deletes, pend.puts, sync=True)
+                self._db.write(pend.op, pend.deletes, pend.puts, sync=pend.sync)
         except StorageWriteError as e:
             self._db.mark_failed(e)
             raise
@@ -629,9 +630,15 @@ class LevelDBStorage:
         hard_state: HardState | None,
         entries: Sequence[Entry],
         snapshot: Snapshot | None,
+        *,
+        sync: bool = True,
     ) -> _Pending:
+        """``sync=False`` is allowed only when nothing but the commit index changes
+        (etcd's MustSync): a lost commit index is relearned from the leader."""
         self._check_writable()
-        pend = _Pending("save")
+        if not sync and (entries or snapshot is not None):
+            sync = True  # entries and snapshots are always durable before they count
+        pend = _Pending("save", sync=sync)
         first, last, dummy = self._first, self._last, self._dummy_term
         starts, terms = self._starts, self._terms
         tail = self._tail
@@ -711,8 +718,10 @@ class LevelDBStorage:
         hard_state: HardState | None,
         entries: Sequence[Entry],
         snapshot: Snapshot | None,
+        *,
+        sync: bool = True,
     ) -> None:
-        self._run(self._prepare_save(hard_state, entries, snapshot))
+        self._run(self._prepare_save(hard_state, entries, snapshot, sync=sync))
 
     #: ``save_async`` runs inline (no thread hop) when the batch has at most this many
     #: entries, carries no snapshot, and recent writes took at most INLINE_BUDGET_S.
@@ -724,10 +733,12 @@ class LevelDBStorage:
         hard_state: HardState | None,
         entries: Sequence[Entry],
         snapshot: Snapshot | None,
+        *,
+        sync: bool = True,
     ) -> None:
         """:meth:`save`, in a worker thread unless it is known to be quick (see the module
         docstring): small batch, no snapshot, and recent writes within the budget."""
-        pend = self._prepare_save(hard_state, entries, snapshot)
+        pend = self._prepare_save(hard_state, entries, snapshot, sync=sync)
         if (
             pend.snap_meta is None
             and len(entries) <= self.INLINE_MAX_ENTRIES

@@ -98,6 +98,8 @@ class MemoryRaftStorage(MemoryStorage):
         hard_state: HardState | None,
         entries: Sequence[Entry],
         snapshot: Snapshot | None,
+        *,
+        sync: bool = True,
     ) -> None:
         self._check_writable()
         check_entries(entries)
@@ -140,10 +142,12 @@ class MemoryRaftStorage(MemoryStorage):
         hard_state: HardState | None,
         entries: Sequence[Entry],
         snapshot: Snapshot | None,
+        *,
+        sync: bool = True,
     ) -> None:
         # Memory writes never block: run inline, but stay a checkpoint like any async call.
         await trio.lowlevel.checkpoint()
-        self.save(hard_state, entries, snapshot)
+        self.save(hard_state, entries, snapshot, sync=sync)
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         self.save(None, (), snap)

@@ -1,0 +1,55 @@
+"""Fixtures for the formation tests in network namespaces.
+
+Policy (raftd.testing.netns): without root/netns support these tests skip with the
+reason; with ``RAFTD_REQUIRE_NETNS=1`` they fail instead.
+
+``RAFTD_FORMATION_TRIALS`` (default 3) sets how many trials each randomized or timing
+sensitive formation case runs; ``RAFTD_FORMATION_SEED`` fixes the base seed (printed by
+every randomized test, so a failure can be replayed).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from raftd.formation.fleet import Fleet
+from raftd.testing.netns import Topology, cleanup_stale, netns_or_skip
+
+TRIALS = int(os.environ.get("RAFTD_FORMATION_TRIALS", "3"))
+BASE_SEED = int(
+    os.environ.get("RAFTD_FORMATION_SEED", str(random.SystemRandom().randrange(1 << 30)))
+)
+
+MakeFleet = Callable[..., Fleet]
+
+
+@pytest.fixture(scope="session")
+def netns_session() -> None:
+    netns_or_skip()
+    cleanup_stale()
+
+
+@pytest.fixture
+def make_fleet(netns_session: None, tmp_path: Path) -> Iterator[MakeFleet]:
+    """``make_fleet(3)`` or ``make_fleet(["a", "b"], bridges={...}, namespaces=[...])``:
+    a started topology with a (not yet started) fleet of daemons on it; everything is
+    stopped and torn down after the test. On failure the daemons' logs stay in tmp_path."""
+    with ExitStack() as stack:
+        count = 0
+
+        def make(hosts: Any, *, bridges: dict[str, list[str]] | None = None, **kw: Any) -> Fleet:
+            nonlocal count
+            topo = stack.enter_context(Topology(hosts, bridges=bridges))
+            fleet = Fleet(topo, tmp_path / f"fleet{count}", **kw)
+            count += 1
+            stack.callback(fleet.stop_all)
+            return fleet
+
+        yield make

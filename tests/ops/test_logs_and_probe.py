@@ -1,0 +1,114 @@
+"""A real ``raftd run`` process: structured log lines parse, the container probe
+(``python -m raftd.ops.healthcheck``) tracks the daemon, and SIGTERM exits 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from raftd.ops import healthcheck
+
+from .helpers import free_port
+
+LEVELS = {"debug", "info", "warning", "error", "critical"}
+TEXT_LINE = re.compile(
+    r'^ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z level=(\w+) logger=(\S+) msg="([^"]*)"'
+    r'( exc=".*")?$'
+)
+
+
+def _wait(what: str, fn: object, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    assert callable(fn)
+    deadline = time.monotonic() + timeout
+    while not fn():
+        assert proc.poll() is None, f"daemon exited with {proc.returncode} before {what}"
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        time.sleep(0.05)
+
+
+def _run_daemon(tmp_path: Path, log_format: str) -> tuple[list[str], str]:
+    """Start, wait ready (via the probe), SIGTERM, expect exit 0; return stderr lines
+    and the metrics address."""
+    addr = f"127.0.0.1:{free_port()}"
+    err = tmp_path / "stderr.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", RAFTD_METRICS=addr)
+    argv = [
+        sys.executable,
+        "-m",
+        "raftd",
+        "run",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--socket",
+        str(tmp_path / "api.sock"),
+        "--discovery",
+        "none",
+        "--namespace",
+        "/raft/logs",
+        "--log-format",
+        log_format,
+    ]
+    with open(err, "wb") as f:
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=f, stderr=f)
+    try:
+        probe = ["--addr", addr, "-q"]
+        _wait("ready", lambda: healthcheck.main([*probe, "--ready"]) == 0, 30, proc)
+        # The same probe as the container runs it: a module, configured by RAFTD_METRICS.
+        cp = subprocess.run(
+            [sys.executable, "-m", "raftd.ops.healthcheck"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert cp.returncode == 0, cp.stderr
+        assert cp.stdout.strip().endswith("/healthz: ok")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert healthcheck.main(probe) == 1  # gone: the probe says so
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return err.read_text().splitlines(), addr
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_log_lines_parse_and_probe_tracks_daemon(tmp_path: Path, log_format: str) -> None:
+    lines, addr = _run_daemon(tmp_path, log_format)
+    assert lines, "the daemon logged nothing"
+    records: list[tuple[str, str, str]] = []
+    for line in lines:
+        if log_format == "json":
+            obj = json.loads(line)
+            assert isinstance(obj, dict), line
+            assert {"ts", "level", "logger", "msg"} <= obj.keys(), line
+            assert isinstance(obj["ts"], float) and obj["ts"] > 1.6e9, line
+            records.append((obj["level"], obj["logger"], obj["msg"]))
+        else:
+            m = TEXT_LINE.match(line)
+            assert m is not None, f"not key=value: {line!r}"
+            records.append((m.group(1), m.group(2), m.group(3)))
+    for level, logger, _ in records:
+        assert level in LEVELS and logger, (level, logger)  # libp2p's records too
+    msgs = [msg for _, _, msg in records]
+    assert any(f"ops endpoints on http://{addr}" in m for m in msgs), msgs
+    assert any("received SIGTERM" in m for m in msgs), msgs
+    assert msgs[-1] == "stopped", msgs
+
+
+def test_probe_url() -> None:
+    assert healthcheck.probe_url("0.0.0.0:9420", "/healthz") == "http://127.0.0.1:9420/healthz"
+    assert healthcheck.probe_url(":9420", "/readyz") == "http://127.0.0.1:9420/readyz"
+    assert healthcheck.probe_url("[::]:1", "/x") == "http://[::1]:1/x"
+    assert healthcheck.probe_url("10.0.0.5:9", "/x") == "http://10.0.0.5:9/x"

@@ -1,0 +1,284 @@
+"""The ops endpoints of real daemons: three in-process ``Daemon`` objects (real libp2p on
+127.0.0.1, real LevelDB, the API socket) with ``metrics`` on a free port each, scraped
+over TCP and parsed with prometheus_client's parser."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from raftd.app.config import DaemonConfig
+from raftd.app.daemon import Daemon
+from raftd.client import open_client
+from raftd.core import Message
+from raftd.kv import commands
+from raftd.ops.server import OpsServer
+from raftd.runtime.group import Group, LeadershipLost, NotLeader
+from raftd.transport.host import load_or_create_identity, peer_id_of
+
+from .helpers import free_port, get, poll_until, raw_request, sample, scrape
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+NS = "/raft/ops"
+
+
+@dataclass
+class Node:
+    dir: Path
+    port: int
+    peer_id: str
+    daemon: Daemon | None = None
+
+    @property
+    def group(self) -> Group:
+        assert self.daemon is not None
+        return self.daemon.groups[NS]
+
+    @property
+    def ops_port(self) -> int:
+        assert self.daemon is not None
+        ops: OpsServer = self.daemon.ops  # type: ignore[attr-defined]
+        return ops.port
+
+    async def readyz(self) -> tuple[int, dict[str, Any]]:
+        r = await get(self.ops_port, "/readyz")
+        assert r.headers["content-type"] == "application/json"
+        return r.status, json.loads(r.body)
+
+
+class Cluster:
+    def __init__(self, base: Path, n: int, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self.nodes: list[Node] = []
+        for i in range(n):
+            d = base / f"n{i}"
+            d.mkdir()
+            self.nodes.append(Node(d, free_port(), peer_id_of(load_or_create_identity(d))))
+        self.peers = [f"/ip4/127.0.0.1/tcp/{n.port}/p2p/{n.peer_id}" for n in self.nodes]
+
+    async def start(self, node: Node) -> None:
+        cfg = DaemonConfig(
+            data_dir=node.dir,
+            namespaces=[NS],
+            listen=[f"/ip4/127.0.0.1/tcp/{node.port}"],
+            peers=self.peers,
+            discovery=[],
+            metrics="127.0.0.1:0",
+        )
+        node.daemon = Daemon(cfg)
+
+        async def runner(task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            assert node.daemon is not None
+            await node.daemon.run(task_status=task_status)
+
+        await self.nursery.start(runner)
+
+    def live(self) -> list[Node]:
+        return [n for n in self.nodes if n.daemon is not None]
+
+    def isolate(self, node: Node) -> None:
+        def drop_all(pid: str, m: Message) -> bool:
+            return False
+
+        def drop_to(pid: str, m: Message) -> bool:
+            return pid != node.peer_id
+
+        for n in self.live():
+            assert n.daemon is not None
+            for t in n.daemon.transports.values():
+                t.set_filter(drop_all if n is node else drop_to)
+
+    def heal(self) -> None:
+        for n in self.live():
+            assert n.daemon is not None
+            for t in n.daemon.transports.values():
+                t.set_filter(None)
+
+    def leader(self) -> Node | None:
+        leaders = [n for n in self.live() if n.group.is_leader]
+        return leaders[0] if len(leaders) == 1 else None
+
+
+@asynccontextmanager
+async def cluster(tmp_path: Path, n: int = 3) -> AsyncIterator[Cluster]:
+    async with trio.open_nursery() as nursery:
+        yield Cluster(tmp_path, n, nursery)
+        nursery.cancel_scope.cancel()
+
+
+async def ready(node: Node) -> bool:
+    return (await node.readyz())[0] == 200
+
+
+async def not_ready(node: Node) -> bool:
+    return (await node.readyz())[0] == 503
+
+
+async def test_metrics_and_readiness_follow_the_cluster(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        with trio.fail_after(60):
+            n0, n1, n2 = c.nodes
+            # One of three voters alone: alive, never ready (no leader without a quorum).
+            await c.start(n0)
+            assert (await get(n0.ops_port, "/healthz")).status == 200
+            status, body = await n0.readyz()
+            assert status == 503 and body["ready"] is False
+            assert body["namespaces"][NS]["reason"] == "no leader known", body
+            m = await scrape(n0.ops_port)
+            assert sample(m, "raftd_has_leader", namespace=NS) == 0
+            assert sample(m, "raftd_ready", namespace=NS) == 0
+            assert sample(m, "raftd_role", namespace=NS, role="leader") == 0
+            assert sample(m, "raftd_members", namespace=NS, kind="voter") == 3
+
+            await c.start(n1)
+            await c.start(n2)
+            for n in c.nodes:
+                with trio.fail_after(20):
+                    await poll_until(functools.partial(ready, n))
+            _, body = await n0.readyz()
+            assert body == {
+                "ready": True,
+                "reason": "ok",
+                "max_lag": 1000,
+                "namespaces": {NS: body["namespaces"][NS]},
+            }
+            assert body["namespaces"][NS]["leader"] in {n.peer_id for n in c.nodes}
+
+            # Exactly one leader, and every node says who it is.
+            ld = await _leader(c)
+            roles = [await scrape(n.ops_port) for n in c.nodes]
+            assert [sample(r, "raftd_role", namespace=NS, role="leader") for r in roles].count(
+                1
+            ) == 1
+            before = await scrape(ld.ops_port)
+            for i in range(20):
+                await _put(c, b"k%d" % i)
+            after = await scrape(ld.ops_port)
+            for name in ("raftd_commit_index", "raftd_applied_index"):
+                assert sample(after, name, namespace=NS) >= sample(before, name, namespace=NS) + 20
+            ok = sample(after, "raftd_proposals_total", namespace=NS, result="ok")
+            assert ok >= sample(before, "raftd_proposals_total", namespace=NS, result="ok") + 20
+            for h in ("raftd_apply_duration_seconds", "raftd_fsync_duration_seconds"):
+                assert sample(after, f"{h}_count", namespace=NS) > sample(
+                    before, f"{h}_count", namespace=NS
+                )
+                assert sample(after, f"{h}_bucket", namespace=NS, le="+Inf") == sample(
+                    after, f"{h}_count", namespace=NS
+                )
+            assert sample(after, "raftd_transport_messages_total", namespace=NS, direction="sent")
+            assert sample(after, "process_resident_memory_bytes") > 0
+            assert sample(after, "raftd_info", peer_id=ld.peer_id, version="0.1.0") == 1
+
+            # A follower sees the commit index grow too.
+            f = next(n for n in c.nodes if n is not ld)
+            await f.group.wait_applied(ld.group.applied_index())
+            fm = await scrape(f.ops_port)
+            assert (
+                sample(fm, "raftd_commit_index", namespace=NS)
+                >= sample(before, "raftd_commit_index", namespace=NS) + 20
+            )
+            assert sample(fm, "raftd_role", namespace=NS, role="follower") == 1
+
+            # A write through a follower's API socket is forwarded to the leader (when the
+            # daemon runs its API server, as it normally does).
+            assert f.daemon is not None
+            if getattr(f.daemon, "api", None) is not None:
+                async with open_client(str(f.daemon.cfg.socket_path), namespace=NS) as client:
+                    await client.put(b"via-follower", b"1")
+                fm = await scrape(f.ops_port)
+                assert sample(fm, "raftd_forwarded_requests_total", namespace=NS) >= 1
+
+            # Isolated, the follower loses its leader: not ready; healed, ready again.
+            c.isolate(f)
+            with trio.fail_after(15):
+                await poll_until(lambda: not_ready(f))
+            _, body = await f.readyz()
+            assert body["namespaces"][NS]["reason"] == "no leader known"
+            fm = await scrape(f.ops_port)
+            assert sample(fm, "raftd_has_leader", namespace=NS) == 0
+            assert sample(fm, "raftd_transport_dropped_total", namespace=NS, reason="fault") > 0
+            assert await ready(ld) or await _leader(c)  # the majority side keeps serving
+            c.heal()
+            with trio.fail_after(20):
+                await poll_until(lambda: ready(f))
+
+            # Garbage on the ops port: 400, and the listener keeps serving.
+            assert (await raw_request(f.ops_port, b"\x16\x03\x01garbage\r\n\r\n")).status == 400
+            assert (await raw_request(f.ops_port, b"NOT HTTP AT ALL\r\n\r\n")).status == 400
+            assert (await get(f.ops_port, "/nope")).status == 404
+            assert (await get(f.ops_port, "/readyz?max_lag=-1")).status == 400
+            assert (await get(f.ops_port, "/metrics")).status == 200
+            om = await raw_request(
+                f.ops_port,
+                b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text\r\n\r\n",
+            )
+            assert om.headers["content-type"].startswith("application/openmetrics-text")
+            assert om.body.endswith(b"# EOF\n")
+
+
+async def test_readyz_lag_bound(tmp_path: Path) -> None:
+    """A node whose applied index trails the commit index by more than the bound is not
+    ready; the bound is per probe (``?max_lag=``) or per server."""
+    async with cluster(tmp_path, n=1) as c:
+        with trio.fail_after(30):
+            (n0,) = c.nodes
+            await c.start(n0)
+            with trio.fail_after(15):
+                await poll_until(lambda: ready(n0))
+            await _put(c, b"a")
+            g = n0.group
+            assert g.node is not None
+            commit = g.status()["commit"]
+            assert (await get(n0.ops_port, "/readyz?max_lag=0")).status == 200
+            # Pretend the state machine is behind: applied = commit - 5.
+            real = g.sm.applied_index
+            g.sm.applied_index = lambda: commit - 5  # type: ignore[method-assign]
+            try:
+                r = await get(n0.ops_port, "/readyz?max_lag=4")
+                assert r.status == 503
+                assert "lags commit index" in json.loads(r.body)["reason"]
+                assert (await get(n0.ops_port, "/readyz?max_lag=5")).status == 200
+                assert (await get(n0.ops_port, "/readyz")).status == 200  # default 1000
+            finally:
+                g.sm.applied_index = real  # type: ignore[method-assign]
+            # While shutting down, never ready (checked before the daemon gets to run on:
+            # its shutdown closes the listener).
+            assert n0.daemon is not None
+            ops: OpsServer = n0.daemon.ops  # type: ignore[attr-defined]
+            assert ops.readiness().ready
+            n0.daemon.stop()
+            now = ops.readiness()
+            assert not now.ready and now.reason == "shutting down"
+
+
+async def _leader(c: Cluster) -> Node:
+    with trio.fail_after(15):
+        while (ld := c.leader()) is None:
+            async with trio.open_nursery() as waiters:
+                for n in c.live():
+
+                    async def wake(g: Group) -> None:
+                        await g.wait_state_change()
+                        waiters.cancel_scope.cancel()
+
+                    waiters.start_soon(wake, n.group)
+        return ld
+
+
+async def _put(c: Cluster, key: bytes) -> None:
+    while True:
+        ld = await _leader(c)
+        try:
+            await ld.group.propose(commands.put(key, b"v"))
+            return
+        except (NotLeader, LeadershipLost):
+            await ld.group.wait_state_change()
