@@ -766,6 +766,23 @@ def leave_cmd(opts: _Ctx) -> int:
 # --- end issue #6 ---
 
 
+def _dev_demo(cluster: Any, leader: Any) -> None:
+    """Show a write through a follower (forwarded to the leader) and a linearizable read
+    through another node."""
+    others = [n for n in cluster.nodes if n is not leader] or [leader]
+    writer, reader = others[0], others[-1]
+    try:
+        with writer.client() as c:
+            c.put("hello", "world")
+        with reader.client() as c:
+            kv = c.get("hello")
+        value = kv.value.decode() if kv is not None else None
+        click.echo(f"\ndemo: put hello=world via {writer.name} (forwarded to the leader)")
+        click.echo(f"demo: linearizable get hello via {reader.name} -> {value!r}")
+    except Exception as exc:  # the cluster still runs; the demo is a courtesy
+        click.echo(f"demo failed: {exc}", err=True)
+
+
 @main.command("dev")
 @click.option("--nodes", type=int, default=3, show_default=True, help="Cluster size.")
 @click.option("--dir", "base_dir", type=click.Path(path_type=Path), help="Keep data here.")
@@ -810,6 +827,7 @@ def dev_cmd(base_dir: Path | None, nodes: int, preset: str, namespaces: tuple[st
             role = "leader" if n is leader else "follower"
             click.echo(f"  {n.name} ({role})  socket {n.socket}  peer {n.addr}  log {n.log_path}")
         first = cluster.nodes[0].socket
+        _dev_demo(cluster, leader)
         click.echo("\ntry:")
         click.echo(f"  raftd put --socket {first} hello world")
         click.echo(f"  raftd get --socket {first} hello")
