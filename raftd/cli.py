@@ -766,6 +766,106 @@ def leave_cmd(opts: _Ctx) -> int:
 # --- end issue #6 ---
 
 
+@main.group("snapshot")
+def snapshot_group() -> None:
+    """Backups: save a consistent snapshot, restore it into a new cluster."""
+
+
+@snapshot_group.command("save")
+@click.argument("file", type=click.Path(path_type=Path))
+@_client_options
+def snapshot_save_cmd(opts: _Ctx, file: Path) -> int:
+    """Write a consistent backup of the namespace to FILE (with a SHA-256 checksum)."""
+    part = file.with_name(file.name + ".part")
+    show = sys.stderr.isatty()
+    bar: Any = None
+    with opts.client() as c, open(part, "wb") as out:
+
+        def progress(done: int, total: int) -> None:
+            nonlocal bar
+            if not show:
+                return
+            if bar is None:
+                bar = click.progressbar(length=total, label="snapshot save", file=sys.stderr)
+                bar.__enter__()
+            bar.update(done - bar.pos)
+
+        try:
+            index, size = c.snapshot_save(out, progress=progress)
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+        out.flush()
+        os.fsync(out.fileno())
+    part.replace(file)
+    _emit(
+        opts,
+        {"file": str(file), "index": index, "size": size},
+        f"saved {file}: {size} bytes at index {index}",
+    )
+    return EXIT_OK
+
+
+@snapshot_group.command("restore")
+@click.argument("file", type=click.Path(exists=True, path_type=Path))
+@click.option("--data-dir", "data_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--namespace", default=None, help="Target namespace (default: the backup's).")
+@click.option("--peer", "peers", multiple=True, help="Peer ids of the other members.")
+def snapshot_restore_cmd(
+    file: Path, data_dir: Path, namespace: str | None, peers: tuple[str, ...]
+) -> None:
+    """Seed a NEW cluster from a backup: run on every member's empty data dir with the
+    same --peer list, then start them with that --peer list (offline; no daemon)."""
+    from raftd.app.backup import BackupError, restore_backup
+
+    try:
+        info, me = restore_backup(
+            file, data_dir, namespace, [p.rsplit("/p2p/", 1)[-1] for p in peers]
+        )
+    except BackupError as exc:
+        click.echo(f"raftd: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo(f"restored {info.namespace} at index {info.index} into {data_dir} (peer id {me})")
+
+
+@main.command("recover")
+@click.option("--force-new-cluster", "force", is_flag=True, required=True)
+@click.option("--data-dir", "data_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--namespace", "namespaces", multiple=True)
+def recover_cmd(force: bool, data_dir: Path, namespaces: tuple[str, ...]) -> None:
+    """Quorum-loss recovery (offline): make this survivor a one-voter cluster that keeps
+    its data. Only when a majority is gone for good; see README, Operations."""
+    from raftd.app.recover import RecoverError, force_new_cluster
+
+    if not force:
+        raise click.UsageError("recover needs --force-new-cluster")
+    try:
+        reports = force_new_cluster(data_dir, list(namespaces) or None)
+    except RecoverError as exc:
+        click.echo(f"raftd: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    for r in reports:
+        click.echo(
+            f"{r.namespace}: now a one-voter cluster of {r.peer_id} at index {r.applied}; "
+            f"removed {len(r.removed_members)} member(s)"
+        )
+
+
+@main.command("reload")
+@click.option("--data-dir", "data_dir", type=click.Path(path_type=Path), required=True)
+def reload_cmd(data_dir: Path) -> None:
+    """Make the daemon re-read its key files (as SIGHUP does)."""
+    import signal as _signal
+
+    try:
+        pid = int((data_dir / "raftd.pid").read_text().strip())
+        os.kill(pid, _signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        click.echo(f"raftd: cannot signal the daemon of {data_dir}: {exc}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+    click.echo(f"sent SIGHUP to {pid}")
+
+
 def _dev_demo(cluster: Any, leader: Any) -> None:
     """Show a write through a follower (forwarded to the leader) and a linearizable read
     through another node."""

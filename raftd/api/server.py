@@ -414,6 +414,9 @@ class _Connection:
             self.watches[req.id] = scope
             self.nursery.start_soon(self._watch, svc, req, scope)
             return
+        if op == "snapshot":
+            self.nursery.start_soon(self._snapshot, svc, req)
+            return
         if op == "watch_cancel":
             wid = req.watch_cancel.watch_id
             wscope = self.watches.get(wid)
@@ -454,6 +457,15 @@ class _Connection:
             self.in_flight.release()
         self.pending.pop(req.id, None)
         await self.send(resp)
+
+    async def _snapshot(self, svc: NamespaceService, req: apb.Request) -> None:
+        try:
+            await svc.snapshot(req, self.send)
+        except ApiError as exc:
+            await self.send(exc.response(req.id))
+        except Exception as exc:
+            log.exception("snapshot failed")
+            await self.send(ApiError(C.INTERNAL, f"internal error: {exc!r}").response(req.id))
 
     async def _watch(
         self, svc: NamespaceService, req: apb.Request, scope: trio.CancelScope

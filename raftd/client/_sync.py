@@ -433,6 +433,46 @@ class Client:
         return self.call(apb.Request(lease_list=apb.LeaseListRequest()), P.parse_leases, timeout)
 
     # -- watch -------------------------------------------------------------------------
+    def snapshot_save(
+        self,
+        out: Any,
+        *,
+        timeout: float = 600.0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[int, int]:
+        """Stream a consistent backup of the namespace into the binary file ``out``.
+        Returns ``(index, size)``. ``progress(done, total)`` is called per chunk."""
+        conn = self._connection()
+        req = apb.Request(namespace=self.namespace)
+        req.snapshot.SetInParent()
+        sink: queue.Queue[Any] = queue.Queue()
+        rid = conn.request(req, sink)
+        total = done = index = 0
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    item = sink.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise TimeoutError("backup did not finish within the timeout") from None
+                if isinstance(item, BaseException):
+                    raise item
+                P.check(item)
+                snap = item.snapshot
+                if snap.size and not total:
+                    total, index = snap.size, snap.index
+                if snap.chunk:
+                    out.write(snap.chunk)
+                    done += len(snap.chunk)
+                    if progress is not None:
+                        progress(done, total)
+                if snap.done:
+                    if done != total:
+                        raise ConnectionLost(f"backup truncated: {done} of {total} bytes")
+                    return index, total
+        finally:
+            conn.forget(rid)
+
     def watch(
         self,
         key: bytes | str,

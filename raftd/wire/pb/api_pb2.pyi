@@ -16,7 +16,7 @@ LINEARIZABLE: Consistency
 STALE: Consistency
 
 class Request(_message.Message):
-    __slots__ = ("id", "namespace", "timeout_ms", "consistency", "client_id", "seq", "min_revision", "auth", "get", "put", "delete", "range", "delete_range", "cas", "txn", "barrier", "status", "members", "add_voter", "add_learner", "promote", "remove", "transfer_leader", "watch", "watch_cancel", "lease_grant", "lease_revoke", "lease_keepalive", "lease_ttl", "lease_list")
+    __slots__ = ("id", "namespace", "timeout_ms", "consistency", "client_id", "seq", "min_revision", "auth", "get", "put", "delete", "range", "delete_range", "cas", "txn", "barrier", "status", "members", "add_voter", "add_learner", "promote", "remove", "transfer_leader", "watch", "watch_cancel", "snapshot", "lease_grant", "lease_revoke", "lease_keepalive", "lease_ttl", "lease_list")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class Request(_message.Message):
     TRANSFER_LEADER_FIELD_NUMBER: _ClassVar[int]
     WATCH_FIELD_NUMBER: _ClassVar[int]
     WATCH_CANCEL_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     LEASE_GRANT_FIELD_NUMBER: _ClassVar[int]
     LEASE_REVOKE_FIELD_NUMBER: _ClassVar[int]
     LEASE_KEEPALIVE_FIELD_NUMBER: _ClassVar[int]
@@ -72,12 +73,13 @@ class Request(_message.Message):
     transfer_leader: TransferLeaderRequest
     watch: WatchRequest
     watch_cancel: WatchCancelRequest
+    snapshot: SnapshotRequest
     lease_grant: _kv_pb2.LeaseGrantRequest
     lease_revoke: _kv_pb2.LeaseRevokeRequest
     lease_keepalive: LeaseKeepAliveRequest
     lease_ttl: LeaseTimeToLiveRequest
     lease_list: LeaseListRequest
-    def __init__(self, id: _Optional[int] = ..., namespace: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., consistency: _Optional[_Union[Consistency, str]] = ..., client_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., min_revision: _Optional[int] = ..., auth: _Optional[_Union[AuthRequest, _Mapping]] = ..., get: _Optional[_Union[GetRequest, _Mapping]] = ..., put: _Optional[_Union[_kv_pb2.PutRequest, _Mapping]] = ..., delete: _Optional[_Union[_kv_pb2.DeleteRequest, _Mapping]] = ..., range: _Optional[_Union[_kv_pb2.RangeRequest, _Mapping]] = ..., delete_range: _Optional[_Union[_kv_pb2.DeleteRangeRequest, _Mapping]] = ..., cas: _Optional[_Union[_kv_pb2.CompareAndSwapRequest, _Mapping]] = ..., txn: _Optional[_Union[_kv_pb2.TxnRequest, _Mapping]] = ..., barrier: _Optional[_Union[BarrierRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., members: _Optional[_Union[MembersRequest, _Mapping]] = ..., add_voter: _Optional[_Union[MemberRequest, _Mapping]] = ..., add_learner: _Optional[_Union[MemberRequest, _Mapping]] = ..., promote: _Optional[_Union[MemberRequest, _Mapping]] = ..., remove: _Optional[_Union[MemberRequest, _Mapping]] = ..., transfer_leader: _Optional[_Union[TransferLeaderRequest, _Mapping]] = ..., watch: _Optional[_Union[WatchRequest, _Mapping]] = ..., watch_cancel: _Optional[_Union[WatchCancelRequest, _Mapping]] = ..., lease_grant: _Optional[_Union[_kv_pb2.LeaseGrantRequest, _Mapping]] = ..., lease_revoke: _Optional[_Union[_kv_pb2.LeaseRevokeRequest, _Mapping]] = ..., lease_keepalive: _Optional[_Union[LeaseKeepAliveRequest, _Mapping]] = ..., lease_ttl: _Optional[_Union[LeaseTimeToLiveRequest, _Mapping]] = ..., lease_list: _Optional[_Union[LeaseListRequest, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., namespace: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., consistency: _Optional[_Union[Consistency, str]] = ..., client_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., min_revision: _Optional[int] = ..., auth: _Optional[_Union[AuthRequest, _Mapping]] = ..., get: _Optional[_Union[GetRequest, _Mapping]] = ..., put: _Optional[_Union[_kv_pb2.PutRequest, _Mapping]] = ..., delete: _Optional[_Union[_kv_pb2.DeleteRequest, _Mapping]] = ..., range: _Optional[_Union[_kv_pb2.RangeRequest, _Mapping]] = ..., delete_range: _Optional[_Union[_kv_pb2.DeleteRangeRequest, _Mapping]] = ..., cas: _Optional[_Union[_kv_pb2.CompareAndSwapRequest, _Mapping]] = ..., txn: _Optional[_Union[_kv_pb2.TxnRequest, _Mapping]] = ..., barrier: _Optional[_Union[BarrierRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., members: _Optional[_Union[MembersRequest, _Mapping]] = ..., add_voter: _Optional[_Union[MemberRequest, _Mapping]] = ..., add_learner: _Optional[_Union[MemberRequest, _Mapping]] = ..., promote: _Optional[_Union[MemberRequest, _Mapping]] = ..., remove: _Optional[_Union[MemberRequest, _Mapping]] = ..., transfer_leader: _Optional[_Union[TransferLeaderRequest, _Mapping]] = ..., watch: _Optional[_Union[WatchRequest, _Mapping]] = ..., watch_cancel: _Optional[_Union[WatchCancelRequest, _Mapping]] = ..., snapshot: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., lease_grant: _Optional[_Union[_kv_pb2.LeaseGrantRequest, _Mapping]] = ..., lease_revoke: _Optional[_Union[_kv_pb2.LeaseRevokeRequest, _Mapping]] = ..., lease_keepalive: _Optional[_Union[LeaseKeepAliveRequest, _Mapping]] = ..., lease_ttl: _Optional[_Union[LeaseTimeToLiveRequest, _Mapping]] = ..., lease_list: _Optional[_Union[LeaseListRequest, _Mapping]] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "indeterminate", "leader", "compact_revision")
@@ -118,7 +120,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[_Union[Error.Code, str]] = ..., message: _Optional[str] = ..., indeterminate: bool = ..., leader: _Optional[str] = ..., compact_revision: _Optional[int] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("id", "error", "revision", "raft_index", "auth", "get", "put", "delete", "range", "delete_range", "cas", "txn", "barrier", "status", "members", "transfer_leader", "watch", "watch_cancel", "lease_grant", "lease_revoke", "lease_keepalive", "lease_ttl", "lease_list", "command_result")
+    __slots__ = ("id", "error", "revision", "raft_index", "auth", "get", "put", "delete", "range", "delete_range", "cas", "txn", "barrier", "status", "members", "transfer_leader", "watch", "watch_cancel", "snapshot", "lease_grant", "lease_revoke", "lease_keepalive", "lease_ttl", "lease_list", "command_result")
     ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +139,7 @@ class Response(_message.Message):
     TRANSFER_LEADER_FIELD_NUMBER: _ClassVar[int]
     WATCH_FIELD_NUMBER: _ClassVar[int]
     WATCH_CANCEL_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     LEASE_GRANT_FIELD_NUMBER: _ClassVar[int]
     LEASE_REVOKE_FIELD_NUMBER: _ClassVar[int]
     LEASE_KEEPALIVE_FIELD_NUMBER: _ClassVar[int]
@@ -161,13 +164,14 @@ class Response(_message.Message):
     transfer_leader: TransferLeaderResponse
     watch: WatchResponse
     watch_cancel: WatchCancelResponse
+    snapshot: SnapshotResponse
     lease_grant: _kv_pb2.LeaseGrantResponse
     lease_revoke: _kv_pb2.LeaseRevokeResponse
     lease_keepalive: LeaseKeepAliveResponse
     lease_ttl: LeaseTimeToLiveResponse
     lease_list: LeaseListResponse
     command_result: bytes
-    def __init__(self, id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., revision: _Optional[int] = ..., raft_index: _Optional[int] = ..., auth: _Optional[_Union[AuthResponse, _Mapping]] = ..., get: _Optional[_Union[GetResponse, _Mapping]] = ..., put: _Optional[_Union[_kv_pb2.PutResponse, _Mapping]] = ..., delete: _Optional[_Union[_kv_pb2.DeleteResponse, _Mapping]] = ..., range: _Optional[_Union[_kv_pb2.RangeResponse, _Mapping]] = ..., delete_range: _Optional[_Union[_kv_pb2.DeleteRangeResponse, _Mapping]] = ..., cas: _Optional[_Union[_kv_pb2.CompareAndSwapResponse, _Mapping]] = ..., txn: _Optional[_Union[_kv_pb2.TxnResponse, _Mapping]] = ..., barrier: _Optional[_Union[BarrierResponse, _Mapping]] = ..., status: _Optional[_Union[StatusResponse, _Mapping]] = ..., members: _Optional[_Union[MembersResponse, _Mapping]] = ..., transfer_leader: _Optional[_Union[TransferLeaderResponse, _Mapping]] = ..., watch: _Optional[_Union[WatchResponse, _Mapping]] = ..., watch_cancel: _Optional[_Union[WatchCancelResponse, _Mapping]] = ..., lease_grant: _Optional[_Union[_kv_pb2.LeaseGrantResponse, _Mapping]] = ..., lease_revoke: _Optional[_Union[_kv_pb2.LeaseRevokeResponse, _Mapping]] = ..., lease_keepalive: _Optional[_Union[LeaseKeepAliveResponse, _Mapping]] = ..., lease_ttl: _Optional[_Union[LeaseTimeToLiveResponse, _Mapping]] = ..., lease_list: _Optional[_Union[LeaseListResponse, _Mapping]] = ..., command_result: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., revision: _Optional[int] = ..., raft_index: _Optional[int] = ..., auth: _Optional[_Union[AuthResponse, _Mapping]] = ..., get: _Optional[_Union[GetResponse, _Mapping]] = ..., put: _Optional[_Union[_kv_pb2.PutResponse, _Mapping]] = ..., delete: _Optional[_Union[_kv_pb2.DeleteResponse, _Mapping]] = ..., range: _Optional[_Union[_kv_pb2.RangeResponse, _Mapping]] = ..., delete_range: _Optional[_Union[_kv_pb2.DeleteRangeResponse, _Mapping]] = ..., cas: _Optional[_Union[_kv_pb2.CompareAndSwapResponse, _Mapping]] = ..., txn: _Optional[_Union[_kv_pb2.TxnResponse, _Mapping]] = ..., barrier: _Optional[_Union[BarrierResponse, _Mapping]] = ..., status: _Optional[_Union[StatusResponse, _Mapping]] = ..., members: _Optional[_Union[MembersResponse, _Mapping]] = ..., transfer_leader: _Optional[_Union[TransferLeaderResponse, _Mapping]] = ..., watch: _Optional[_Union[WatchResponse, _Mapping]] = ..., watch_cancel: _Optional[_Union[WatchCancelResponse, _Mapping]] = ..., snapshot: _Optional[_Union[SnapshotResponse, _Mapping]] = ..., lease_grant: _Optional[_Union[_kv_pb2.LeaseGrantResponse, _Mapping]] = ..., lease_revoke: _Optional[_Union[_kv_pb2.LeaseRevokeResponse, _Mapping]] = ..., lease_keepalive: _Optional[_Union[LeaseKeepAliveResponse, _Mapping]] = ..., lease_ttl: _Optional[_Union[LeaseTimeToLiveResponse, _Mapping]] = ..., lease_list: _Optional[_Union[LeaseListResponse, _Mapping]] = ..., command_result: _Optional[bytes] = ...) -> None: ...
 
 class AuthRequest(_message.Message):
     __slots__ = ("token",)
@@ -386,3 +390,19 @@ class MemberContext(_message.Message):
     ADDRS_FIELD_NUMBER: _ClassVar[int]
     addrs: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, addrs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SnapshotResponse(_message.Message):
+    __slots__ = ("chunk", "done", "index", "size")
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    chunk: bytes
+    done: bool
+    index: int
+    size: int
+    def __init__(self, chunk: _Optional[bytes] = ..., done: bool = ..., index: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
