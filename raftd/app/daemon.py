@@ -22,7 +22,7 @@ from raftd.app.config import DaemonConfig
 from raftd.app.keys import load_ring
 from raftd.core import NONE, NodeId, StateType
 from raftd.kv.machine import KVStateMachine
-from raftd.runtime.group import Group, default_rng
+from raftd.runtime.group import Group, GroupUnavailable, default_rng
 from raftd.security.envelope import Envelope, KeyedEnvelope, NullEnvelope, make_envelope
 from raftd.security.keys import KeyLoadError, load_psk
 from raftd.storage.leveldb import LevelDB
@@ -134,7 +134,7 @@ class Daemon:
                     group.bootstrap([self.peer_id])
                 await nursery.start(transport.run)
                 if not formation_on:
-                    await nursery.start(group.run)
+                    await nursery.start(run_group, group)
             if formation_on:
                 from raftd.formation.service import Formation
 
@@ -204,6 +204,21 @@ class Daemon:
             async with trio.open_nursery() as n:
                 for g in self.groups.values():
                     n.start_soon(_hand_over, g)
+
+
+async def run_group(
+    group: Group, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run one group; a storage failure (disk full, I/O error) stops that group only.
+
+    The failed group no longer acknowledges anything (its API answers UNAVAILABLE, and
+    its peers elect another leader since its heartbeats stop); the daemon keeps serving
+    its other namespaces. Restart the daemon once the disk is fixed.
+    """
+    try:
+        await group.run(task_status=task_status)
+    except* GroupUnavailable as eg:
+        log.error("%s: group stopped: %s", group.namespace, eg.exceptions[0])
 
 
 async def _hand_over(g: Group) -> None:
