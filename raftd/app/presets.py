@@ -9,6 +9,10 @@
 ``local`` is for a LAN or one host: failover is about the election timeout (0.5-1 s).
 ``global`` tolerates 300 ms RTT links: a heartbeat round trip fits ten times into the
 lowest election timeout.
+
+``e2e`` (tests only, not a ``--preset`` choice; select it with ``RAFTD_PRESET=e2e``) is
+``local`` with snapshots every 2,000 entries and 500 trailing entries, so that the
+real-process tests (tests/e2e) see the log compacted past a follower within seconds.
 """
 
 from __future__ import annotations
@@ -78,5 +82,34 @@ PRESETS: dict[str, Preset] = {
         dead_voter_timeout_s=120.0,
         request_timeout_s=30.0,
         dial_timeout_s=10.0,
+    ),
+    # Test-only (chaos harness, ``RAFTD_PRESET=chaos``): ``local`` timings with tiny
+    # snapshot/compaction thresholds, so that lagging nodes need snapshot installs.
+    "chaos": Preset(
+        name="chaos",
+        tick_s=0.05,
+        heartbeat_ticks=2,
+        election_ticks=10,
+        snapshot_entries=200,
+        snapshot_interval_s=60.0,
+        compaction_trailing=50,
+        bootstrap_window_s=1.5,
+        dead_voter_timeout_s=10.0,
+        request_timeout_s=5.0,
+        dial_timeout_s=2.0,
+    ),
+    # Tests only (tests/e2e): ``local`` with frequent snapshots and short compaction.
+    "e2e": Preset(
+        name="e2e",
+        tick_s=0.05,
+        heartbeat_ticks=2,
+        election_ticks=10,
+        snapshot_entries=2_000,
+        snapshot_interval_s=60.0,
+        compaction_trailing=500,
+        bootstrap_window_s=1.5,
+        dead_voter_timeout_s=10.0,
+        request_timeout_s=5.0,
+        dial_timeout_s=2.0,
     ),
 }

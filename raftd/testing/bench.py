@@ -1,31 +1,59 @@
-"""API benchmarks against a local cluster of real daemons (``scripts/bench``).
+"""API benchmarks against a local cluster of real daemons (``scripts/bench``,
+``scripts/bench-all``).
 
 ``python -m raftd.testing.bench OP [options]`` starts a :class:`LocalCluster` (or uses
-running daemons given with ``--socket``), preloads the key space, then keeps ``--clients``
-requests outstanding over ``--conns`` API connections (spread over the endpoints, like
-etcd's benchmark tool) until ``--total`` requests or ``--duration`` seconds.
+running daemons given with ``--socket``, for the load ops) and measures one thing:
 
-Ops: ``get-l`` (linearizable get: ReadIndex then a local read), ``get-s`` (stale get),
-``put`` (100-byte values over the key space).
+- ``get-l`` (linearizable get: ReadIndex then a local read), ``get-s`` (stale get),
+  ``put`` (100-byte values over the key space): after preloading the key space, keep
+  ``--clients`` requests outstanding over ``--conns`` API connections (spread over the
+  endpoints, like etcd's benchmark tool) until ``--total`` requests or ``--duration``
+  seconds. ``--key-file`` runs the daemons with a shared key (encrypted Raft traffic).
+- ``failover``: ``--trials`` times, SIGKILL the leader and time until the next
+  acknowledged put through the survivors (each attempt with a 300 ms deadline, alternating
+  survivors, as /work/shared/anchors/etcd/failover.sh); the killed daemon is restarted and
+  caught up between trials (one reused cluster).
+- ``catchup``: SIGKILL a follower, write ``--entries`` keys pipelined through the leader,
+  restart the follower and time from the restart to its applied index reaching the
+  leader's (the log is compacted past it with ``--entries`` above the preset's snapshot
+  threshold, so it catches up by snapshot; ``snapshot_installed`` says if it did).
+- ``rss``: VmRSS of each idle daemon once startup has settled.
 
-Output, as the anchors in /work/shared/anchors: one human-readable line, then one JSON
-object as the LAST line with at least ``system, op, clients, ops_per_s, p50_ms, p99_ms,
-ok, errs``. New benchmarks (failover, catch-up, RSS) register in :data:`OPS` or add a
-subcommand in :func:`main`.
+``python -m raftd.testing.bench all [--quick] [--no-anchors] [--profile DIR]``
+(``scripts/bench-all``) runs every measurement on 3 daemons, then the anchors of
+/work/shared/anchors (etcd 3 members, its failover, PySyncObj, the fsync floor) in the
+same run, and prints a table of ratios against the goals. ``--quick`` (CI): a few
+seconds per measurement and no anchors.
+
+Output, as the anchors: one human-readable line, then one JSON object per measurement
+with at least ``system, op, clients, ops_per_s, p50_ms, p99_ms, ok, errs``. For one op
+that JSON object is the LAST line. ``all`` ends with the table and then a summary JSON
+line (``"op": "summary"``, with ``results`` and ``ratios``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import random
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+import urllib.request
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -34,7 +62,22 @@ from raftd.client import AsyncClient, RaftdError, open_client
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
-__all__ = ["BenchResult", "main", "run_load"]
+    from raftd.testing.cluster import LocalCluster, Node
+
+__all__ = [
+    "REQUIRED_KEYS",
+    "BenchResult",
+    "main",
+    "measure_catchup",
+    "measure_failover",
+    "measure_rss",
+    "run_load",
+    "write_keys",
+]
+
+#: Keys every JSON result line carries (the anchors' format).
+REQUIRED_KEYS = ("system", "op", "clients", "ops_per_s", "p50_ms", "p99_ms", "ok", "errs")
+ANCHORS_DIR = Path(os.environ.get("RAFTD_ANCHORS_DIR", "/work/shared/anchors"))
 
 
 @dataclass
@@ -99,6 +142,7 @@ async def _put(c: AsyncClient, key: bytes, value: bytes) -> object:
 
 
 OPS: dict[str, Op] = {"get-l": _get_l, "get-s": _get_s, "put": _put}
+OTHER_OPS = ("failover", "catchup", "rss")
 
 
 def _key(i: int, size: int) -> bytes:
@@ -160,6 +204,53 @@ async def run_load(
     return res
 
 
+async def write_keys(
+    sockets: Sequence[str],
+    n: int,
+    *,
+    prefix: str = "w/",
+    clients: int = 128,
+    conns: int = 4,
+    val_size: int = 100,
+    request_timeout: float = 10.0,
+    namespace: str | None = None,
+) -> BenchResult:
+    """Write the ``n`` distinct keys ``<prefix><i:08d>`` (i < n) once each, ``clients``
+    requests in flight over ``conns`` connections; one Raft entry per key. Failed puts
+    count in ``errs`` (not retried)."""
+    res = BenchResult("put-keys", clients, conns, endpoints=len(sockets))
+    value = b"x" * val_size
+    next_i = 0
+    async with trio.open_nursery() as nursery:
+        cls: list[AsyncClient] = []
+        for i in range(conns):
+            cm = open_client(
+                sockets[i % len(sockets)], timeout=request_timeout, namespace=namespace
+            )
+            cls.append(await nursery.start(_hold, cm))
+
+        async def worker(c: AsyncClient) -> None:
+            nonlocal next_i
+            while next_i < n:
+                i = next_i
+                next_i += 1
+                t0 = time.perf_counter()
+                try:
+                    await c.put(f"{prefix}{i:08d}", value)
+                except RaftdError:
+                    res.errs += 1
+                    continue
+                res.latencies.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as load:
+            for w in range(clients):
+                load.start_soon(worker, cls[w % conns])
+        res.elapsed = time.perf_counter() - t0
+        nursery.cancel_scope.cancel()
+    return res
+
+
 async def _hold(
     cm: AbstractAsyncContextManager[AsyncClient],
     *,
@@ -175,9 +266,942 @@ async def _preload(c: AsyncClient, idx: range, key_size: int, value: bytes) -> N
         await c.put(_key(i, key_size), value)
 
 
+# -- cluster-level measurements ----------------------------------------------------------
+
+
+def result(
+    op: str,
+    *,
+    system: str = "raftd",
+    clients: int = 1,
+    ops_per_s: float | None = None,
+    p50_ms: float | None = None,
+    p99_ms: float | None = None,
+    ok: int = 0,
+    errs: int = 0,
+    **extra: object,
+) -> dict[str, object]:
+    """A JSON result in the anchors' format (``extra`` keys follow the required ones)."""
+    return {
+        "system": system,
+        "op": op,
+        "clients": clients,
+        "ops_per_s": ops_per_s,
+        "p50_ms": p50_ms,
+        "p99_ms": p99_ms,
+        "ok": ok,
+        "errs": errs,
+        **extra,
+    }
+
+
+def load1() -> float:
+    """The 1-minute load average (the machine is shared: every result records it)."""
+    return round(os.getloadavg()[0], 2)
+
+
+def rss_kb(pid: int) -> int:
+    """VmRSS of ``pid`` in kB (from /proc/<pid>/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (from /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by some server processes and by this process (the load
+    generator, when it runs in-process) or by its waited-for children (an external load
+    tool) between construction and :meth:`result`. On a shared 2-core machine, CPU per
+    operation is a steadier comparison than throughput."""
+
+    def __init__(self, pids: Sequence[int], *, client: str = "self") -> None:
+        self.pids = list(pids)
+        self.client = client
+        self.t0 = self._servers()
+        self.c0 = self._client()
+
+    def _servers(self) -> list[float]:
+        out = []
+        for p in self.pids:
+            try:
+                out.append(proc_cpu_s(p))
+            except OSError:
+                out.append(math.nan)
+        return out
+
+    def _client(self) -> float:
+        t = os.times()
+        if self.client == "children":
+            return t.children_user + t.children_system
+        return t.user + t.system
+
+    def result(self, ok: int) -> dict[str, object]:
+        servers = [b - a for a, b in zip(self.t0, self._servers(), strict=True)]
+        srv = sum(x for x in servers if not math.isnan(x))
+        cli = self._client() - self.c0
+        return {
+            "server_cpu_s": round(srv, 2),
+            "client_cpu_s": round(cli, 2),
+            "server_cpu_ms_per_op": round(1000 * srv / ok, 3) if ok else None,
+            "total_cpu_ms_per_op": round(1000 * (srv + cli) / ok, 3) if ok else None,
+        }
+
+
+def _deadline_loop(timeout: float, what: str) -> Iterator[float]:
+    """Yield the time left until ``timeout`` s have passed, then raise TimeoutError."""
+    end = time.monotonic() + timeout
+    while (left := end - time.monotonic()) > 0:
+        yield left
+    raise TimeoutError(f"{what} not reached within {timeout:.1f}s")
+
+
+def _pace(since: float, interval: float) -> None:
+    """Wait until ``interval`` s after ``since`` (perf_counter): polling pace."""
+    rest = interval - (time.perf_counter() - since)
+    if rest > 0:
+        time.sleep(rest)
+
+
+def settle(cluster: LocalCluster, timeout: float = 30.0) -> Node:
+    """Wait until every node runs, a leader is agreed on and every node has applied the
+    leader's commit index; return the leader."""
+    for node in cluster.nodes:
+        if not node.alive:
+            node.start()
+    lead = cluster.wait_leader(timeout=timeout)
+    target = lead.status().commit
+    for _ in _deadline_loop(timeout, f"every node applied {target}"):
+        t = time.perf_counter()
+        sts = cluster.statuses()
+        if len(sts) == len(cluster.nodes) and all(s.applied >= target for s in sts.values()):
+            return cluster.wait_leader(timeout=timeout)
+        _pace(t, 0.05)
+    raise AssertionError("unreachable")
+
+
+def measure_rss(
+    cluster: LocalCluster, *, settle_s: float = 10.0, min_idle_s: float = 2.0
+) -> dict[str, object]:
+    """VmRSS of every daemon once it is idle: at least ``min_idle_s`` after the cluster
+    settled and stable (within 1%) over the last second, at most ``settle_s``."""
+    settle(cluster)
+    t0 = time.monotonic()
+    pids = [n.pid for n in cluster.nodes if n.pid is not None]
+    history: list[list[int]] = []
+    while True:
+        t = time.perf_counter()
+        history.append([rss_kb(p) for p in pids])
+        recent = history[-5:]
+        stable = len(recent) == 5 and all(
+            max(col) - min(col) <= 0.01 * max(col) for col in zip(*recent, strict=True)
+        )
+        waited = time.monotonic() - t0
+        if (stable and waited >= min_idle_s) or waited >= settle_s:
+            break
+        _pace(t, 0.25)
+    last = history[-1]
+    return result(
+        "idle-rss",
+        clients=0,
+        ok=len(last),
+        idle_rss_kb=int(statistics.median(last)),
+        rss_kb_max=max(last),
+        rss_kb_per_node=last,
+        idle_s=round(time.monotonic() - t0, 1),
+        stable=stable,
+    )
+
+
+def measure_failover(
+    cluster: LocalCluster,
+    trials: int,
+    *,
+    attempt_timeout: float = 0.3,
+    limit: float = 30.0,
+    log: Callable[[str], None] = print,
+) -> dict[str, object]:
+    """``trials`` times: SIGKILL the leader, then put through the survivors (alternating,
+    ``attempt_timeout`` each) until one is acknowledged; the time from the kill to that
+    ack is one sample. The killed daemon is restarted and caught up before the next
+    trial."""
+    times: list[float] = []
+    errs = 0
+    attempts: list[int] = []
+    for t in range(1, trials + 1):
+        lead = settle(cluster)
+        survivors = [n for n in cluster.nodes if n is not lead]
+        clients = [n.client(timeout=attempt_timeout) for n in survivors]
+        try:
+            for c in clients:  # connections open, forwarding paths warm
+                c.put("failover/warm", "v", timeout=5.0)
+            ok = False
+            i = 0
+            t0 = time.perf_counter()
+            lead.kill()
+            while time.perf_counter() - t0 < limit:
+                c = clients[i % len(clients)]
+                i += 1
+                a0 = time.perf_counter()
+                try:
+                    c.put("failover", f"{t}-{i}")
+                    ok = True
+                    break
+                except RaftdError:
+                    _pace(a0, 0.01)  # an immediate refusal: do not spin
+            t1 = time.perf_counter()
+        finally:
+            for c in clients:
+                c.close()
+        if ok:
+            times.append(t1 - t0)
+            attempts.append(i)
+            log(
+                f"trial {t}: leader {lead.name} killed, next put acknowledged after "
+                f"{t1 - t0:.3f} s ({i} attempts)"
+            )
+        else:
+            errs += 1
+            log(f"trial {t}: no put acknowledged within {limit:.0f} s")
+        lead.start()
+    settle(cluster)
+    xs = sorted(times)
+    return result(
+        "failover",
+        clients=1,
+        p50_ms=round(statistics.median(xs) * 1000, 1) if xs else None,
+        p99_ms=round(xs[-1] * 1000, 1) if xs else None,
+        ok=len(xs),
+        errs=errs,
+        min_ms=round(xs[0] * 1000, 1) if xs else None,
+        max_ms=round(xs[-1] * 1000, 1) if xs else None,
+        trials_s=[round(x, 3) for x in times],
+        attempts=attempts,
+        attempt_timeout_s=attempt_timeout,
+        preset=cluster.preset,
+    )
+
+
+def scrape_metric(port: int, name: str, labels: dict[str, str]) -> float | None:
+    """One sample of a Prometheus metric from ``http://127.0.0.1:<port>/metrics``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        m = re.fullmatch(r"([A-Za-z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
+        if m is None or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            return float(m.group(3))
+    return None
+
+
+def measure_catchup(
+    cluster: LocalCluster,
+    entries: int,
+    *,
+    clients: int = 256,
+    conns: int = 16,
+    timeout: float = 120.0,
+    log: Callable[[str], None] = print,
+) -> dict[str, object]:
+    """SIGKILL a follower, write ``entries`` keys (one entry each) pipelined through the
+    leader, restart the follower and time from the restart until its applied index
+    reaches the leader's. The follower runs with ``--metrics`` after the restart, so the
+    result says whether it installed a snapshot."""
+    from raftd.testing.cluster import free_port
+
+    lead = settle(cluster)
+    victim = next(n for n in cluster.nodes if n is not lead)
+    victim.kill()
+    w = trio.run(
+        lambda: write_keys(
+            [str(lead.socket)], entries, prefix="catchup/", clients=clients, conns=conns
+        )
+    )
+    log(
+        f"wrote {len(w.latencies)} entries ({w.errs} errors) with {victim.name} down in "
+        f"{w.elapsed:.1f} s ({len(w.latencies) / max(w.elapsed, 1e-9):.0f}/s)"
+    )
+    lead = cluster.wait_leader()
+    target = lead.status().commit
+    first_index = target
+    port = free_port()
+    saved = list(victim.extra_args)
+    victim.extra_args = [*saved, "--metrics", f"127.0.0.1:{port}"]
+    ready_s: float | None = None
+    applied = 0
+    try:
+        t0 = time.perf_counter()
+        victim.start(wait=False)
+        for _ in _deadline_loop(timeout, f"{victim.name} applied {target}"):
+            a0 = time.perf_counter()
+            with contextlib.suppress(RaftdError, OSError):
+                st = victim.status(timeout=2.0)
+                if ready_s is None:
+                    ready_s = time.perf_counter() - t0
+                    first_index = st.applied
+                applied = st.applied
+                if applied >= target:
+                    break
+            if not victim.alive:
+                raise RuntimeError(f"{victim.name} exited\n{victim.log_tail()}")
+            _pace(a0, 0.02)
+        took = time.perf_counter() - t0
+        installed: float | None = None
+        with contextlib.suppress(OSError, ValueError):
+            installed = scrape_metric(
+                port,
+                "raftd_snapshots_total",
+                {"namespace": cluster.namespaces[0], "kind": "installed"},
+            )
+    finally:
+        victim.extra_args = saved
+    return result(
+        "catchup",
+        clients=clients,
+        ops_per_s=round(entries / took) if took > 0 else None,
+        p50_ms=round(took * 1000, 1),
+        p99_ms=round(took * 1000, 1),
+        ok=1,
+        errs=0,
+        entries=entries,
+        target_index=target,
+        applied_at_first_status=first_index,
+        catchup_s=round(took, 3),
+        api_ready_s=round(ready_s, 3) if ready_s is not None else None,
+        snapshot_installed=None if installed is None else installed > 0,
+        write_ops_per_s=round(len(w.latencies) / w.elapsed) if w.elapsed > 0 else 0,
+        write_errs=w.errs,
+        preset=cluster.preset,
+    )
+
+
+def make_key_file(directory: Path) -> Path:
+    """A 0600 file with a random 32-byte hex key (as ``openssl rand -hex 32``)."""
+    path = directory / "cluster.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    return path
+
+
+# -- bench-all ---------------------------------------------------------------------------
+
+
+@dataclass
+class AllConfig:
+    quick: bool
+    anchors: bool
+    profile: Path | None
+    nodes: int = 3
+    preset: str = "local"
+    dur_put1: float = 15.0
+    dur_load: float = 20.0
+    total_put1: int = 3000
+    total_put64: int = 20000
+    total_put256: int = 40000
+    total_getl64: int = 40000
+    failover_trials: int = 10
+    catchup_entries: int = 100_000
+    etcd_failover_trials: int = 5
+
+    @classmethod
+    def make(cls, args: argparse.Namespace) -> AllConfig:
+        cfg = cls(
+            quick=args.quick, anchors=not args.no_anchors and not args.quick, profile=args.profile
+        )
+        if args.quick:
+            cfg.dur_put1 = cfg.dur_load = 2.0
+            cfg.total_put1, cfg.total_put64, cfg.total_put256, cfg.total_getl64 = (
+                300,
+                2000,
+                3000,
+                3000,
+            )
+            cfg.failover_trials = 2
+            cfg.catchup_entries = 1500
+        if args.failover_trials is not None:
+            cfg.failover_trials = args.failover_trials
+        if args.catchup_entries is not None:
+            cfg.catchup_entries = args.catchup_entries
+        return cfg
+
+
+class Reporter:
+    """Prints each measurement (human line + JSON line) and keeps the results."""
+
+    def __init__(self, out: Path | None) -> None:
+        self.results: dict[str, dict[str, object]] = {}
+        self.failed: dict[str, str] = {}
+        self.out = out.open("w") if out is not None else None
+
+    def say(self, msg: str) -> None:
+        print(f"[bench-all] {msg}", flush=True)
+
+    def add(self, name: str, res: dict[str, object], human: str | None = None) -> None:
+        res = {**res, "load1": load1()}
+        self.results[name] = res
+        if human:
+            print(human)
+        line = json.dumps(res)
+        print(line, flush=True)
+        if self.out is not None:
+            self.out.write(line + "\n")
+            self.out.flush()
+
+    def fail(self, name: str, exc: BaseException) -> None:
+        self.failed[name] = f"{type(exc).__name__}: {exc}"
+        self.say(f"{name} FAILED: {self.failed[name]}")
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        self.say(f"{name} (load average {load1()})")
+        try:
+            yield
+        except Exception as exc:
+            self.fail(name, exc)
+
+
+def _load(
+    rep: Reporter,
+    name: str,
+    pids: Sequence[int],
+    sockets: list[str],
+    op: str,
+    clients: int,
+    conns: int,
+    total: int,
+    duration: float,
+    *,
+    preload: bool = False,
+    **extra: object,
+) -> None:
+    with rep.step(name):
+        meter: CpuMeter | None = None
+
+        async def go() -> BenchResult:
+            nonlocal meter
+            if preload:  # outside the measurement
+                await run_load(sockets, op, clients=1, conns=1, total=0, duration=0)
+            meter = CpuMeter(pids)
+            return await run_load(
+                sockets,
+                op,
+                clients=clients,
+                conns=conns,
+                total=total,
+                duration=duration,
+                preload=False,
+            )
+
+        res = trio.run(go)
+        assert meter is not None
+        res.extra.update(extra)
+        res.extra.update(meter.result(len(res.latencies)))
+        rep.add(name, res.as_json(), res.line())
+
+
+def _cluster(cfg: AllConfig, extra_args: Sequence[str] = ()) -> LocalCluster:
+    from raftd.testing.cluster import LocalCluster
+
+    c = LocalCluster(cfg.nodes, preset=cfg.preset, extra_args=extra_args)
+    try:
+        c.start()
+    except BaseException:
+        c.close()
+        raise
+    return c
+
+
+def _profile_put64(rep: Reporter, cfg: AllConfig, cluster: LocalCluster, out_dir: Path) -> None:
+    """put@64 again with py-spy sampling the leader (numbers not used for ratios)."""
+    pyspy = Path(sys.executable).parent / "py-spy"
+    if not pyspy.exists():
+        rep.say(f"no {pyspy}: profile skipped")
+        return
+    lead = cluster.wait_leader()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw = out_dir / "leader-put64.txt"
+    dur = max(3, int(cfg.dur_load))
+    cmd = [
+        str(pyspy),
+        "record",
+        "--pid",
+        str(lead.pid),
+        "--duration",
+        str(dur),
+        "--rate",
+        "200",
+        "--format",
+        "raw",
+        "--nonblocking",
+        "--gil",  # only stacks holding the GIL: where the CPU goes in Python
+        "-o",
+        str(raw),
+    ]
+    with rep.step("profile put@64 (leader under py-spy)"):
+        spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            res = trio.run(
+                lambda: run_load(
+                    [str(n.socket) for n in cluster.nodes],
+                    "put",
+                    clients=64,
+                    conns=8,
+                    total=10**9,
+                    duration=dur,
+                    preload=False,
+                )
+            )
+            _, err = spy.communicate(timeout=dur + 60)
+        finally:
+            if spy.poll() is None:
+                spy.kill()
+                spy.wait(10)
+        res.extra.update(profiled=True, leader_pid=lead.pid, profile=str(raw))
+        rep.add("raftd put@64 profiled", res.as_json(), res.line())
+        if spy.returncode != 0:
+            rep.say(f"py-spy failed: {err.decode(errors='replace')[-500:]}")
+            return
+        print(profile_summary(raw))
+
+
+def profile_summary(raw: Path, top: int = 20) -> str:
+    """Top functions by own (self) and total (inclusive) samples of a py-spy raw file."""
+    own: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        count = int(n)
+        frames = [
+            re.sub(r" \((?:.*/)?(site-packages/|raftd/)?", r" (\1", f) for f in stack.split(";")
+        ]
+        total += count
+        own[frames[-1]] += count
+        for f in set(frames):
+            incl[f] += count
+    lines = [f"profile: {total} samples ({raw})", "  self%  function"]
+    for f, c in own.most_common(top):
+        lines.append(f"  {100 * c / max(total, 1):5.1f}  {f}")
+    lines.append("  total%  function")
+    for f, c in incl.most_common(top + 15):
+        lines.append(f"  {100 * c / max(total, 1):6.1f}  {f}")
+    return "\n".join(lines)
+
+
+def _raftd_main(rep: Reporter, cfg: AllConfig) -> None:
+    rep.say(f"start {cfg.nodes} raftd daemons (preset {cfg.preset})")
+    try:
+        cluster = _cluster(cfg)
+    except Exception as exc:
+        rep.fail("raftd start", exc)
+        return
+    try:
+        socks = [str(n.socket) for n in cluster.nodes]
+        pids = [n.pid for n in cluster.nodes if n.pid is not None]
+        with rep.step("raftd idle RSS"):
+            rep.add(
+                "raftd idle-rss",
+                measure_rss(
+                    cluster,
+                    settle_s=4.0 if cfg.quick else 15.0,
+                    min_idle_s=1.0 if cfg.quick else 3.0,
+                ),
+            )
+        # The first run preloads the key space (1000 keys) for the others and get-l.
+        _load(
+            rep, "raftd put@1", pids, socks, "put", 1, 1, cfg.total_put1, cfg.dur_put1, preload=True
+        )
+        _load(rep, "raftd put@64", pids, socks, "put", 64, 8, cfg.total_put64, cfg.dur_load)
+        _load(rep, "raftd put@256", pids, socks, "put", 256, 16, cfg.total_put256, cfg.dur_load)
+        _load(rep, "raftd get-l@64", pids, socks, "get-l", 64, 8, cfg.total_getl64, cfg.dur_load)
+        if cfg.profile is not None:
+            _profile_put64(rep, cfg, cluster, cfg.profile)
+        with rep.step(f"raftd failover x{cfg.failover_trials}"):
+            rep.add("raftd failover", measure_failover(cluster, cfg.failover_trials))
+        with rep.step(f"raftd catch-up of {cfg.catchup_entries} entries"):
+            rep.add("raftd catchup", measure_catchup(cluster, cfg.catchup_entries))
+        with rep.step("raftd RSS after the load"):
+            after = [rss_kb(n.pid) for n in cluster.nodes if n.pid is not None]
+            rep.add(
+                "raftd rss-after-load",
+                result(
+                    "rss-after-load",
+                    clients=0,
+                    ok=len(after),
+                    rss_kb_max=max(after),
+                    rss_kb_per_node=after,
+                ),
+            )
+    finally:
+        cluster.close()
+
+
+def _raftd_encryption(rep: Reporter, cfg: AllConfig) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="raftd-key-"))
+    try:
+        key = make_key_file(tmp)
+        for name, extra in (
+            ("raftd put@64 plain", []),
+            ("raftd put@64 keyed", ["--key-file", str(key)]),
+        ):
+            with rep.step(f"{name}: fresh cluster"):
+                cluster = _cluster(cfg, extra)
+                try:
+                    socks = [str(n.socket) for n in cluster.nodes]
+                    meter = CpuMeter([n.pid for n in cluster.nodes if n.pid is not None])
+                    res = trio.run(
+                        lambda s=socks: run_load(
+                            s,
+                            "put",
+                            clients=64,
+                            conns=8,
+                            total=cfg.total_put64,
+                            duration=cfg.dur_load,
+                        )
+                    )
+                    res.extra.update(encrypted=bool(extra))
+                    res.extra.update(meter.result(len(res.latencies)))
+                    rep.add(name, res.as_json(), res.line())
+                finally:
+                    cluster.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _etcd_pids() -> list[int]:
+    work = Path(os.environ.get("ANCHORS_WORK", "/tmp/raftd-anchors"))
+    try:
+        return [int(x) for x in (work / "etcd" / "pids").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _anchor(
+    rep: Reporter,
+    name: str,
+    script: str,
+    *args: str,
+    timeout: float = 300,
+    attempts: int = 3,
+    cpu_pids: Sequence[int] = (),
+) -> None:
+    """Run an anchor script; its last line is its JSON result. Retried (``attempts``):
+    under heavy load the anchors' etcd/cluster.sh can take a member that has not
+    exec'd yet for one that "exited during startup"."""
+    with rep.step(f"anchor {name}"):
+        for attempt in range(1, attempts + 1):
+            meter = CpuMeter(cpu_pids, client="children")
+            p = subprocess.run(
+                ["bash", str(ANCHORS_DIR / script), *args],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+            lines = p.stdout.strip().splitlines()
+            for line in lines[:-1]:
+                print(f"  {line}")
+            if p.returncode == 0 and lines and lines[-1].startswith("{"):
+                res = json.loads(lines[-1])
+                if cpu_pids:
+                    res.update(meter.result(int(res.get("ok") or 0)))
+                if attempt > 1:
+                    res["attempt"] = attempt
+                rep.add(name, res)
+                return
+            err = f"exit {p.returncode}: {(p.stderr or p.stdout)[-400:]}"
+            if attempt == attempts:
+                raise RuntimeError(err)
+            rep.say(f"anchor {name}: attempt {attempt} failed ({err.splitlines()[0]}), retrying")
+
+
+def _etcd(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(ANCHORS_DIR / "etcd/cluster.sh"), *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _anchors(rep: Reporter, cfg: AllConfig) -> None:
+    _anchor(rep, "raw fsync", "raw/fsync.sh", "2000", "fsync", timeout=150)
+    started = False
+    with rep.step("anchor etcd cluster start 3"):
+        for attempt in range(3):
+            _etcd("stop", timeout=60)
+            p = _etcd("start", "3")
+            if p.returncode == 0:
+                started = True
+                break
+            rep.say(f"etcd start attempt {attempt + 1} failed: {(p.stderr or p.stdout)[-300:]}")
+        if not started:
+            raise RuntimeError("etcd did not start")
+    try:
+        for name, args in (
+            ("etcd put@1", ("put", "1", "1", "3000")),
+            ("etcd put@64", ("put", "64", "8", "20000")),
+            ("etcd put@256", ("put", "256", "16", "40000")),
+            ("etcd get-l@64", ("get-l", "64", "8", "40000")),
+        ):
+            if not started:
+                break
+            op, clients, conns, total = args
+            _anchor(
+                rep,
+                name,
+                "etcd/bench.sh",
+                *("--op", op, "--clients", clients, "--conns", conns, "--total", total),
+                timeout=120,
+                attempts=1,
+                cpu_pids=_etcd_pids(),
+            )
+    finally:
+        _etcd("stop", timeout=60)
+    _anchor(
+        rep,
+        "etcd failover",
+        "etcd/failover.sh",
+        str(cfg.etcd_failover_trials),
+        timeout=60 + 40 * cfg.etcd_failover_trials,
+    )
+    _anchor(
+        rep,
+        "pysyncobj tput-all",
+        "pysyncobj/bench.sh",
+        *("tput-all", "--duration", "10", "--window", "5000"),
+        timeout=200,
+    )
+
+
+def _num(rep: Reporter, name: str, key: str) -> float | None:
+    v = rep.results.get(name, {}).get(key)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b not in (None, 0) else None
+
+
+def summarize(rep: Reporter) -> dict[str, object]:
+    """The goals table (printed) and the ratios (returned)."""
+    n = _num
+    rows: list[tuple[str, str, float | None, float | None, float | None, str, bool | None]] = []
+
+    def row(
+        label: str,
+        unit: str,
+        ours: float | None,
+        anchor: float | None,
+        value: float | None,
+        goal: str,
+        ok: bool | None,
+    ) -> None:
+        rows.append((label, unit, ours, anchor, value, goal, ok))
+
+    def ge(v: float | None, g: float) -> bool | None:
+        return None if v is None else v >= g
+
+    def le(v: float | None, g: float) -> bool | None:
+        return None if v is None else v <= g
+
+    r_put64 = _ratio(n(rep, "raftd put@64", "ops_per_s"), n(rep, "etcd put@64", "ops_per_s"))
+    row(
+        "put@64 / etcd put@64",
+        "ops/s",
+        n(rep, "raftd put@64", "ops_per_s"),
+        n(rep, "etcd put@64", "ops_per_s"),
+        r_put64,
+        ">= 1.5",
+        ge(r_put64, 1.5),
+    )
+    r_put256 = _ratio(
+        n(rep, "raftd put@256", "ops_per_s"), n(rep, "pysyncobj tput-all", "ops_per_s")
+    )
+    row(
+        "put@256 / PySyncObj tput-all",
+        "ops/s",
+        n(rep, "raftd put@256", "ops_per_s"),
+        n(rep, "pysyncobj tput-all", "ops_per_s"),
+        r_put256,
+        ">= 1",
+        ge(r_put256, 1.0),
+    )
+    p99 = n(rep, "raftd put@256", "p99_ms")
+    row(
+        "put@256 p99",
+        "ms",
+        p99,
+        n(rep, "pysyncobj tput-all", "p99_ms"),
+        p99,
+        "<= 50 ms",
+        le(p99, 50.0),
+    )
+    r_p50 = _ratio(n(rep, "raftd put@1", "p50_ms"), n(rep, "etcd put@1", "p50_ms"))
+    row(
+        "put@1 p50 / etcd put@1 p50",
+        "ms",
+        n(rep, "raftd put@1", "p50_ms"),
+        n(rep, "etcd put@1", "p50_ms"),
+        r_p50,
+        "<= 1.2",
+        le(r_p50, 1.2),
+    )
+    fo = n(rep, "raftd failover", "p50_ms")
+    fo_s = fo / 1000 if fo is not None else None
+    efo = n(rep, "etcd failover", "p50_ms")
+    row(
+        "failover p50 (local preset)",
+        "s",
+        fo_s,
+        efo / 1000 if efo is not None else None,
+        fo_s,
+        "<= 0.6 s",
+        le(fo_s, 0.6),
+    )
+    cu = n(rep, "raftd catchup", "catchup_s")
+    entries = rep.results.get("raftd catchup", {}).get("entries")
+    row(f"catch-up of {entries} entries", "s", cu, None, cu, "<= 5 s (100k)", le(cu, 5.0))
+    rss = n(rep, "raftd idle-rss", "idle_rss_kb")
+    rss_mb = round(rss / 1024, 1) if rss is not None else None
+    erss = n(rep, "etcd failover", "idle_rss_kb")
+    row(
+        "idle RSS",
+        "MB",
+        rss_mb,
+        round(erss / 1024, 1) if erss is not None else None,
+        rss_mb,
+        "<= 120 MB",
+        le(rss_mb, 120.0),
+    )
+    r_get = _ratio(n(rep, "raftd get-l@64", "ops_per_s"), n(rep, "etcd get-l@64", "ops_per_s"))
+    row(
+        "get-l@64 / etcd get-l@64",
+        "ops/s",
+        n(rep, "raftd get-l@64", "ops_per_s"),
+        n(rep, "etcd get-l@64", "ops_per_s"),
+        r_get,
+        ">= 1",
+        ge(r_get, 1.0),
+    )
+    r_enc = _ratio(
+        n(rep, "raftd put@64 keyed", "ops_per_s"), n(rep, "raftd put@64 plain", "ops_per_s")
+    )
+    row(
+        "put@64 keyed / plain (encryption)",
+        "ops/s",
+        n(rep, "raftd put@64 keyed", "ops_per_s"),
+        n(rep, "raftd put@64 plain", "ops_per_s"),
+        r_enc,
+        "(info)",
+        None,
+    )
+    r_p1 = _ratio(n(rep, "raftd put@1", "p50_ms"), n(rep, "raw fsync", "p50_ms"))
+    row(
+        "put@1 p50 / fsync p50",
+        "ms",
+        n(rep, "raftd put@1", "p50_ms"),
+        n(rep, "raw fsync", "p50_ms"),
+        r_p1,
+        "(info)",
+        None,
+    )
+
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:g}"
+
+    print()
+    print(
+        f"{'measurement':<36} {'unit':<6} {'raftd':>10} {'anchor':>10} {'ratio/value':>12}"
+        f"  {'goal':<14} met"
+    )
+    for label, unit, ours, anchor, value, goal, ok in rows:
+        met = "n/a" if ok is None else ("yes" if ok else "NO")
+        print(
+            f"{label:<36} {unit:<6} {f(ours):>10} {f(anchor):>10} {f(value):>12}  {goal:<14} {met}"
+        )
+    return {
+        "put64_vs_etcd": r_put64,
+        "put256_vs_pysyncobj": r_put256,
+        "put256_p99_ms": p99,
+        "put1_p50_vs_etcd": r_p50,
+        "failover_p50_s": fo_s,
+        "catchup_s": cu,
+        "idle_rss_mb": rss_mb,
+        "getl64_vs_etcd": r_get,
+        "keyed_vs_plain_put64": r_enc,
+    }
+
+
+def main_all(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="scripts/bench-all",
+        description="Every raftd measurement on 3 local daemons, plus the anchors.",
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="a few seconds per measurement, no anchors (CI)"
+    )
+    ap.add_argument("--no-anchors", action="store_true", help="skip etcd/PySyncObj/fsync")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="also profile the leader with py-spy during an extra put@64",
+    )
+    ap.add_argument("--failover-trials", type=int)
+    ap.add_argument("--catchup-entries", type=int)
+    ap.add_argument("--out", type=Path, help="also write the JSON lines to this file")
+    args = ap.parse_args(argv)
+    cfg = AllConfig.make(args)
+    rep = Reporter(args.out)
+    started = time.monotonic()
+    rep.say(
+        f"cpus={os.cpu_count()} load average={os.getloadavg()} quick={cfg.quick} "
+        f"anchors={cfg.anchors}"
+    )
+    _raftd_main(rep, cfg)
+    _raftd_encryption(rep, cfg)
+    if cfg.anchors:
+        _anchors(rep, cfg)
+    ratios = summarize(rep)
+    rep.say(f"done in {time.monotonic() - started:.0f} s; load average {os.getloadavg()}")
+    summary = result(
+        "summary",
+        clients=0,
+        ok=len(rep.results),
+        errs=len(rep.failed),
+        ratios=ratios,
+        failed=rep.failed,
+        results=rep.results,
+        load_avg=[round(x, 2) for x in os.getloadavg()],
+        quick=cfg.quick,
+    )
+    print(json.dumps(summary))
+    return 1 if rep.failed else 0
+
+
+# -- one measurement ---------------------------------------------------------------------
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["all"]:
+        return main_all(argv[1:])
     ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("op", choices=sorted(OPS))
+    ap.add_argument("op", choices=sorted(OPS) + list(OTHER_OPS))
     ap.add_argument("--clients", type=int, default=64, help="requests kept outstanding")
     ap.add_argument("--conns", type=int, default=8, help="API connections")
     ap.add_argument("--total", type=int, default=20000)
@@ -193,17 +1217,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--key-space", type=int, default=1000)
     ap.add_argument("--key-size", type=int, default=16)
     ap.add_argument("--val-size", type=int, default=100)
+    ap.add_argument("--preset", default="local", choices=["local", "regional", "global"])
+    ap.add_argument(
+        "--key-file", type=Path, help="run the daemons with this shared key (--key-file)"
+    )
+    ap.add_argument(
+        "--encrypt", action="store_true", help="run the daemons with a fresh random shared key"
+    )
+    ap.add_argument("--trials", type=int, default=10, help="failover trials")
+    ap.add_argument("--entries", type=int, default=100_000, help="catchup: entries written")
     ap.add_argument("--no-json", action="store_true")
     args = ap.parse_args(argv)
 
+    if args.op in OTHER_OPS and args.socket:
+        ap.error(f"{args.op} needs its own cluster (no --socket)")
     cluster = None
+    tmp = None
+    out: dict[str, object]
+    human: str | None = None
     try:
+        extra_args: list[str] = []
+        key_file = args.key_file
+        if args.encrypt and key_file is None:
+            tmp = Path(tempfile.mkdtemp(prefix="raftd-key-"))
+            key_file = make_key_file(tmp)
+        if key_file is not None:
+            extra_args += ["--key-file", str(key_file)]
         if args.socket:
             sockets = list(args.socket)
         else:
             from raftd.testing.cluster import LocalCluster
 
-            cluster = LocalCluster(args.nodes)
+            cluster = LocalCluster(args.nodes, preset=args.preset, extra_args=extra_args)
             cluster.start()
             lead = cluster.wait_leader()
             nodes = {
@@ -212,26 +1257,48 @@ def main(argv: list[str] | None = None) -> int:
                 "follower": [n for n in cluster.nodes if n is not lead][:1] or [lead],
             }[args.endpoints]
             sockets = [str(n.socket) for n in nodes]
-        res = trio.run(
-            lambda: run_load(
-                sockets,
-                args.op,
-                clients=args.clients,
-                conns=args.conns,
-                total=args.total,
-                duration=args.duration,
-                key_space=args.key_space,
-                key_size=args.key_size,
-                val_size=args.val_size,
+        if args.op == "failover":
+            assert cluster is not None
+            out = measure_failover(cluster, args.trials)
+        elif args.op == "catchup":
+            assert cluster is not None
+            out = measure_catchup(cluster, args.entries, clients=args.clients, conns=args.conns)
+        elif args.op == "rss":
+            assert cluster is not None
+            out = measure_rss(cluster)
+        else:
+            res = trio.run(
+                lambda: run_load(
+                    sockets,
+                    args.op,
+                    clients=args.clients,
+                    conns=args.conns,
+                    total=args.total,
+                    duration=args.duration,
+                    key_space=args.key_space,
+                    key_size=args.key_size,
+                    val_size=args.val_size,
+                )
             )
-        )
+            res.extra["encrypted"] = key_file is not None
+            out = res.as_json()
+            human = res.line()
     finally:
         if cluster is not None:
             cluster.close()
-    print(res.line())
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if human is None:
+        human = " ".join(f"{k}={out[k]}" for k in REQUIRED_KEYS[1:])
+    print(human)
     if not args.no_json:
-        print(json.dumps(res.as_json()))
-    return 0 if res.latencies else 2
+        print(json.dumps(out))
+    return 0 if out.get("ok") else 2
+
+
+# Used by the tests: a blocking view of :func:`write_keys`.
+def write_keys_sync(sockets: Sequence[str], n: int, **kw: Any) -> BenchResult:
+    return trio.run(lambda: write_keys(sockets, n, **kw))
 
 
 if __name__ == "__main__":

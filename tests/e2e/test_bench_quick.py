@@ -1,0 +1,98 @@
+"""``scripts/bench-all --quick`` and ``scripts/bench`` run against real daemons and print
+results in the anchors' format. Only the output format is checked: timings on a shared
+CI machine mean nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from raftd.testing.bench import REQUIRED_KEYS
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def run_script(*args: str, timeout: float) -> tuple[list[str], list[dict[str, Any]]]:
+    p = subprocess.run(
+        [str(ROOT / "scripts" / args[0]), *args[1:]],
+        cwd=ROOT,
+        env={**os.environ, "PYTHON": sys.executable},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    lines = p.stdout.splitlines()
+    docs = [json.loads(line) for line in lines if line.startswith("{")]
+    return lines, docs
+
+
+def check_keys(doc: dict[str, Any]) -> None:
+    missing = [k for k in REQUIRED_KEYS if k not in doc]
+    assert not missing, (missing, doc)
+    assert doc["system"] == "raftd"
+    assert isinstance(doc["op"], str)
+    for k in ("clients", "ok", "errs"):
+        assert isinstance(doc[k], int), (k, doc)
+    for k in ("ops_per_s", "p50_ms", "p99_ms"):
+        assert doc[k] is None or isinstance(doc[k], int | float), (k, doc)
+
+
+def test_bench_all_quick_output_format() -> None:
+    lines, docs = run_script("bench-all", "--quick", timeout=480)
+    assert lines[-1].startswith("{"), "the last line must be the summary JSON"
+    for d in docs:
+        check_keys(d)
+    *results, summary = docs
+    seen = {(d["op"], d["clients"], d.get("encrypted")) for d in results}
+    for want in (
+        ("idle-rss", 0, None),
+        ("put", 1, None),
+        ("put", 64, None),
+        ("put", 256, None),
+        ("get-l", 64, None),
+        ("failover", 1, None),
+        ("put", 64, False),
+        ("put", 64, True),
+    ):
+        assert want in seen, (want, seen)
+    assert any(d["op"] == "catchup" for d in results)
+    by_op = {d["op"]: d for d in results}
+    assert by_op["idle-rss"]["idle_rss_kb"] > 0
+    assert by_op["failover"]["ok"] + by_op["failover"]["errs"] == 2
+    assert len(by_op["failover"]["trials_s"]) == by_op["failover"]["ok"]
+    assert by_op["catchup"]["catchup_s"] > 0
+    assert summary["op"] == "summary" and summary["errs"] == 0, summary["failed"]
+    assert set(summary["ratios"]) >= {
+        "put64_vs_etcd",
+        "put256_vs_pysyncobj",
+        "put1_p50_vs_etcd",
+        "failover_p50_s",
+        "catchup_s",
+        "idle_rss_mb",
+        "getl64_vs_etcd",
+        "keyed_vs_plain_put64",
+    }
+    assert summary["ratios"]["put64_vs_etcd"] is None  # no anchors in --quick
+    header = next(i for i, line in enumerate(lines) if line.startswith("measurement "))
+    assert any("idle RSS" in line for line in lines[header:])
+
+
+def test_bench_single_op_still_works() -> None:
+    lines, docs = run_script(
+        *("bench", "put", "--clients", "4", "--conns", "2", "--total", "200"),
+        *("--duration", "5", "--key-space", "50"),
+        timeout=120,
+    )
+    assert lines[-1].startswith("{") and len(docs) == 1
+    check_keys(docs[0])
+    assert docs[0]["op"] == "put" and docs[0]["clients"] == 4 and docs[0]["ok"] > 0
+    assert lines[-2].startswith("op=put clients=4 conns=2 ")
