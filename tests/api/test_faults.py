@@ -172,8 +172,9 @@ def test_lease_expires_after_leader_failover_with_a_full_ttl(cluster: LocalClust
         wait_until(lambda: c.get("ttl/key") is None, 20, what="lease expiry")
         gone = time.monotonic() - killed
         # The old leader's deadline was at most 4 s after the kill; the new leader
-        # restarted the full TTL once elected (>= 0.5 s, one election timeout, later).
-        assert gone >= 4.3
+        # restarted the full TTL once elected (some time after the kill), so the key
+        # outlives the kill by at least the full TTL, never less.
+        assert gone >= 4.0
         assert new.alive
     lead.start()
     cluster.wait_leader()
