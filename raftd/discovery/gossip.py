@@ -15,8 +15,9 @@ a 20-node mesh (raised here).
 Cost (measured, 9 daemons on 2 cores): py-libp2p's GossipSub is expensive: publishing
 every second with the usual mesh degree 6 took about a quarter of each daemon's CPU in
 muxer and Noise frames, enough to stall event loops past the Raft election timeout and
-slow formation threefold. Hence a mesh degree of 4 and a 5 s periodic publication (state
-changes are published at once, and peer exchange carries the same information anyway).
+slow formation threefold. Hence a small mesh (degree 3 from the hub) and a 5 s periodic
+publication (state changes are published at once, and peer exchange carries the same
+information anyway).
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
+
+from raftd.discovery.errors import split_cancelled
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -90,6 +93,12 @@ class PubsubPresence:
             max_messages_per_topic_per_second=200.0,
         )
         ps = Pubsub(self.host, gs, strict_signing=True)
+        # Pubsub registered its own stream handler; wrap it so nothing escapes into the
+        # host (pitfall 4). Needed in practice: a read loop that receives a message just
+        # after the service stopped schedules a task on its closed nursery, and the
+        # RuntimeError would take the whole host (and the daemon's exit status) down.
+        for proto in gs.get_protocols():
+            self.host.set_stream_handler(proto, self._guarded(ps.stream_handler))
         async with background_trio_service(ps), background_trio_service(gs):
             try:
                 with trio.fail_after(10):
@@ -104,11 +113,28 @@ class PubsubPresence:
                     await trio.sleep_forever()
             finally:
                 self._pubsub = None
-                # Stop taking pubsub streams before the services stop: a stream arriving
-                # later would make the stopped service raise inside the host (pitfall 4).
+                # Refuse pubsub streams before the services stop: a stopped service would
+                # raise inside the host (pitfall 4). Replaced, not removed: removal races
+                # with a negotiation in progress (py-libp2p then raises KeyError).
                 for proto in gs.get_protocols():
                     with contextlib.suppress(Exception):
-                        self.host.remove_stream_handler(proto)
+                        self.host.set_stream_handler(proto, _refuse)
+
+    @staticmethod
+    def _guarded(handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        async def guarded(stream: Any) -> None:
+            try:
+                await handler(stream)
+            except BaseException as exc:
+                passthrough, failure = split_cancelled(exc)
+                if failure is not None:
+                    log.debug("pubsub stream handler ended: %r", failure)
+                    with contextlib.suppress(Exception):
+                        await stream.reset()
+                if passthrough is not None:
+                    raise passthrough from None
+
+        return guarded
 
     async def publish_now(self, namespace: str) -> None:
         """Publish our presence at once (on a state change), bounded."""
@@ -143,3 +169,8 @@ class PubsubPresence:
             except Exception as exc:
                 self.errors += 1
                 log.debug("bad presence message on %s: %r", namespace, exc)
+
+
+async def _refuse(stream: Any) -> None:
+    with contextlib.suppress(Exception):
+        await stream.reset()

@@ -24,6 +24,7 @@ import trio
 
 from raftd.discovery.addrs import LocalNetworks, announce_addrs, rank_addrs
 from raftd.discovery.bootstrap import BootstrapDialer
+from raftd.discovery.errors import split_cancelled
 from raftd.discovery.table import PeerTable
 
 if TYPE_CHECKING:
@@ -161,6 +162,7 @@ class DiscoveryHub:
                     on_message=self._presence,
                     interval_s=5 * self.heartbeat_s,
                     heartbeat_s=self.heartbeat_s,
+                    degree=3,
                     rng=self._rng,
                 )
                 nursery.start_soon(self._guard, "pubsub", self.pubsub.run)
@@ -180,10 +182,18 @@ class DiscoveryHub:
 
     async def _guard(self, name: str, fn: Callable[..., Any]) -> None:
         """Run one source; if it fails, log it and keep the others (and the daemon)
-        running: every source is an optimisation over the others."""
+        running: every source is an optimisation over the others. Cancellation passes
+        through; failures that come with it (a library's services raising while they
+        are being stopped) are logged, never allowed to fail the daemon's shutdown."""
         try:
             await fn()
-        except trio.Cancelled:
-            raise
-        except Exception:
-            log.exception("discovery source %s failed; continuing without it", name)
+        except BaseException as exc:
+            cancelled, rest = split_cancelled(exc)
+            if rest is not None:
+                log.warning(
+                    "discovery source %s failed; continuing without it",
+                    name,
+                    exc_info=(type(rest), rest, rest.__traceback__),
+                )
+            if cancelled is not None:
+                raise cancelled from None

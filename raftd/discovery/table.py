@@ -141,6 +141,7 @@ class PeerTable:
             return False
         at = self.now() - max(0.0, age)
         if at < rec.info_at:
+            rec.sources.add(source)  # it told us (something older): still a source
             return False
         changed = rec.info != info
         rec.info = info

@@ -146,10 +146,15 @@ class FleetNode:
                 p.unlink()
 
     def status(self, ns: str | None = None) -> dict[str, Any] | None:
-        """This daemon's ``status.json`` entry for ``ns`` (None if not written yet)."""
+        """This daemon's ``status.json`` entry for ``ns``: None if the running process
+        has not written it yet (a file left by an earlier process does not count)."""
+        if self.proc is None:
+            return None
         try:
             doc = json.loads((self.data_dir / "status.json").read_text())
         except (OSError, ValueError):
+            return None
+        if doc.get("pid") != self.proc.pid or not self.alive:
             return None
         st = doc.get("namespaces", {}).get(ns or self.fleet.namespaces[0])
         return st if isinstance(st, dict) else None

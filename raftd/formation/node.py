@@ -102,6 +102,7 @@ log = logging.getLogger("raftd.formation")
 DISSOLVE_MARKER = "raftd:dissolve"
 
 _PEX_FANOUT = 3
+_PUSH_FANOUT = 8
 _PEX_ENTRIES = 64
 _FORGET_AFTER = 600.0
 _TICKET_TTL = 30.0
@@ -161,7 +162,9 @@ class _Health:
 
     def observe(self, prs: dict[str, Any], now: float) -> None:
         for pid, pr in prs.items():
-            if pr.recent_active:
+            # A member seen for the first time (just added) starts its clock now, not
+            # when this node became leader.
+            if pr.recent_active or pid not in self.last:
                 self.last[pid] = now
 
     def silent(self, peer: str, now: float) -> float:
@@ -243,6 +246,7 @@ class NamespaceFormation:
         self._ready_since: float | None = None
         self._info: NodeInfo = NodeInfo(id=self.id, ns=namespace)
         self._info_json: bytes = b""
+        self._parsed: dict[str, tuple[dict[str, Any], NodeInfo]] = {}
         group.add_conf_listener(self._on_conf_change)
         group.add_leader_listener(lambda _leader: self._kick())
 
@@ -329,16 +333,26 @@ class NamespaceFormation:
 
     # -- views ------------------------------------------------------------------------------
     def _fresh_infos(self) -> list[NodeInfo]:
-        """Recent announcements of other nodes (parsed)."""
+        """Recent announcements of other nodes (parsed; each parsed once)."""
         now = self.table.now()
         out = []
+        cache = self._parsed
         for rec in self.table.records():
             if rec.info is None or rec.info_age(now) > self.cfg.stale_s:
                 continue
+            hit = cache.get(rec.peer_id)
+            if hit is not None and hit[0] is rec.info:
+                out.append(hit[1])
+                continue
             try:
-                out.append(NodeInfo.from_dict(rec.info))
+                info = NodeInfo.from_dict(rec.info)
             except WireError:
                 continue
+            cache[rec.peer_id] = (rec.info, info)
+            out.append(info)
+        if len(cache) > 2 * len(self.table) + 16:
+            for pid in [p for p in cache if p not in self.table]:
+                del cache[pid]
         return out
 
     def _own_summary(self) -> ClusterSummary | None:
@@ -528,6 +542,8 @@ class NamespaceFormation:
         self._candidates_changed = self.now()
         self._push_soon()
         last = ""
+        asked = ""  # the cluster we last asked to join
+        attempts = 0
         while True:
             if self._accepted:
                 self.phase = JOINING
@@ -540,6 +556,15 @@ class NamespaceFormation:
                 log.info("%s: %s: %s", self.ns, d.kind, d.reason)
                 last = d.reason
             self.decision = f"{d.kind}: {d.reason}"
+            target = d.cluster.id if d.cluster is not None else ""
+            if target != asked:
+                attempts = 0
+                if self.running:
+                    # We were asking another cluster: drop whatever it may have sent us.
+                    await self._stop_group()
+                    if not self.group.is_empty():
+                        wipe_group(self.group, self.db, self.data_dir)
+                asked = ""
             if d.kind == "bootstrap":
                 self._founding = new_record(self.id)
                 self.group.bootstrap([self.id])
@@ -554,17 +579,16 @@ class NamespaceFormation:
                 # Run the (empty) group while asking, so the leader's first messages
                 # after adding us are not lost, unless the cluster lists us as a voter
                 # (then we are a wiped voter: it must remove us before we speak Raft).
-                early = self.id not in d.cluster.voters
-                if early:
+                # It keeps running across retries to the same cluster.
+                asked = d.cluster.id
+                if self.id not in d.cluster.voters:
                     await self._start_group()
-                if await self._join(d.cluster):
+                if await self._join(d.cluster) or self._has_data():
+                    # (State arriving without a reply: the answer was lost, not the add.)
                     self._accepted = True
                     continue
-                if early:
-                    await self._stop_group()
-                    if not self.group.is_empty():
-                        wipe_group(self.group, self.db, self.data_dir)
-                self._next_join = self.now() + self.cfg.tick_s * 2
+                attempts += 1
+                self._next_join = self.now() + min(2.0, self.cfg.tick_s * 2**attempts)
             await self._sleep_or_kick(self.cfg.tick_s)
 
     async def _join(self, cluster: ClusterSummary, *, empty: bool = True) -> bool:
@@ -587,7 +611,9 @@ class NamespaceFormation:
             rec = self.table.get(target)
             if rec is None or rec.retry_at > now:
                 continue
-            reply = await self.endpoint.call(target, req, within=self.cfg.rpc_timeout_s)
+            # Twice the usual bound: the leader answers after the change is applied, and
+            # gives up itself (answering "busy") within one bound.
+            reply = await self.endpoint.call(target, req, within=2 * self.cfg.rpc_timeout_s)
             if not isinstance(reply, Reply):
                 continue
             if reply.info is not None and reply.info.id == target:
@@ -635,7 +661,7 @@ class NamespaceFormation:
         cs = self.group.conf
         rec = self.record
         if rec is None or self.id in cs.voters + cs.learners:
-            self._removed_at_start = rec is None
+            self._removed_at_start = False
             return
         if self.now() < self._next_join:
             return
@@ -855,9 +881,24 @@ class NamespaceFormation:
                     for r in self.table.records()
                     if r.peer_id not in busy and r.retry_at <= now and r.addrs
                 ]
-                targets = {r.peer_id for r in eligible if push or r.direct_at == -math.inf}
+                targets = {r.peer_id for r in eligible if r.direct_at == -math.inf}
+                if push:
+                    # A change worth telling at once: to the leader we know and a bounded
+                    # random subset (the rest hear it through their own exchanges within
+                    # a heartbeat or two): N nodes changing state together must not cost
+                    # N * (N - 1) streams at once.
+                    ids = [r.peer_id for r in eligible if r.peer_id not in targets]
+                    self._rng.shuffle(ids)
+                    leader = self.group.leader
+                    if leader in ids:
+                        ids.remove(leader)
+                        ids.insert(0, leader)
+                    targets.update(ids[:_PUSH_FANOUT])
                 if self.now() >= next_round:
-                    next_round = self.now() + self.cfg.heartbeat_s * self._rng.uniform(0.8, 1.2)
+                    # A settled member needs the exchange for freshness only (addresses,
+                    # other clusters): every third heartbeat. A node still forming: every one.
+                    period = self.cfg.heartbeat_s * (3 if self.phase == MEMBER else 1)
+                    next_round = self.now() + period * self._rng.uniform(0.8, 1.2)
                     others = [r.peer_id for r in eligible if r.peer_id not in targets]
                     self._rng.shuffle(others)
                     targets.update(others[:_PEX_FANOUT])

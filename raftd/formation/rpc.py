@@ -91,9 +91,10 @@ class FormEndpoint:
                 task_status.started()
                 await trio.sleep_forever()
         finally:
+            # The handler stays registered and resets streams from now on: removing it
+            # races with a stream whose negotiation already picked the protocol, and
+            # py-libp2p then raises KeyError inside the host (fatal for the daemon).
             self._nursery = None
-            with contextlib.suppress(Exception):
-                self.host.remove_stream_handler(self.proto)
 
     async def _on_stream(self, stream: Any) -> None:
         # libp2p's task: hand the stream to our nursery and return (pitfall 4).

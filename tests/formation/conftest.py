@@ -36,6 +36,13 @@ def netns_session() -> None:
     cleanup_stale()
 
 
+def stop(fleet: Fleet) -> None:
+    """SIGTERM every daemon still running: each must exit 0 (a clean shutdown)."""
+    codes = fleet.stop_all()
+    bad = {name: rc for name, rc in codes.items() if rc != 0}
+    assert not bad, f"daemons exited uncleanly on SIGTERM: {bad}\n{fleet.explain()}"
+
+
 @pytest.fixture
 def make_fleet(netns_session: None, tmp_path: Path) -> Iterator[MakeFleet]:
     """``make_fleet(3)`` or ``make_fleet(["a", "b"], bridges={...}, namespaces=[...])``:
@@ -49,7 +56,7 @@ def make_fleet(netns_session: None, tmp_path: Path) -> Iterator[MakeFleet]:
             topo = stack.enter_context(Topology(hosts, bridges=bridges))
             fleet = Fleet(topo, tmp_path / f"fleet{count}", **kw)
             count += 1
-            stack.callback(fleet.stop_all)
+            stack.callback(stop, fleet)
             return fleet
 
         yield make

@@ -45,9 +45,8 @@ async def daemons(tmp: Path, n: int, **cfg: object) -> AsyncIterator[list[Daemon
                 data_dir=dirs[i],
                 namespaces=[NS],
                 listen=[f"/ip4/127.0.0.1/tcp/{ports[i]}"],
-                discovery=["pex"],
                 bootstrap=[seed] if i else [],
-                **cfg,  # type: ignore[arg-type]
+                **{"discovery": ["pex"], **cfg},  # type: ignore[arg-type]
             )
             c.validate()
             d = Daemon(c)
@@ -144,3 +143,18 @@ async def test_expect_founds_as_soon_as_n_founders_are_seen(tmp_path: Path) -> N
             await wait(lambda: one_cluster(ds), "one cluster")
         decisions = [formation(d).namespace_status(NS)["decision"] for d in ds]
         assert not any("window" in x for x in decisions), decisions
+
+
+async def test_dht_finds_peers_beyond_the_entry_point(tmp_path: Path) -> None:
+    """Only the DHT (and one bootstrap entry, node 0): nodes 1 and 2 learn of each
+    other from provider records, not from peer exchange (which is off)."""
+    async with daemons(tmp_path, 3, discovery=["dht"]) as ds:
+        with trio.fail_after(60):
+            await wait(lambda: one_cluster(ds), "one cluster")
+
+            def found_by_dht() -> bool:
+                rec = formation(ds[1]).hub.tables[NS].get(ds[2].peer_id)
+                return rec is not None and "dht" in rec.sources
+
+            await wait(found_by_dht, "node 1 found node 2 in the DHT")
+            assert all("pex" not in r.sources for r in formation(ds[1]).hub.tables[NS].records())

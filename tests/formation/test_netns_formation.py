@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+from raftd.formation.fleet import wait_for
+
 from .conftest import BASE_SEED, TRIALS, MakeFleet
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -39,6 +41,21 @@ def test_simultaneous_start_forms_one_cluster(make_fleet: MakeFleet, n: int, tri
     roles = sorted(s["role"] for s in sts if s)
     assert roles.count("leader") == 1
     assert roles.count("learner") == max(0, n - 5)
+    if trial == 0:
+        # Every source at its default did its part: mDNS found the peers, peer exchange
+        # and GossipSub presence carried their node info.
+        def sources_seen() -> bool:
+            st = fleet[0].status()
+            if st is None:
+                return False
+            peers = st["peers"].values()
+            return (
+                len(peers) == n - 1
+                and all({"mdns", "direct"} <= set(p["sources"]) for p in peers)
+                and any("pubsub" in p["sources"] for p in peers)
+            )
+
+        wait_for(sources_seen, 20, what="mdns, pex and pubsub all contributed")
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
