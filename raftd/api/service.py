@@ -49,7 +49,7 @@ from raftd.api.errors import ApiError
 from raftd.api.leases import LeaseClock, min_lease_ttl
 from raftd.app.backup import write_backup
 from raftd.app.presets import Preset
-from raftd.core import NONE, ConfChange, ConfChangeType, ConfState, NodeId
+from raftd.core import NONE, TRANSFER_IN_PROGRESS, ConfChange, ConfChangeType, ConfState, NodeId
 from raftd.kv.machine import RestoreInProgressError
 from raftd.kv.watch import PUT, KeyEvent
 from raftd.runtime.forward import Forwarder, ForwardError
@@ -581,6 +581,13 @@ class NamespaceService:
                     revision=res.result.revision,
                 )
             if op in CONF_OPS:
+                if self._removes_me(req, op):
+                    # The core refuses a leader's own removal or demotion. Do what etcd
+                    # users expect instead of failing: hand leadership to the most
+                    # caught-up voter, then answer "not the leader" naming it, so this
+                    # request goes on to the new leader, which removes us.
+                    moved = await self._transfer("", deadline)
+                    return _not_leader(moved.transfer_leader.leader, False)
                 return await self._conf_change(req, op)
             if op == "transfer_leader":
                 return await self._transfer(req.transfer_leader.target, deadline)
@@ -608,14 +615,22 @@ class NamespaceService:
         except LeadershipLost:
             return _not_leader(g.leader, True)
         except ProposalRejected as exc:
-            if op in CONF_OPS and "transfer" not in str(exc):
+            if op in CONF_OPS and str(exc) != TRANSFER_IN_PROGRESS:
                 raise ApiError(C.FAILED_PRECONDITION, str(exc)) from exc
-            # Nothing was appended (e.g. a leadership transfer is in progress): retry.
+            # Nothing was appended (a leadership transfer is in progress): retry.
             return _not_leader(NONE, False)
         except GroupUnavailable as exc:
             raise ApiError(C.UNAVAILABLE, str(exc), indeterminate=op in WRITE_OPS) from exc
         except ApiError as exc:
             return exc.response()
+
+    def _removes_me(self, req: apb.Request, op: str) -> bool:
+        """Whether ``req`` removes or demotes this node (the leader) while other voters
+        remain to take over."""
+        if op not in ("remove", "add_learner") or getattr(req, op).id != self.id:
+            return False
+        cs = self.group.conf
+        return self.id in cs.voters and len(cs.voters) > 1
 
     async def _conf_change(self, req: apb.Request, op: str) -> apb.Response:
         m: apb.MemberRequest = getattr(req, op)

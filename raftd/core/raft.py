@@ -45,6 +45,11 @@ MT = MessageType
 CAMPAIGN_TRANSFER = b"raftd:campaign-transfer"
 
 
+TRANSFER_IN_PROGRESS = "leadership transfer in progress"
+"""The message of the ProposalDroppedError raised while a leadership transfer runs: the
+only refusal that says nothing about the proposal itself (so callers may retry it)."""
+
+
 class ProposalDroppedError(Exception):
     """The proposal was not appended: this node is not the leader, a leadership transfer
     is in progress, or a membership change is refused. The message says which."""
@@ -548,7 +553,7 @@ class Raft:
         if self.id not in self.prs:
             raise ProposalDroppedError("the leader is not a member of the configuration")
         if self.lead_transferee != NONE:
-            raise ProposalDroppedError("leadership transfer in progress")
+            raise ProposalDroppedError(TRANSFER_IN_PROGRESS)
         for i, t in enumerate(types):
             if t == EntryType.CONF_CHANGE:
                 why = self._check_conf_change(ConfChange.decode(datas[i]))

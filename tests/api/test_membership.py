@@ -114,3 +114,36 @@ def test_tcp_listener_off_loopback_needs_a_token(tmp_path: Path) -> None:
         assert "needs an API token" in node.log_path.read_text()
     finally:
         cluster.close()
+
+
+def test_removing_the_leader_moves_leadership_first(tmp_path: Path) -> None:
+    """Regression (chaos campaign): ``member remove <leader>`` used to retry until its
+    deadline and answer UNAVAILABLE, because the core refuses a leader's own removal and
+    the service took the refusal ("... transfer leadership first") for a transfer in
+    progress. Now the leader hands over to the most caught-up voter and the request goes
+    on to the new leader, like etcd's ``member remove``."""
+    with LocalCluster(3) as three:
+        lead = three.wait_leader()
+        follower = next(n for n in three.nodes if n is not lead)
+        with follower.client() as c:
+            c.put("r/before", "1")
+            p = _cli("member", "remove", lead.peer_id, "-o", "json", sock=follower.socket)
+            assert p.returncode == 0, p.stderr
+            members = json.loads(p.stdout)
+            assert lead.peer_id not in {m["id"] for m in members}
+            assert len([m for m in members if m["voter"]]) == 2
+            st = c.status()[0]
+            assert st.leader not in ("", lead.peer_id)
+            c.put("r/after", "2")
+            got = c.get("r/before")
+            assert got is not None and got.value == b"1"
+
+
+def test_removing_the_last_voter_is_refused_at_once(tmp_path: Path) -> None:
+    """A refusal that no retry can cure is FAILED_PRECONDITION, named, not a timeout."""
+    with LocalCluster(1) as one:
+        node = one.wait_leader()
+        p = _cli("member", "remove", node.peer_id, sock=node.socket)
+        assert p.returncode != 0
+        assert "no voters" in p.stderr or "itself" in p.stderr, p.stderr
+        assert "deadline" not in p.stderr.lower(), p.stderr
