@@ -24,9 +24,10 @@ Kinds:
 ``kill-all``        kill -9 of every node at once, all restarted after 0.5-2 s.
 ``membership``      a random voter is removed through another node's API (``remove``),
                     then added back as a voter (``add_voter``). When it is the leader
-                    (30% of the time it is chosen on purpose), leadership is first moved
-                    to another node (``transfer_leader``): raftd refuses to remove the
-                    leader itself.
+                    (30% of the time it is chosen on purpose), half the time leadership
+                    is first moved by hand (``transfer_leader``), half the time the
+                    leader is removed directly (the daemon then hands leadership over
+                    itself before the removal).
 ``transfer``        leadership transfer to a random other voter (``transfer_leader``).
 ``snapshot``        a follower is killed until the leader has applied more entries than the
                     preset's snapshot + compaction thresholds (the ``chaos`` preset: 200 +
@@ -299,9 +300,9 @@ class Nemesis:
             return
         via = self.rng.choice(others)
         self.event(kind, "start", node=target.name, leader=target is lead, via=via.name)
-        if target is lead:
-            # The leader cannot remove itself (raftd answers "transfer leadership first"):
-            # move leadership away first, as an operator would.
+        if target is lead and self.rng.random() < 0.5:
+            # Move leadership away first, as a careful operator would; otherwise the
+            # daemon does it itself when asked to remove the leader.
             new_lead = self.rng.choice(others)
             try:
                 req = apb.Request(
