@@ -9,11 +9,15 @@ local API socket (see ``raftd/api/PROTOCOL.md``), etcdctl-style::
     raftd lease grant|keepalive|revoke|ttl|list
     raftd lock NAME [-- CMD...]    raftd status    raftd members
     raftd member add|add-learner|promote|remove    raftd transfer [PEER]    raftd leave
+    raftd catch-up [--within N]    raftd snapshot save|restore
     raftd dev [--nodes N]          (a local N-node cluster in the foreground)
 
 Common options (after the command): ``--socket`` (env ``RAFTD_SOCKET``; a unix socket path
 or ``tcp://host:port``), ``--namespace`` (env ``RAFTD_NAMESPACE``), ``-o table|json``,
-``--timeout`` seconds.
+``--timeout`` seconds (for ``catch-up``: how long to wait in all).
+
+Long operations (snapshot save and restore, catch-up) draw a progress bar on stderr when
+it is a terminal, and nothing there when it is not (see :mod:`raftd.cli_progress`).
 
 Exit codes: 0 success; 1 the operation failed (e.g. a CAS mismatch, key not found); 2 bad
 usage or configuration; 3 the daemon is unreachable or unavailable (no quorum, timeout);
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,10 +130,16 @@ class _Ctx:
         return self.output == "json"
 
 
-def _client_options(fn: Any) -> Any:
+def _client_options(
+    fn: Any = None, *, timeout_help: str = "Request deadline in seconds."
+) -> Callable[..., Any]:
     """``--socket``, ``--namespace``, ``-o``, ``--timeout`` on a client command; the
-    command receives a :class:`_Ctx` as ``opts``."""
+    command receives a :class:`_Ctx` as ``opts``. Use bare (``@_client_options``) or
+    with a command-specific ``--timeout`` help (``@_client_options(timeout_help=...)``)."""
     import functools
+
+    if fn is None:
+        return functools.partial(_client_options, timeout_help=timeout_help)
 
     @click.option(
         "--socket",
@@ -143,7 +154,7 @@ def _client_options(fn: Any) -> Any:
     @click.option(
         "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
     )
-    @click.option("--timeout", type=float, help="Request deadline in seconds.")
+    @click.option("--timeout", type=float, help=timeout_help)
     @functools.wraps(fn)
     def wrapper(
         socket_: str | None,
@@ -765,6 +776,109 @@ def leave_cmd(opts: _Ctx) -> int:
 
 # --- end issue #6 ---
 
+#: ``raftd catch-up``: how long to wait in all without ``--timeout``.
+CATCH_UP_TIMEOUT_S = 300.0
+#: ... and how often to ask (each ask is one ReadIndex round trip to the leader).
+CATCH_UP_POLL_S = 0.1
+#: ... and the deadline of one ask (a leader that does not answer: ask again).
+CATCH_UP_ASK_S = 5.0
+
+
+@main.command("catch-up")
+@click.option(
+    "--within",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Done when at most N entries behind the leader's commit index.",
+)
+@_client_options(timeout_help=f"Give up after this many seconds (default {CATCH_UP_TIMEOUT_S:g}).")
+def catch_up_cmd(opts: _Ctx, within: int) -> int:
+    """Wait until this daemon has caught up with the leader: its applied index is at
+    most --within entries behind the leader's commit index. With --within 0 (the
+    default), every write acknowledged before the last check is applied here.
+
+    Draws a progress bar on stderr when it is a terminal (entries applied since the
+    first answer, out of those this daemon was behind); prints one line (JSON with
+    -o json) when done. Exit 3 if not
+    caught up within --timeout, or the daemon or leader cannot be reached by then (it
+    keeps asking until then, so it may be started while the daemon is restarting).
+
+    For rolling restarts and upgrades: restart one node, run `raftd catch-up` against
+    it, then move on to the next node.
+    """
+    import time
+
+    from raftd.cli_progress import ProgressBar
+    from raftd.client import DeadlineExceeded, GroupStatus, RaftdError, Unavailable
+
+    limit = opts.timeout if opts.timeout is not None else CATCH_UP_TIMEOUT_S
+    start = time.monotonic()
+    deadline = start + limit
+    last: GroupStatus | None = None
+    last_err: RaftdError | None = None
+    base: int | None = None  # applied index at the first answer: the bar counts from it
+    caught_up = False
+    with opts.client() as c, ProgressBar("catch-up", show_pos=True) as bar:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                st = c.status(leader_commit=True, timeout=min(left, CATCH_UP_ASK_S))[0]
+            except (Unavailable, DeadlineExceeded) as exc:
+                # Restarting, no leader yet, or the leader did not answer: ask again.
+                last_err = exc
+                time.sleep(min(CATCH_UP_POLL_S, max(0.0, deadline - time.monotonic())))
+                continue
+            if st.leader_commit == 0:  # never 0 when honoured: the daemon ignored the flag
+                click.echo(
+                    "raftd: this daemon does not report the leader's commit index "
+                    "(it predates `raftd catch-up`)",
+                    err=True,
+                )
+                return EXIT_FAILED
+            last, last_err = st, None
+            if base is None:
+                base = min(st.applied, st.leader_commit)
+            bar.update(st.applied - base, st.leader_commit - base)
+            if st.applied + within >= st.leader_commit:
+                caught_up = True
+                break
+            time.sleep(min(CATCH_UP_POLL_S, max(0.0, deadline - time.monotonic())))
+    elapsed = time.monotonic() - start
+    ns = last.namespace if last is not None else (opts.namespace or "the namespace")
+    report: dict[str, Any] = {"caught_up": caught_up, "namespace": ns, "seconds": elapsed}
+    if last is not None:
+        behind = max(0, last.leader_commit - last.applied)
+        report.update(applied=last.applied, leader_commit=last.leader_commit, behind=behind)
+    if caught_up:
+        assert last is not None
+        _emit(
+            opts,
+            report,
+            f"caught up: {ns} applied {last.applied}, leader commit {last.leader_commit} "
+            f"({report['behind']} behind) in {elapsed:.1f}s",
+        )
+        return EXIT_OK
+    if opts.json:
+        _emit(opts, report)
+    waited = (
+        f"waited for this daemon's applied index of {ns} to come within {within} "
+        f"entries of the leader's commit index"
+    )
+    if last is not None:
+        seen = (
+            f"last seen: applied {last.applied}, leader commit {last.leader_commit} "
+            f"({report['behind']} behind)"
+        )
+    else:
+        seen = "the leader's commit index was never obtained"
+    if last_err is not None:
+        seen += f"; last error: {last_err}"
+    click.echo(f"raftd: not caught up within {limit:g}s: {waited}; {seen}", err=True)
+    return EXIT_UNAVAILABLE
+
 
 @main.group("snapshot")
 def snapshot_group() -> None:
@@ -776,25 +890,12 @@ def snapshot_group() -> None:
 @_client_options
 def snapshot_save_cmd(opts: _Ctx, file: Path) -> int:
     """Write a consistent backup of the namespace to FILE (with a SHA-256 checksum)."""
+    from raftd.cli_progress import ProgressBar
+
     part = file.with_name(file.name + ".part")
-    show = sys.stderr.isatty()
-    bar: Any = None
     with opts.client() as c, open(part, "wb") as out:
-
-        def progress(done: int, total: int) -> None:
-            nonlocal bar
-            if not show:
-                return
-            if bar is None:
-                bar = click.progressbar(length=total, label="snapshot save", file=sys.stderr)
-                bar.__enter__()
-            bar.update(done - bar.pos)
-
-        try:
-            index, size = c.snapshot_save(out, progress=progress)
-        finally:
-            if bar is not None:
-                bar.__exit__(None, None, None)
+        with ProgressBar("snapshot save") as bar:
+            index, size = c.snapshot_save(out, progress=bar.update)
         out.flush()
         os.fsync(out.fileno())
     part.replace(file)
@@ -815,13 +916,20 @@ def snapshot_restore_cmd(
     file: Path, data_dir: Path, namespace: str | None, peers: tuple[str, ...]
 ) -> None:
     """Seed a NEW cluster from a backup: run on every member's empty data dir with the
-    same --peer list, then start them with that --peer list (offline; no daemon)."""
+    same --peer list, then start them with that --peer list (offline; no daemon).
+    Shows a progress bar while reading the file, when stderr is a terminal."""
     from raftd.app.backup import BackupError, restore_backup
+    from raftd.cli_progress import ProgressBar
 
     try:
-        info, me = restore_backup(
-            file, data_dir, namespace, [p.rsplit("/p2p/", 1)[-1] for p in peers]
-        )
+        with ProgressBar("snapshot restore") as bar:
+            info, me = restore_backup(
+                file,
+                data_dir,
+                namespace,
+                [p.rsplit("/p2p/", 1)[-1] for p in peers],
+                progress=bar.update,
+            )
     except BackupError as exc:
         click.echo(f"raftd: {exc}", err=True)
         sys.exit(EXIT_FAILED)

@@ -445,9 +445,17 @@ class _Connection:
     async def _run(self, svc: NamespaceService, req: apb.Request) -> None:
         try:
             if req.WhichOneof("op") == "status" and req.status.all_namespaces:
-                resp = apb.Response(id=req.id, revision=svc.group.sm.revision())
-                for s in self.server.services.values():
-                    resp.status.groups.append(s.status_pb())
+                deadline = trio.current_time() + svc.timeout_of(req)
+                try:
+                    groups = [
+                        await s.status_for(req.status, deadline)
+                        for s in self.server.services.values()
+                    ]
+                except ApiError as exc:
+                    resp = exc.response(req.id)
+                else:
+                    resp = apb.Response(id=req.id, revision=svc.group.sm.revision())
+                    resp.status.groups.extend(groups)
             else:
                 resp = await svc.handle(req)
         except Exception as exc:

@@ -14,7 +14,9 @@ Paths, by operation:
   here if this daemon leads, else forwarded over ``/raftd/1<ns>/cmd``. The daemon waits
   (within the request's deadline) for a leader to be known, and retries when the leader
   changes or is unreachable, so clients never see "not leader".
-- **local** (status, members, lease list): this daemon's view.
+- **local** (status, members, lease list): this daemon's view. ``status`` with
+  ``leader_commit`` also asks the leader for its commit index (``Group.read_index()``:
+  a ReadIndex round, without waiting to apply it), retried across leader changes.
 
 Exactly-once writes. Every write carries a ``client_id``/``seq``: the client's, or one
 assigned here from a *lane*. A lane is a session identity of this daemon
@@ -319,6 +321,22 @@ class NamespaceService:
     async def barrier(self, deadline: float) -> int:
         """ReadIndex with retries across leader changes, until ``deadline``. Returns the
         read index (the local state machine has applied it)."""
+        return await self._read_index_retrying(
+            self._coalesced_read_barrier, deadline, "the read index"
+        )
+
+    async def leader_commit(self, deadline: float) -> int:
+        """The leader's commit index (``Group.read_index()``: confirmed by a ReadIndex
+        round that starts after the call; not waiting for this daemon to apply it), with
+        retries across leader changes until ``deadline``. ApiError UNAVAILABLE (no
+        leader, group down) or DEADLINE_EXCEEDED otherwise."""
+        return await self._read_index_retrying(
+            self.group.read_index, deadline, "the leader's commit index"
+        )
+
+    async def _read_index_retrying(
+        self, read: Callable[[], Awaitable[int]], deadline: float, what: str
+    ) -> int:
         with trio.move_on_at(deadline):
             while True:
                 leader = self.group.leader
@@ -326,7 +344,7 @@ class NamespaceService:
                     await self._wait_leader_change(NONE, deadline - trio.current_time())
                     continue
                 try:
-                    return await self._coalesced_read_barrier()
+                    return await read()
                 except _RetryRound:
                     continue
                 except NotLeader:
@@ -335,7 +353,7 @@ class NamespaceService:
                     raise ApiError(C.UNAVAILABLE, str(exc)) from exc
         if self.group.leader == NONE:
             raise ApiError(C.UNAVAILABLE, "no leader within the deadline (no quorum?)")
-        raise ApiError(C.DEADLINE_EXCEEDED, "deadline exceeded waiting for the read index")
+        raise ApiError(C.DEADLINE_EXCEEDED, f"deadline exceeded waiting for {what}")
 
     async def _coalesced_read_barrier(self) -> int:
         """``Group.read_barrier()`` with at most one ReadIndex round in flight: a request
@@ -408,7 +426,7 @@ class NamespaceService:
         await self._prepare_read(False, req.min_revision, deadline)
         resp = apb.Response(revision=self.group.sm.revision())
         if op == "status":
-            resp.status.groups.append(self.status_pb())
+            resp.status.groups.append(await self.status_for(req.status, deadline))
         elif op == "members":
             resp.members.CopyFrom(self.members_pb(self.group.conf))
         else:
@@ -432,6 +450,17 @@ class NamespaceService:
         for v in cs.learners:
             out.members.add(id=v, voter=False, addrs=self.addrs_of(v))
         return out
+
+    async def status_for(self, req: apb.StatusRequest, deadline: float) -> apb.GroupStatus:
+        """This namespace's ``GroupStatus`` for ``req``: with ``leader_commit``, first
+        the leader's commit index (raises ApiError if it cannot be had by
+        ``deadline``), then the local view, so ``applied`` is read after it."""
+        if not req.leader_commit:
+            return self.status_pb()
+        index = await self.leader_commit(deadline)
+        gs = self.status_pb()
+        gs.leader_commit = index
+        return gs
 
     def status_pb(self) -> apb.GroupStatus:
         st = self.group.status()

@@ -99,8 +99,14 @@ def _read_header(f: BinaryIO) -> dict[str, object]:
     return header
 
 
-def verify_backup(path: Path) -> BackupInfo:
-    """Check the magic, the header and the SHA-256 (reading the file once, in chunks)."""
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``: ``done`` of ``total`` bytes read so far."""
+
+
+def verify_backup(path: Path, *, progress: Progress | None = None) -> BackupInfo:
+    """Check the magic, the header and the SHA-256 (reading the file once, in chunks).
+    ``progress(done, total)`` is called after each chunk, ``total`` being the file
+    size; the last call has ``done == total``."""
     size = path.stat().st_size
     if size < len(MAGIC) + 32:
         raise BackupError(f"{path} is too short to be a backup")
@@ -115,8 +121,12 @@ def verify_backup(path: Path) -> BackupInfo:
                 raise BackupError(f"{path} is truncated")
             sha.update(chunk)
             left -= len(chunk)
+            if progress is not None:
+                progress(size - 32 - left, size)
         if f.read(32) != sha.digest():
             raise BackupError(f"{path}: checksum mismatch (corrupt or truncated backup)")
+        if progress is not None:
+            progress(size, size)
     return BackupInfo(
         str(header.get("namespace", "")),
         int(header["index"]),  # type: ignore[call-overload]
@@ -145,12 +155,31 @@ class _Bounded(io.RawIOBase):
 
 
 def restore_backup(
-    path: Path, data_dir: Path, namespace: str | None = None, peers: list[str] | None = None
+    path: Path,
+    data_dir: Path,
+    namespace: str | None = None,
+    peers: list[str] | None = None,
+    *,
+    progress: Progress | None = None,
 ) -> tuple[BackupInfo, str]:
     """Seed ``namespace`` (default: the backup's) in the empty ``data_dir`` from the
     backup, with this node plus ``peers`` (peer ids) as voters. Returns the backup's
-    info and this node's peer id."""
-    info = verify_backup(path)
+    info and this node's peer id.
+
+    ``progress(done, total)`` is called as the file is read, chunk by chunk, with
+    ``done`` never decreasing. The file is read twice: whole, to check its checksum
+    before anything is written, then without the trailing checksum, to load it; so
+    ``total`` is ``2 * size - 32`` bytes. On success the last call has ``done ==
+    total`` (made once every byte was read, before the state machine is rebuilt from
+    the loaded snapshot)."""
+    size = path.stat().st_size
+    total_read = 2 * size - 32
+
+    def verify_progress(done: int, _size: int) -> None:
+        assert progress is not None
+        progress(done, total_read)
+
+    info = verify_backup(path, progress=verify_progress if progress is not None else None)
     ns = namespace or info.namespace
     data_dir.mkdir(parents=True, exist_ok=True)
     me = peer_id_of(load_or_create_identity(data_dir))
@@ -162,7 +191,7 @@ def restore_backup(
         if not hs.is_empty() or cs.voters or storage.last_index() > 0:
             raise BackupError(f"{ns} in {data_dir} already holds data: restore needs an empty one")
         meta = SnapshotMetadata(index=info.index, term=1, conf_state=ConfState(voters=voters))
-        total = path.stat().st_size - 32
+        total = size - 32  # the data, without the trailing checksum
 
         def produce(w: object) -> None:
             with open(path, "rb") as f:
@@ -171,6 +200,11 @@ def restore_backup(
                 reader = _Bounded(f, left)
                 while chunk := reader.read(_CHUNK):
                     w.write(chunk)  # type: ignore[attr-defined]
+                    if progress is not None:
+                        progress(size + f.tell(), total_read)
+                if progress is not None:
+                    # Everything but the checksum was read: the second pass is done.
+                    progress(total_read, total_read)
 
         storage.snapshot_store.write(meta, produce)
         storage.save(None, (), Snapshot(metadata=meta))

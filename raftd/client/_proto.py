@@ -278,9 +278,12 @@ class GroupStatus:
     applied: int
     members: list[Member]
     revision: int
+    #: The leader's commit index, only when asked for (``status(leader_commit=True)``);
+    #: else 0. ``applied`` was read after it.
+    leader_commit: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id,
             "namespace": self.namespace,
             "role": self.role,
@@ -291,6 +294,9 @@ class GroupStatus:
             "members": [m.as_dict() for m in self.members],
             "revision": self.revision,
         }
+        if self.leader_commit:
+            out["leader_commit"] = self.leader_commit
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,6 +537,7 @@ def parse_status(resp: apb.Response) -> list[GroupStatus]:
             g.applied,
             _members(g.members),
             g.revision,
+            g.leader_commit,
         )
         for g in resp.status.groups
     ]

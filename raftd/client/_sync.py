@@ -378,9 +378,18 @@ class Client:
 
     # -- cluster -----------------------------------------------------------------------
     def status(
-        self, *, all_namespaces: bool = False, timeout: float | None = None
+        self,
+        *,
+        all_namespaces: bool = False,
+        leader_commit: bool = False,
+        timeout: float | None = None,
     ) -> list[GroupStatus]:
-        req = apb.Request(status=apb.StatusRequest(all_namespaces=all_namespaces))
+        """This daemon's view of the namespace (every namespace with ``all_namespaces``).
+        ``leader_commit``: also ask the leader for its commit index (one ReadIndex round
+        trip; fails with Unavailable / DeadlineExceeded when no leader answers)."""
+        req = apb.Request(
+            status=apb.StatusRequest(all_namespaces=all_namespaces, leader_commit=leader_commit)
+        )
         return self.call(req, P.parse_status, timeout)
 
     def members(self, *, timeout: float | None = None) -> list[Member]:

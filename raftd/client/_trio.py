@@ -394,9 +394,16 @@ class AsyncClient:
 
     # -- cluster -----------------------------------------------------------------------
     async def status(
-        self, *, all_namespaces: bool = False, timeout: float | None = None
+        self,
+        *,
+        all_namespaces: bool = False,
+        leader_commit: bool = False,
+        timeout: float | None = None,
     ) -> list[GroupStatus]:
-        req = apb.Request(status=apb.StatusRequest(all_namespaces=all_namespaces))
+        """See :meth:`raftd.client.Client.status`."""
+        req = apb.Request(
+            status=apb.StatusRequest(all_namespaces=all_namespaces, leader_commit=leader_commit)
+        )
         return await self.call(req, P.parse_status, timeout)
 
     async def members(self, *, timeout: float | None = None) -> list[Member]:

@@ -26,7 +26,9 @@ no series):
 - ``daemon.formation.namespaces[ns].stats.as_dict()`` (``FormationStats``): the
   ``raftd_formation_events_total`` counters and the ``conflict`` gauge
   (``raftd_discovery_namespace_conflicts``).
-- ``transport.peer_rtt``: a mapping peer id -> seconds (not provided yet).
+- ``group.peer_rtt`` (:attr:`raftd.runtime.group.Group.peer_rtt`): a mapping peer id ->
+  smoothed heartbeat round-trip seconds, measured only while the group leads (empty on
+  followers, so they expose no ``raftd_peer_rtt_seconds`` series).
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "raftd_peer_rtt_seconds": (
         "gauge",
         ("namespace", "peer"),
-        "Round-trip time to each peer (only when the transport measures it).",
+        "Smoothed heartbeat round-trip time to each peer (only on the leader).",
     ),
     "raftd_discovery_peers_seen": (
         "gauge",
@@ -384,7 +386,7 @@ class RaftdCollector(Collector):
             if isinstance(by_peer, Mapping):
                 for peer, n in sorted(by_peer.items()):
                     f["raftd_send_queue_dropped_total"].add_metric([ns, str(peer)], float(n))
-            rtt = getattr(t, "peer_rtt", None)  # TODO(transport): measure and expose this
+            rtt = getattr(g, "peer_rtt", None)  # measured by the group while it leads
             if isinstance(rtt, Mapping):
                 for peer, secs in sorted(rtt.items()):
                     f["raftd_peer_rtt_seconds"].add_metric([ns, str(peer)], float(secs))

@@ -9,6 +9,9 @@ Tasks, all in a nursery owned by :meth:`Group.run`:
   machine), **advance**;
 - one **snapshot sender** per peer that needs a snapshot streams the file.
 
+While leading, the group also measures the round-trip time to each peer from its
+heartbeats (:attr:`Group.peer_rtt`, see :mod:`raftd.runtime.rtt`).
+
 Proposals resolve when their entry is applied, with the state machine's result. When this
 node loses leadership, pending proposals fail at once with :class:`LeadershipLost`: their
 entry may still commit under the new leader (the outcome is indeterminate), which is why
@@ -26,7 +29,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +55,7 @@ from raftd.core import (
     StateType,
 )
 from raftd.kv.machine import ApplyResult, KVStateMachine
+from raftd.runtime.rtt import RttEstimator
 from raftd.storage.base import StorageWriteError
 from raftd.storage.leveldb import LevelDBStorage
 from raftd.storage.snapshots import (
@@ -124,14 +128,18 @@ class MetaOnlyStorage:
 
 
 class _Waiter:
-    """A one-shot result slot for a task waiting on the Ready loop."""
+    """A one-shot result slot for a task waiting on the Ready loop.
 
-    __slots__ = ("error", "event", "result")
+    ``index_only`` (read waiters): resolve with the read index as soon as it is known,
+    without waiting for this node to apply it."""
 
-    def __init__(self) -> None:
+    __slots__ = ("error", "event", "index_only", "result")
+
+    def __init__(self, *, index_only: bool = False) -> None:
         self.event = trio.Event()
         self.result: Any = None
         self.error: BaseException | None = None
+        self.index_only = index_only
 
     def set(self, result: Any) -> None:
         if not self.event.is_set():
@@ -214,6 +222,9 @@ class Group:
         self._snapshotter: Snapshotter | None = None
         self._on_conf_change: list[Callable[[ConfChange, ConfState], None]] = []
         self._on_leader_change: list[Callable[[NodeId], None]] = []
+        # A heartbeat answered later than an election timeout is treated as lost: such a
+        # link could not keep a leader anyway.
+        self._rtt = RttEstimator(expiry=preset.election_s)
 
     # -- setup -------------------------------------------------------------------------------
     def is_empty(self) -> bool:
@@ -277,6 +288,10 @@ class Group:
 
     # -- transport callbacks (synchronous; never block) -------------------------------------
     def _on_message(self, msg: Message) -> None:
+        if msg.type == MessageType.HEARTBEAT_RESP:
+            # Timed on arrival, not when the Ready loop steps it: the RTT should not
+            # include this node's own backlog.
+            self._rtt.received(msg.frm, self.clock())
         self._inbox.append(msg)
         self._wake.set()
 
@@ -336,6 +351,14 @@ class Group:
     def is_leader(self) -> bool:
         return self.role == StateType.LEADER
 
+    @property
+    def peer_rtt(self) -> Mapping[NodeId, float]:
+        """Smoothed round-trip time (seconds) to each peer, measured by heartbeats while
+        this node leads: a live, read-only mapping peer id -> seconds. Empty on a
+        follower; cleared when this node stops leading, and a peer is dropped when it
+        leaves the membership. A peer appears after its first answered heartbeat."""
+        return self._rtt.smoothed
+
     def applied_index(self) -> int:
         return self.sm.applied_index()
 
@@ -385,10 +408,23 @@ class Group:
         """Linearizable read point (ReadIndex, thesis §6.4). Returns once this node's
         state machine has applied everything committed before the call; then local reads
         are linearizable. Works on followers and learners (asks the leader)."""
+        return await self._read_index(index_only=False)
+
+    async def read_index(self) -> int:
+        """The leader's commit index, confirmed by a ReadIndex round (thesis §6.4) that
+        starts after the call: every entry committed before the call has an index <= the
+        result. Unlike :meth:`read_barrier`, it does not wait for this node to apply that
+        index, so ``result - applied_index()`` is how far this node is behind.
+
+        Raises :class:`NotLeader` when no leader is known or the leader is lost while
+        asking (retry later), :class:`GroupUnavailable` when the group cannot serve."""
+        return await self._read_index(index_only=True)
+
+    async def _read_index(self, *, index_only: bool) -> int:
         self._check_usable()
         if self.leader == NONE:
             raise NotLeader(NONE)
-        w = _Waiter()
+        w = _Waiter(index_only=index_only)
         self._read_waiters.append(w)
         self._wake.set()
         index: int = await w.wait()
@@ -562,11 +598,16 @@ class Group:
                 self._applied_event.set()
                 self._applied_event = trio.Event()
         # 2. Send (only after persisting: votes and acks promise durable state).
+        now: float | None = None
         for m in rd.messages:
             if m.type == MessageType.SNAP:
                 self._start_snapshot_send(m)
-            else:
-                self.transport.send(m.to, m)
+                continue
+            if m.type == MessageType.HEARTBEAT:  # only a leader sends them
+                if now is None:
+                    now = self.clock()
+                self._rtt.sent(m.to, now)
+            self.transport.send(m.to, m)
         # 3. Apply.
         if rd.committed_entries:
             t0 = time.perf_counter()
@@ -576,7 +617,14 @@ class Group:
             for rs in rd.read_states:
                 waiters = self._reads_in_flight.pop(rs.context, None)
                 if waiters:
-                    self._reads_ready.append((rs.index, waiters))
+                    wait_apply = []
+                    for w in waiters:
+                        if w.index_only:
+                            w.set(rs.index)
+                        else:
+                            wait_apply.append(w)
+                    if wait_apply:
+                        self._reads_ready.append((rs.index, wait_apply))
         self._release_reads()
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.leader, rd.soft_state.state)
@@ -606,6 +654,8 @@ class Group:
                 # after a crash in between, the entry is applied again (idempotently).
                 self.storage.set_conf_state(cs)
                 self.conf = cs
+                if cc.node_id not in cs.voters and cc.node_id not in cs.learners:
+                    self._rtt.forget(cc.node_id)
                 for r in self.sm.apply_many([(e.index, b"")]):
                     results[r.index] = r
                 for fn in self._on_conf_change:
@@ -654,6 +704,8 @@ class Group:
             self._leader_event.set()
             self._leader_event = trio.Event()
         if was_leader and state != StateType.LEADER:
+            # Only a leader measures RTTs; a former leader's numbers would go stale.
+            self._rtt.clear()
             err = LeadershipLost("leadership lost before the entry was applied")
             for _, w in self._pending.values():
                 w.fail(err)

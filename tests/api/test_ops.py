@@ -232,6 +232,34 @@ async def test_trio_client_every_op(cluster: LocalCluster) -> None:
                 await trio.sleep(0.05)
 
 
+def test_status_leader_commit(cluster: LocalCluster) -> None:
+    """``status`` with ``leader_commit`` reports the leader's commit index as of a
+    ReadIndex round after the request, on the leader and on followers, for one or every
+    namespace; without the flag it is 0 (and left out of ``as_dict``)."""
+    lead, followers = _nodes(cluster)
+    with lead.client() as c:
+        c.put("lc/a", "1")
+    for node in [lead, *followers]:
+        with node.client() as c:
+            plain = c.status()[0]
+            assert plain.leader_commit == 0 and "leader_commit" not in plain.as_dict()
+            before = lead.status().commit  # committed before the next request
+            assert before > 0
+            st = c.status(leader_commit=True)[0]
+            assert st.leader_commit >= before, (node.name, st, before)
+            assert st.as_dict()["leader_commit"] == st.leader_commit
+            every = c.status(all_namespaces=True, leader_commit=True)
+            assert len(every) == 1 and every[0].leader_commit >= before
+
+
+async def test_trio_status_leader_commit(cluster: LocalCluster) -> None:
+    lead, followers = _nodes(cluster)
+    before = lead.status().commit
+    async with open_client(str(followers[0].socket), namespace="/raft/default") as c:
+        assert (await c.status())[0].leader_commit == 0
+        assert (await c.status(leader_commit=True))[0].leader_commit >= before > 0
+
+
 def test_watch_from_history_and_cancel(cluster: LocalCluster) -> None:
     _, followers = _nodes(cluster)
     with followers[1].client() as c:

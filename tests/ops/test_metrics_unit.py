@@ -26,6 +26,7 @@ class FakeGroup:
     stats: GroupStats = field(default_factory=GroupStats)
     node: object = object()
     failed: BaseException | None = None
+    peer_rtt: dict[str, float] = field(default_factory=dict)  # Group.peer_rtt
 
     def status(self) -> dict[str, Any]:
         return self.st
@@ -49,7 +50,8 @@ def _daemon(**extra: Any) -> SimpleNamespace:
     ts = TransportStats(sent=5, received=6)
     ts.count_queue_drop("peerB")
     ts.count_queue_drop("peerB")
-    transport = SimpleNamespace(stats=ts, peer_rtt={"peerB": 0.012})
+    group.peer_rtt["peerB"] = 0.012  # measured by the group (leader), not the transport
+    transport = SimpleNamespace(stats=ts)
     return SimpleNamespace(
         cfg=DaemonConfig(data_dir=Path("/nonexistent"), namespaces=[NS]),
         peer_id="me",
@@ -118,6 +120,7 @@ def test_collector_without_optional_inputs() -> None:
     d = _daemon()
     d.transports[NS] = SimpleNamespace(stats=TransportStats())
     d.groups[NS].st = {}  # a group that reports nothing useful
+    d.groups[NS].peer_rtt.clear()  # a follower measures no RTT
     m = parse_metrics(generate_latest(make_registry(d)).decode())
     assert sample(m, "raftd_forwarded_requests_total", namespace=NS) == 0
     assert sample(m, "raftd_discovery_peers_seen", namespace=NS) == 0

@@ -260,6 +260,52 @@ async def test_readyz_lag_bound(tmp_path: Path) -> None:
             assert not now.ready and now.reason == "shutting down"
 
 
+async def test_leader_measures_peer_rtt(tmp_path: Path) -> None:
+    """The leader's /metrics has a positive, sane RTT for each follower (timed from its
+    heartbeats); followers expose none; a leader that hands leadership over drops its
+    series and the new leader measures its own."""
+    async with cluster(tmp_path) as c:
+        with trio.fail_after(90):
+            for n in c.nodes:
+                await c.start(n)
+            ld = await _leader(c)
+            followers = [n for n in c.nodes if n is not ld]
+
+            def has_rtt(m: dict[str, Any], peers: list[Node]) -> bool:
+                series = m.get("raftd_peer_rtt_seconds", {})
+                return all(
+                    frozenset({("namespace", NS), ("peer", p.peer_id)}) in series for p in peers
+                )
+
+            async def measured(node: Node, peers: list[Node]) -> bool:
+                return has_rtt(await scrape(node.ops_port), peers)
+
+            with trio.fail_after(20):
+                await poll_until(functools.partial(measured, ld, followers))
+            m = await scrape(ld.ops_port)
+            for f in followers:
+                rtt = sample(m, "raftd_peer_rtt_seconds", namespace=NS, peer=f.peer_id)
+                assert 0 < rtt < 5, (f.peer_id, rtt)
+            assert set(ld.group.peer_rtt) == {f.peer_id for f in followers}
+            assert all(0 < v < 5 for v in ld.group.peer_rtt.values())
+            for f in followers:
+                assert not f.group.peer_rtt
+                assert "raftd_peer_rtt_seconds" not in await scrape(f.ops_port)
+
+            # Hand leadership to a follower: the old leader's numbers go, the new one's come.
+            new = followers[0]
+            ld.group.transfer_leader(new.peer_id)
+            with trio.fail_after(20):
+                while not new.group.is_leader or ld.group.is_leader:
+                    await (new.group if not new.group.is_leader else ld.group).wait_state_change()
+            assert not ld.group.peer_rtt
+            assert "raftd_peer_rtt_seconds" not in await scrape(ld.ops_port)
+            others = [n for n in c.nodes if n is not new]
+            with trio.fail_after(20):
+                await poll_until(functools.partial(measured, new, others))
+            assert all(0 < v < 5 for v in new.group.peer_rtt.values())
+
+
 async def _leader(c: Cluster) -> Node:
     with trio.fail_after(15):
         while (ld := c.leader()) is None:

@@ -10,6 +10,7 @@ import trio
 
 from raftd.app.backup import BackupError, restore_backup, verify_backup, write_backup
 from raftd.kv import commands
+from raftd.kv.machine import KVStateMachine
 from raftd.testing.inproc import NS, cluster
 from raftd.transport.host import load_or_create_identity, peer_id_of
 
@@ -62,3 +63,35 @@ def test_corrupt_backup_is_refused(tmp_path: Path) -> None:
     p.write_bytes(b"garbage" * 20)
     with pytest.raises(BackupError, match="magic"):
         verify_backup(p)
+
+
+def test_restore_reports_progress_to_the_end(tmp_path: Path) -> None:
+    """``progress(done, total)`` while reading the file: ``done`` never goes back, the
+    total is both passes (checksum, then load), and the last call is ``done == total``."""
+    sm = KVStateMachine.memory()
+    sm.apply_many(
+        [(1, b"")] + [(i + 2, commands.put(b"k/%05d" % i, b"v" * 200)) for i in range(2000)]
+    )
+    backup = tmp_path / "b.bak"
+    with open(backup, "wb") as f:
+        info = write_backup(sm, "/raft/bak", f.write)
+    size = backup.stat().st_size
+    assert size == info.size > 256 * 1024  # more than one chunk per pass
+    calls: list[tuple[int, int]] = []
+    restored, _ = restore_backup(
+        backup, tmp_path / "d", progress=lambda done, total: calls.append((done, total))
+    )
+    assert restored.index == info.index
+    assert {total for _, total in calls} == {2 * size - 32}
+    dones = [done for done, _ in calls]
+    assert dones == sorted(dones) and dones[0] > 0
+    assert len(set(dones)) >= 4  # chunk by chunk, in both passes
+    assert calls[-1] == (2 * size - 32, 2 * size - 32)
+    # A corrupt file fails in the first pass: never reported as done.
+    data = bytearray(backup.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    backup.write_bytes(bytes(data))
+    calls.clear()
+    with pytest.raises(BackupError, match="checksum"):
+        restore_backup(backup, tmp_path / "e", progress=lambda d, t: calls.append((d, t)))
+    assert calls and all(done < total for done, total in calls)

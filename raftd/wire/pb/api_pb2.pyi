@@ -204,10 +204,12 @@ class BarrierResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusRequest(_message.Message):
-    __slots__ = ("all_namespaces",)
+    __slots__ = ("all_namespaces", "leader_commit")
     ALL_NAMESPACES_FIELD_NUMBER: _ClassVar[int]
+    LEADER_COMMIT_FIELD_NUMBER: _ClassVar[int]
     all_namespaces: bool
-    def __init__(self, all_namespaces: bool = ...) -> None: ...
+    leader_commit: bool
+    def __init__(self, all_namespaces: bool = ..., leader_commit: bool = ...) -> None: ...
 
 class Member(_message.Message):
     __slots__ = ("id", "voter", "addrs")
@@ -220,7 +222,7 @@ class Member(_message.Message):
     def __init__(self, id: _Optional[str] = ..., voter: bool = ..., addrs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GroupStatus(_message.Message):
-    __slots__ = ("id", "namespace", "role", "term", "leader", "commit", "applied", "members", "revision")
+    __slots__ = ("id", "namespace", "role", "term", "leader", "commit", "applied", "members", "revision", "leader_commit")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -230,6 +232,7 @@ class GroupStatus(_message.Message):
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    LEADER_COMMIT_FIELD_NUMBER: _ClassVar[int]
     id: str
     namespace: str
     role: str
@@ -239,7 +242,8 @@ class GroupStatus(_message.Message):
     applied: int
     members: _containers.RepeatedCompositeFieldContainer[Member]
     revision: int
-    def __init__(self, id: _Optional[str] = ..., namespace: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., leader: _Optional[str] = ..., commit: _Optional[int] = ..., applied: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+    leader_commit: int
+    def __init__(self, id: _Optional[str] = ..., namespace: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., leader: _Optional[str] = ..., commit: _Optional[int] = ..., applied: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., revision: _Optional[int] = ..., leader_commit: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("groups",)
