@@ -33,6 +33,7 @@ __all__ = [
     "MembershipView",
     "PeerHealth",
     "can_remove_voter",
+    "cluster_vanished",
     "conflict_with",
     "decide_fresh",
     "dissolve_target",
@@ -125,6 +126,22 @@ def conflict_with(own: ClusterSummary, others: Iterable[ClusterSummary]) -> Clus
     if not own.writes:
         return None
     return best_cluster(c for c in others if c.id != own.id and c.writes)
+
+
+def cluster_vanished(own: str, leader: str, infos: Iterable[NodeInfo]) -> bool:
+    """Whether this member's cluster ``own`` is gone from around it, judged from the
+    recent announcements ``infos`` and the Raft leader it knows (``leader``, "" if none):
+    nobody announces ``own`` with a leader, and either no leader is known or the known
+    leader now announces another cluster (it dissolved before the change that added us
+    reached us; a node outside the membership never campaigns, so it would otherwise
+    keep that leader forever). A known leader we have no recent word from counts as
+    present."""
+    infos = list(infos)
+    if leader:
+        said = next((i for i in infos if i.id == leader), None)
+        if said is None or said.cluster == own:
+            return False
+    return not any(i.cluster == own and i.state == MEMBER and i.leader for i in infos)
 
 
 # -- fresh nodes -----------------------------------------------------------------------

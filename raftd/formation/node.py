@@ -57,6 +57,7 @@ from raftd.formation.decide import (
     PeerHealth,
     can_remove_voter,
     caught_up,
+    cluster_vanished,
     conflict_with,
     decide_fresh,
     dissolve_target,
@@ -330,6 +331,10 @@ class NamespaceFormation:
             return
         if self.table.observe_info(origin, info.to_dict(), "pubsub"):
             self._kick()
+
+    def settled(self) -> bool:
+        """A member of a cluster with a known leader (formation's boot work is done)."""
+        return self.phase == MEMBER and self.group.leader != NONE
 
     # -- views ------------------------------------------------------------------------------
     def _fresh_infos(self) -> list[NodeInfo]:
@@ -772,19 +777,16 @@ class NamespaceFormation:
     def _check_orphan(self) -> None:
         """Our cluster vanished around us (its other members dissolved while we were
         away, or died for good) and holds no writes: join the cluster that is there.
-        "Vanished": we have no leader and nobody announces our cluster with a leader."""
-        if (
-            self.phase != MEMBER
-            or self.record is None
-            or self.writes
-            or self.group.leader != NONE
-            or not self.running
-        ):
+        "Vanished": nobody announces our cluster with a leader, and we have no leader,
+        or the leader we last knew now announces another cluster (it dissolved before
+        the change adding us reached us: a node outside the membership never campaigns,
+        so it would keep that leader forever)."""
+        if self.phase != MEMBER or self.record is None or self.writes or not self.running:
             self._orphan_since = None
             return
         infos = self._fresh_infos()
         own = self.record.id
-        if any(i.cluster == own and i.state == MEMBER and i.leader for i in infos):
+        if not cluster_vanished(own, self.group.leader, infos):
             self._orphan_since = None
             return
         others = self._other_clusters(infos)

@@ -20,6 +20,7 @@ from raftd.formation.decide import (
     MembershipView,
     PeerHealth,
     can_remove_voter,
+    cluster_vanished,
     conflict_with,
     decide_fresh,
     dissolve_target,
@@ -305,3 +306,22 @@ def test_leadership_moves_to_the_voter_that_reaches_the_unreachable() -> None:
     assert transfer_target(v, {"B": ["L", "C"]}, ["B", "C"]) is None
     # Nobody reaches it either: stay.
     assert transfer_target(v, {"B": ["L"]}, ["B"]) is None
+
+
+# -- orphaned members -------------------------------------------------------------------
+
+
+def test_a_member_whose_leader_dissolved_sees_its_cluster_vanished() -> None:
+    """Regression (20 daemons on 2 cores): a joiner got the old cluster's snapshot, then
+    its leader dissolved into another cluster before the change adding the joiner reached
+    it. Outside the membership it never campaigns, so it kept that leader for good and
+    was never merged: formation never finished."""
+    moved = info("L", state=MEMBER, cluster="big", leader="B")
+    assert cluster_vanished("small", "L", [moved, info("B", state=MEMBER, cluster="big")])
+    # The leader still announces our cluster, or we have no word from it: not vanished.
+    here = info("L", state=MEMBER, cluster="small", leader="L")
+    assert not cluster_vanished("small", "L", [here])
+    assert not cluster_vanished("small", "L", [info("B", state=MEMBER, cluster="big")])
+    # No leader known: vanished unless someone announces our cluster with a leader.
+    assert cluster_vanished("small", "", [info("B", state=MEMBER, cluster="big", leader="B")])
+    assert not cluster_vanished("small", "", [info("C", state=MEMBER, cluster="small", leader="D")])

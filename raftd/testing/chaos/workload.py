@@ -263,24 +263,13 @@ def final_read(api: Api, recorder: Recorder, process: int, node: str, key: str) 
     """One linearizable read for the end of the run (phase ``final``)."""
     req = P.req_get(key, stale=False, min_revision=0)
     call = recorder.clock.now()
+    outcome: OpType = "ok"
+    value: int | str | None = None
+    error = ""
     try:
-        kv = api.call(req, P.parse_get)
+        value = decode_value(api.call(req, P.parse_get))
     except (RaftdError, OSError) as exc:
-        return OpRecord(
-            process,
-            -1,
-            node,
-            "read",
-            key,
-            None,
-            None,
-            call,
-            recorder.clock.now(),
-            "fail",
-            None,
-            _err(exc),
-            "final",
-        )
+        outcome, error = "fail", _err(exc)
     return OpRecord(
         process,
         -1,
@@ -291,8 +280,8 @@ def final_read(api: Api, recorder: Recorder, process: int, node: str, key: str) 
         None,
         call,
         recorder.clock.now(),
-        "ok",
-        decode_value(kv),
-        "",
+        outcome,
+        value,
+        error,
         "final",
     )
