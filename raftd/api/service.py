@@ -51,7 +51,7 @@ from raftd.api.errors import ApiError
 from raftd.api.leases import LeaseClock, min_lease_ttl
 from raftd.app.backup import write_backup
 from raftd.app.presets import Preset
-from raftd.core import NONE, TRANSFER_IN_PROGRESS, ConfChange, ConfChangeType, ConfState, NodeId
+from raftd.core import NONE, TRANSIENT_REFUSALS, ConfChange, ConfChangeType, ConfState, NodeId
 from raftd.kv.machine import RestoreInProgressError
 from raftd.kv.watch import PUT, KeyEvent
 from raftd.runtime.forward import Forwarder, ForwardError
@@ -644,12 +644,16 @@ class NamespaceService:
         except LeadershipLost:
             return _not_leader(g.leader, True)
         except ProposalRejected as exc:
-            if op in CONF_OPS and str(exc) != TRANSFER_IN_PROGRESS:
-                raise ApiError(C.FAILED_PRECONDITION, str(exc)) from exc
-            # Nothing was appended (a leadership transfer is in progress): retry.
+            if op in CONF_OPS and str(exc) not in TRANSIENT_REFUSALS:
+                # Returned, not raised: the sibling ``except ApiError`` below does not
+                # catch what an except clause raises (it came out as INTERNAL).
+                return ApiError(C.FAILED_PRECONDITION, str(exc)).response()
+            # Nothing was appended, and the same request may go through in a moment (a
+            # transfer or another membership change in progress, a brand-new leader):
+            # retry until the deadline.
             return _not_leader(NONE, False)
         except GroupUnavailable as exc:
-            raise ApiError(C.UNAVAILABLE, str(exc), indeterminate=op in WRITE_OPS) from exc
+            return ApiError(C.UNAVAILABLE, str(exc), indeterminate=op in WRITE_OPS).response()
         except ApiError as exc:
             return exc.response()
 

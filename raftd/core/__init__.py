@@ -4,7 +4,7 @@ Only the standard library may be imported here (enforced by ``tests/core/test_pu
 The runtime drives a :class:`RawNode` and follows the :class:`Ready` contract.
 """
 
-from raftd.core.raft import TRANSFER_IN_PROGRESS, Config, ProposalDroppedError
+from raftd.core.raft import TRANSFER_IN_PROGRESS, TRANSIENT_REFUSALS, Config, ProposalDroppedError
 from raftd.core.rawnode import RawNode, Ready, Status
 from raftd.core.storage import MemoryStorage, Storage
 from raftd.core.types import (
@@ -28,6 +28,7 @@ from raftd.core.types import (
 __all__ = [
     "NONE",
     "TRANSFER_IN_PROGRESS",
+    "TRANSIENT_REFUSALS",
     "ConfChange",
     "ConfChangeType",
     "ConfState",

@@ -46,8 +46,20 @@ CAMPAIGN_TRANSFER = b"raftd:campaign-transfer"
 
 
 TRANSFER_IN_PROGRESS = "leadership transfer in progress"
-"""The message of the ProposalDroppedError raised while a leadership transfer runs: the
-only refusal that says nothing about the proposal itself (so callers may retry it)."""
+"""The message of the ProposalDroppedError raised while a leadership transfer runs."""
+
+_CONF_IN_PROGRESS = "a membership change is already in progress"
+_CONF_NEW_LEADER = "the new leader has not yet committed an entry of its term"
+
+TRANSIENT_REFUSALS = frozenset(
+    {
+        TRANSFER_IN_PROGRESS,
+        f"membership change refused: {_CONF_IN_PROGRESS}",
+        f"membership change refused: {_CONF_NEW_LEADER}",
+    }
+)
+"""Messages of ProposalDroppedErrors that say nothing about the proposal itself: the same
+proposal may succeed moments later, so callers may retry it."""
 
 
 class ProposalDroppedError(Exception):
@@ -534,10 +546,10 @@ class Raft:
     def _check_conf_change(self, cc: ConfChange) -> str | None:
         """Why a proposed membership change must be refused, or None if it may go."""
         if self.pending_conf_index > self.log.applied:
-            return "a membership change is already in progress"
+            return _CONF_IN_PROGRESS
         if not self.committed_entry_in_current_term():
             # Thesis §4.2 (the bug fix): a new leader first commits an entry of its term.
-            return "the new leader has not yet committed an entry of its term"
+            return _CONF_NEW_LEADER
         voters = set(self.voters())
         if cc.node_id == self.id and cc.type != ConfChangeType.ADD_VOTER:
             return "the leader cannot remove or demote itself: transfer leadership first"

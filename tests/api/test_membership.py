@@ -147,3 +147,36 @@ def test_removing_the_last_voter_is_refused_at_once(tmp_path: Path) -> None:
         assert p.returncode != 0
         assert "no voters" in p.stderr or "itself" in p.stderr, p.stderr
         assert "deadline" not in p.stderr.lower(), p.stderr
+
+
+def test_concurrent_membership_changes_are_retried_not_internal(tmp_path: Path) -> None:
+    """Regression (chaos campaign, seed 7021): a membership change refused because
+    another one was in progress came back as INTERNAL ("ApiError: ..."): the service
+    raised FAILED_PRECONDITION from inside an except clause. A refusal that a moment
+    cures (another change in progress, a transfer, a brand-new leader) is now retried
+    until the deadline, so concurrent changes all succeed."""
+    import threading
+
+    from raftd.testing.cluster import make_identity
+
+    ids = [make_identity(tmp_path / f"id{i}") for i in range(6)]
+    with LocalCluster(1) as one:
+        node = one.wait_leader()
+        errors: list[BaseException] = []
+
+        def add(pid: str) -> None:
+            try:
+                with node.client() as c:
+                    c.add_learner(pid, [f"/ip4/127.0.0.1/tcp/9/p2p/{pid}"])
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=add, args=(pid,)) for pid in ids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        with node.client() as c:
+            learners = {m.id for m in c.members() if not m.voter}
+        assert learners == set(ids)
