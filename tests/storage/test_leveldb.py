@@ -116,7 +116,9 @@ def _corrupt_and_reopen(data_dir: Path, damage: str) -> CorruptionError:
         raw.delete(codec.log_key(s.prefix, 10))
     elif damage == "hard_state":
         k = s.prefix + codec.KIND_HARD_STATE
-        raw.put(k, raw.get(k)[:-1] + b"\x00")
+        v = bytearray(raw.get(k))
+        v[-1] ^= 0x01  # flip, not overwrite: the byte may already hold the constant
+        raw.put(k, bytes(v))
     elif damage == "term_down":
         raw.put(k7, codec.encode_entry(Entry(0, 7)))
     db.close()
