@@ -222,6 +222,7 @@ class ApiServer:
                 await trio.aclose_forcefully(stream)
             return
         self.connections += 1
+        log.debug("API connection %d opened", self.stats["connections"])
         try:
             conn = _Connection(self, stream, needs_auth=tcp and bool(self.config.token))
             await conn.serve()
@@ -229,6 +230,7 @@ class ApiServer:
             log.exception("API connection failed")
         finally:
             self.connections -= 1
+            log.debug("API connection closed (%d open)", self.connections)
 
 
 class _Connection:
@@ -428,6 +430,7 @@ class _Connection:
             return
         await self.in_flight.acquire()
         self.pending[req.id] = op in WRITE_OPS
+        log.debug("API request %d: %s (timeout %d ms)", req.id, op, req.timeout_ms)
         self.nursery.start_soon(self._run, svc, req)
 
     async def _auth(self, req: apb.Request) -> None:
@@ -443,6 +446,7 @@ class _Connection:
         await self.send(resp)
 
     async def _run(self, svc: NamespaceService, req: apb.Request) -> None:
+        started = trio.current_time()
         try:
             if req.WhichOneof("op") == "status" and req.status.all_namespaces:
                 deadline = trio.current_time() + svc.timeout_of(req)
@@ -464,6 +468,18 @@ class _Connection:
         finally:
             self.in_flight.release()
         self.pending.pop(req.id, None)
+        elapsed = trio.current_time() - started
+        log.debug("API response %d: %s in %.3fs", req.id, C.Code.Name(resp.error.code), elapsed)
+        late = elapsed - svc.timeout_of(req)
+        if late > 0.5:
+            # The deadline bounds every wait on the request path: an answer this late
+            # means the event loop itself was held up (see the watchdog's warnings).
+            log.warning(
+                "API %s answered %.1fs after its deadline (%s)",
+                req.WhichOneof("op"),
+                late,
+                C.Code.Name(resp.error.code) if resp.error.code else "ok",
+            )
         await self.send(resp)
 
     async def _snapshot(self, svc: NamespaceService, req: apb.Request) -> None:

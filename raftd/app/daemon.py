@@ -23,6 +23,7 @@ from raftd.app.keys import load_ring
 from raftd.core import NONE, NodeId, StateType
 from raftd.kv.machine import KVStateMachine
 from raftd.runtime.group import Group, GroupUnavailable, default_rng
+from raftd.runtime.watchdog import LoopWatchdog
 from raftd.security.envelope import Envelope, KeyedEnvelope, NullEnvelope, make_envelope
 from raftd.security.keys import KeyLoadError, load_psk
 from raftd.storage.leveldb import LevelDB
@@ -63,6 +64,7 @@ class Daemon:
     _started_hooks: list[Callable[[Daemon], None]] = field(default_factory=list)
     # issue #6: raftd.formation.service.Formation when discovery runs the groups
     formation: Any = None
+    watchdog: LoopWatchdog = field(default_factory=LoopWatchdog)
 
     def stop(self) -> None:
         """Ask for a graceful shutdown (as SIGTERM does)."""
@@ -121,6 +123,7 @@ class Daemon:
         # when each group bootstraps, joins or dissolves, and runs the groups ---
         formation_on = not static and bool(cfg.discovery or cfg.bootstrap)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.watchdog.run)
             for ns in cfg.namespaces:
                 group = self._make_group(host, db, ns)
                 transport = self.transports[ns]

@@ -162,6 +162,12 @@ class FreshView:
     clusters: tuple[ClusterSummary, ...] = ()
     forming: bool = False
     quiet: float = math.inf  # seconds since the candidate set last changed
+    #: Peers discovery found (addresses) that have not told us who they are yet and are
+    #: not written off (a few failed exchanges in a row). Any of them may be a fresh
+    #: node with a lower id, or a member of a cluster.
+    unheard: int = 0
+    #: How long unheard peers may hold a founding back (they may never answer).
+    patience: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +200,12 @@ def decide_fresh(v: FreshView) -> Decision:
             # Nodes are still appearing (a slow or staggered start): the lowest id may
             # not have shown up yet.
             return Decision("wait", f"founders still appearing ({len(cands)} so far)")
+        if v.unheard and v.elapsed < v.patience:
+            # On an overloaded host (or a large fleet starting at once) discovery finds
+            # addresses long before the exchanges with them complete. Founding now would
+            # give one cluster per impatient node, each to be merged later, at a much
+            # higher cost than this wait.
+            return Decision("wait", f"{v.unheard} discovered peers not heard from yet")
         if len(cands) == 1 and v.elapsed < v.solo_window:
             return Decision("wait", "alone: solo window")
     if founder == v.self_id:

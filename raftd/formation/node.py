@@ -105,6 +105,8 @@ DISSOLVE_MARKER = "raftd:dissolve"
 _PEX_FANOUT = 3
 _PUSH_FANOUT = 8
 _PEX_ENTRIES = 64
+#: Failed exchanges in a row after which a discovered peer no longer holds founding back.
+_WRITE_OFF_FAILURES = 3
 _FORGET_AFTER = 600.0
 _TICKET_TTL = 30.0
 
@@ -406,6 +408,16 @@ class NamespaceFormation:
             # No way to find anyone by ourselves (e.g. --discovery pex without
             # --bootstrap): wait to be added rather than found a cluster alone.
             solo = math.inf
+        horizon = self.table.now()
+        heard = {i.id for i in infos}
+        unheard = sum(
+            1
+            for r in self.table.records()
+            if r.addrs
+            and r.peer_id not in heard
+            and r.failures < _WRITE_OFF_FAILURES
+            and horizon - r.addrs_at <= self.cfg.stale_s * 4
+        )
         return FreshView(
             self_id=self.id,
             elapsed=now - self._fresh_since,
@@ -416,6 +428,8 @@ class NamespaceFormation:
             clusters=tuple(clusters),
             forming=forming,
             quiet=now - self._candidates_changed,
+            unheard=unheard,
+            patience=3 * solo,
         )
 
     # -- group lifecycle ------------------------------------------------------------------
@@ -479,10 +493,15 @@ class NamespaceFormation:
         if self.phase != FRESH or self._accepted or self.running:
             return
         rec = self.table.get(sender)
-        if rec is not None and rec.info is not None:
-            voters = rec.info.get("voters")
-            if isinstance(voters, list) and self.id in voters:
-                return
+        if rec is None or rec.info is None:
+            # Not knowing the sender's cluster yet is no licence: a wiped voter restarts
+            # and hears its old leader's heartbeat before peer exchange tells it that
+            # this cluster still lists it as a voter. Wait for the info (peer exchange
+            # brings it within a tick); the leader keeps sending.
+            return
+        voters = rec.info.get("voters")
+        if isinstance(voters, list) and self.id in voters:
+            return
         log.info("%s: raft traffic from %s: accepted into its cluster", self.ns, sender)
         self._accepted = True
         self._kick()

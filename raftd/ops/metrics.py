@@ -153,6 +153,17 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("namespace",),
         "Other clusters with writes found using the same namespace (0 or 1).",
     ),
+    "raftd_event_loop_stalls_total": (
+        "counter",
+        (),
+        "Times the daemon's event loop woke up a second or more late (CPU starvation, "
+        "a blocking call).",
+    ),
+    "raftd_event_loop_longest_stall_seconds": (
+        "gauge",
+        (),
+        "Longest event-loop lateness seen since start.",
+    ),
     "raftd_formation_events_total": (
         "counter",
         ("namespace", "event"),
@@ -399,6 +410,11 @@ class RaftdCollector(Collector):
             f["raftd_discovery_namespace_conflicts"].add_metric([ns], conflict)
             for event, n in sorted(formation.items()):
                 f["raftd_formation_events_total"].add_metric([ns, event], n)
+        wd = getattr(d, "watchdog", None)
+        f["raftd_event_loop_stalls_total"].add_metric([], float(getattr(wd, "stalls", 0)))
+        f["raftd_event_loop_longest_stall_seconds"].add_metric(
+            [], float(getattr(wd, "longest_s", 0.0))
+        )
         yield from f.values()
 
 

@@ -315,7 +315,12 @@ class LocalCluster:
             self.close()
             raise
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:
+            # The test failed inside: its output (captured by pytest, shown on failure)
+            # gets each node's last log lines, since close() may remove them.
+            for node in self.nodes:
+                print(node.log_tail(80))
         self.close()
 
     # -- queries -------------------------------------------------------------------------

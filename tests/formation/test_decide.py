@@ -9,6 +9,7 @@ drop a live voter or exceed the cap without a dead voter to replace.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -74,6 +75,19 @@ def test_no_bootstrap_while_founders_keep_appearing() -> None:
 def test_a_node_alone_waits_for_the_solo_window_then_founds() -> None:
     assert decide_fresh(fresh(elapsed=2.0)).kind == "wait"
     assert decide_fresh(fresh(elapsed=5.0)).kind == "bootstrap"
+
+
+def test_discovered_peers_not_heard_from_hold_founding_back_for_a_while() -> None:
+    """An overloaded host finds addresses long before the exchanges complete: neither
+    the lowest id seen so far nor a node that looks alone founds while discovered peers
+    are still unheard, until the patience runs out (they may never answer)."""
+    for view in (fresh(self_id="a", candidates=frozenset("ab")), fresh(elapsed=6.0)):
+        d = decide_fresh(replace(view, unheard=3, patience=15.0))
+        assert d.kind == "wait" and "3 discovered peers" in d.reason
+        assert decide_fresh(replace(view, unheard=3, patience=15.0, elapsed=15.0)).kind == (
+            "bootstrap"
+        )
+        assert decide_fresh(replace(view, unheard=0, patience=15.0)).kind == "bootstrap"
 
 
 def test_a_node_that_cannot_discover_never_founds_alone() -> None:

@@ -40,7 +40,7 @@ def test_rolling_restart_under_load_loses_no_write() -> None:
                     with node.client(timeout=10.0) as c:
                         c.put(key, b"v")
                 except (RaftdError, OSError) as exc:
-                    failures.append(f"{node.name}: {exc!r}")
+                    failures.append(f"{node.name} at {time.strftime('%H:%M:%S')}: {exc!r}")
                     continue
                 finally:
                     with lock:
