@@ -229,6 +229,8 @@ class NamespaceFormation:
         self._push = trio.Event()
         self._gate_open = False
         self._accepted = False  # a cluster accepted us (join reply, or its traffic)
+        #: First Raft traffic from each sender we had no node info about (the gate).
+        self._gate_heard: dict[str, float] = {}
         self._joined_at = -math.inf
         self._fresh_since = 0.0
         self._next_join = -math.inf
@@ -494,14 +496,19 @@ class NamespaceFormation:
             return
         rec = self.table.get(sender)
         if rec is None or rec.info is None:
-            # Not knowing the sender's cluster yet is no licence: a wiped voter restarts
-            # and hears its old leader's heartbeat before peer exchange tells it that
-            # this cluster still lists it as a voter. Wait for the info (peer exchange
-            # brings it within a tick); the leader keeps sending.
-            return
-        voters = rec.info.get("voters")
-        if isinstance(voters, list) and self.id in voters:
-            return
+            # Not knowing the sender's cluster yet is no licence at once: a wiped voter
+            # restarts and hears its old leader's heartbeat before peer exchange tells
+            # it that the cluster still lists it as a voter. Peer exchange brings the
+            # info within a heartbeat or two (the leader keeps sending meanwhile). A
+            # sender that never tells (a cluster without formation, whose operator
+            # added us through the API) is accepted after ``stale_s``.
+            first = self._gate_heard.setdefault(sender, self.now())
+            if self.now() - first < self.cfg.stale_s:
+                return
+        else:
+            voters = rec.info.get("voters")
+            if isinstance(voters, list) and self.id in voters:
+                return
         log.info("%s: raft traffic from %s: accepted into its cluster", self.ns, sender)
         self._accepted = True
         self._kick()
@@ -561,6 +568,7 @@ class NamespaceFormation:
             wipe_group(self.group, self.db, self.data_dir)
         self.phase = FRESH
         self._fresh_since = self.now()
+        self._gate_heard.clear()
         self._leaderless.clear()
         self._candidates = frozenset()
         self._candidates_changed = self.now()
