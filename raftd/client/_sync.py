@@ -14,6 +14,8 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
+from google.protobuf.message import DecodeError
+
 from raftd.client import _proto as P
 from raftd.client._proto import (
     CasResult,
@@ -110,9 +112,19 @@ class _Conn:
                     break
                 for frame in decoder.feed(data):
                     self._dispatch(apb.Response.FromString(frame))
-        except (OSError, FrameError, ValueError) as exc:
+        except (OSError, FrameError, ValueError, DecodeError) as exc:
             reason = f"connection failed: {exc}"
-        self._fail(reason)
+        finally:
+            self._fail(reason)
+            # Only this thread closes the socket. Closed from another thread, its file
+            # descriptor number could be reused by a new connection while this thread
+            # is between loading the number and entering recv(): it would then read,
+            # and swallow, the new connection's response (seen as a request answered
+            # by the daemon that the client never received).
+            # Under the send lock for the same reason: a sendall() of another thread
+            # must not write a request into a reused descriptor.
+            with self.send_lock, contextlib.suppress(OSError):
+                self.sock.close()
 
     def _dispatch(self, resp: apb.Response) -> None:
         with self.lock:
@@ -150,9 +162,9 @@ class _Conn:
             self.sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
+        """Fail what is pending and stop the reader, which closes the socket (see
+        :meth:`_read_loop`): shutdown() wakes it with end-of-file at once."""
         self._fail("client closed")
-        with contextlib.suppress(OSError):
-            self.sock.close()
 
 
 class Client:
