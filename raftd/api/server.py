@@ -469,17 +469,20 @@ class _Connection:
             self.in_flight.release()
         self.pending.pop(req.id, None)
         elapsed = trio.current_time() - started
-        log.debug("API response %d: %s in %.3fs", req.id, C.Code.Name(resp.error.code), elapsed)
         late = elapsed - svc.timeout_of(req)
-        if late > 0.5:
-            # The deadline bounds every wait on the request path: an answer this late
-            # means the event loop itself was held up (see the watchdog's warnings).
-            log.warning(
-                "API %s answered %.1fs after its deadline (%s)",
-                req.WhichOneof("op"),
-                late,
-                C.Code.Name(resp.error.code) if resp.error.code else "ok",
-            )
+        # The deadline bounds every wait on the request path: an answer this late means
+        # the event loop itself was held up (see the watchdog's warnings). The code's
+        # name is only looked up when something is logged (this runs for every request).
+        if late > 0.5 or log.isEnabledFor(logging.DEBUG):
+            code = C.Code.Name(resp.error.code)
+            log.debug("API response %d: %s in %.3fs", req.id, code, elapsed)
+            if late > 0.5:
+                log.warning(
+                    "API %s answered %.1fs after its deadline (%s)",
+                    req.WhichOneof("op"),
+                    late,
+                    code,
+                )
         await self.send(resp)
 
     async def _snapshot(self, svc: NamespaceService, req: apb.Request) -> None:

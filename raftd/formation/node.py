@@ -410,7 +410,7 @@ class NamespaceFormation:
             # No way to find anyone by ourselves (e.g. --discovery pex without
             # --bootstrap): wait to be added rather than found a cluster alone.
             solo = math.inf
-        horizon = self.table.now()
+        table_now = self.table.now()  # addresses are dated on the table's clock
         heard = {i.id for i in infos}
         unheard = sum(
             1
@@ -418,7 +418,7 @@ class NamespaceFormation:
             if r.addrs
             and r.peer_id not in heard
             and r.failures < _WRITE_OFF_FAILURES
-            and horizon - r.addrs_at <= self.cfg.stale_s * 4
+            and table_now - r.addrs_at <= self.cfg.stale_s * 4
         )
         return FreshView(
             self_id=self.id,
