@@ -113,7 +113,14 @@ def test_group_forms_from_peer_list_and_replicates(n: int) -> None:
     with LocalCluster(n) as c:
         lead = c.wait_leader(timeout=30)
         ids = {node.peer_id for node in c.nodes}
-        sts = c.statuses()
+
+        def all_know_the_leader() -> dict[str, GroupStatus] | None:
+            # A follower learns the leader from its first heartbeat, which can come a
+            # moment after another node already reports it.
+            sts = c.statuses()
+            return sts if all(s.leader == lead.peer_id for s in sts.values()) else None
+
+        sts = wait_until(all_know_the_leader, 10, what="every node knows the leader")
         assert set(sts) == ids
         for st in sts.values():
             assert {m.id for m in st.members} == ids
