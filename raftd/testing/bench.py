@@ -355,6 +355,67 @@ class CpuMeter:
         }
 
 
+class ProcMeter:
+    """CPU µs per operation of each named process and of this process (the load client),
+    and event-loop wake-ups per operation where strace-free counting is possible
+    (voluntary context switches from /proc/<pid>/status, summed over the process's
+    threads: each is a sleep in epoll_wait, a futex or a blocking read)."""
+
+    def __init__(self, roles: Sequence[tuple[str, int]]) -> None:
+        self.roles = list(roles)
+        self.t0 = {name: self._sample(pid) for name, pid in self.roles}
+        self.c0 = self._self_cpu()
+
+    @staticmethod
+    def _self_cpu() -> float:
+        t = os.times()
+        return t.user + t.system
+
+    @staticmethod
+    def _sample(pid: int) -> tuple[float, int]:
+        try:
+            cpu = proc_cpu_s(pid)
+        except OSError:
+            return math.nan, 0
+        return cpu, vol_switches(pid)
+
+    def result(self, ok: int, elapsed: float) -> dict[str, object]:
+        out: dict[str, object] = {}
+        total = 0.0
+        for name, pid in self.roles:
+            c0, w0 = self.t0[name]
+            c1, w1 = self._sample(pid)
+            cpu = c1 - c0
+            if not math.isnan(cpu):
+                total += cpu
+            out[f"cpu_us_per_op_{name}"] = round(1e6 * cpu / ok) if ok else None
+            out[f"wakeups_per_op_{name}"] = round((w1 - w0) / ok, 1) if ok else None
+        cli = self._self_cpu() - self.c0
+        out["cpu_us_per_op_client"] = round(1e6 * cli / ok) if ok else None
+        out["cpu_us_per_op_daemons"] = round(1e6 * total / ok) if ok else None
+        out["cpu_cores_daemons"] = round(total / elapsed, 2) if elapsed > 0 else None
+        return out
+
+
+def vol_switches(pid: int) -> int:
+    """Voluntary context switches of every thread of ``pid`` (each one a sleep)."""
+    n = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        n += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return n
+
+
 def _deadline_loop(timeout: float, what: str) -> Iterator[float]:
     """Yield the time left until ``timeout`` s have passed, then raise TimeoutError."""
     end = time.monotonic() + timeout
@@ -1267,6 +1328,12 @@ def main(argv: list[str] | None = None) -> int:
             assert cluster is not None
             out = measure_rss(cluster)
         else:
+            roles: list[tuple[str, int]] = []
+            if cluster is not None:
+                for n in cluster.nodes:
+                    if n.pid is not None:
+                        roles.append(("leader" if n is lead else f"follower{len(roles)}", n.pid))
+            meter = ProcMeter(roles)
             res = trio.run(
                 lambda: run_load(
                     sockets,
@@ -1281,8 +1348,22 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             res.extra["encrypted"] = key_file is not None
+            res.extra.update(meter.result(len(res.latencies), res.elapsed))
             out = res.as_json()
             human = res.line()
+            cpu = [
+                f"{k[len('cpu_us_per_op_') :]}={v}"
+                for k, v in out.items()
+                if k.startswith("cpu_us_per_op_")
+            ]
+            if cpu:
+                human += "\ncpu us/op: " + " ".join(cpu)
+                wake = [
+                    f"{k[len('wakeups_per_op_') :]}={v}"
+                    for k, v in out.items()
+                    if k.startswith("wakeups_per_op_")
+                ]
+                human += "\nwake-ups/op: " + " ".join(wake)
     finally:
         if cluster is not None:
             cluster.close()

@@ -95,4 +95,28 @@ def test_bench_single_op_still_works() -> None:
     assert lines[-1].startswith("{") and len(docs) == 1
     check_keys(docs[0])
     assert docs[0]["op"] == "put" and docs[0]["clients"] == 4 and docs[0]["ok"] > 0
-    assert lines[-2].startswith("op=put clients=4 conns=2 ")
+    assert any(line.startswith("op=put clients=4 conns=2 ") for line in lines)
+    # CPU per operation of every process, read from /proc over the measured window.
+    doc = docs[0]
+    roles = [k for k in doc if k.startswith("cpu_us_per_op_")]
+    assert {"cpu_us_per_op_leader", "cpu_us_per_op_client", "cpu_us_per_op_daemons"} <= set(
+        roles
+    ), roles
+    assert sum(k.startswith("cpu_us_per_op_follower") for k in roles) == 2, roles
+    assert doc["cpu_us_per_op_leader"] > 0 and doc["cpu_us_per_op_client"] > 0
+    assert doc["cpu_us_per_op_daemons"] >= doc["cpu_us_per_op_leader"]
+    assert any(line.startswith("cpu us/op: leader=") for line in lines)
+
+
+def test_profile_table_parses_pyspy_raw_stacks() -> None:
+    from raftd.testing.profile import parse_collapsed
+
+    raw = (
+        "thread (0x1);run (trio/_core/_run.py:10);loop (raftd/runtime/group.py:5) 30\n"
+        "thread (0x1);run (trio/_core/_run.py:10);send (raftd/transport/x.py:7) 10\n"
+        "garbage line\n"
+    )
+    table = parse_collapsed(raw)
+    assert table.samples == 40
+    assert table.top("own", 1) == [("loop (raftd/runtime/group.py)", 75.0)]
+    assert dict(table.top("total", 3))["run (trio/_core/_run.py)"] == 100.0
