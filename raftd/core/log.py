@@ -272,6 +272,12 @@ class RaftLog:
             ents = ents + self.unstable.slice(max(lo, uoff), hi)
         return limit_size(ents, max_size)
 
+    def stable_last_index(self) -> int:
+        """The last index this node holds durably (entries before the unstable tail)."""
+        if self.unstable.snapshot is not None:
+            return self.storage.last_index()
+        return self.unstable.offset - 1
+
     # -- persistence callbacks -----------------------------------------------------------
     def stable_to(self, i: int, t: int) -> None:
         self.unstable.stable_to(i, t)

@@ -303,7 +303,8 @@ class Raft:
         for pid, old in list(self.prs.items()):
             pr = Progress(nxt, self.max_inflight, self.max_inflight_bytes, old.is_learner)
             if pid == self.id:
-                pr.match = self.log.last_index()
+                # Only what is durable counts (see persisted_to).
+                pr.match = self.log.stable_last_index()
             self.prs[pid] = pr
         self.pending_conf_index = 0
         self.read_only = ReadOnly()
@@ -522,14 +523,22 @@ class Raft:
             Entry(term=self.term, index=li + 1 + i, type=t, data=d)
             for i, (d, t) in enumerate(zip(datas, types, strict=True))
         ]
-        last = self.log.append(ents)
+        # The leader's own match moves when the runtime reports the entries durable
+        # (persisted_to), not here: it may send them before they are on its disk.
+        self.log.append(ents)
+
+    def persisted_to(self, index: int) -> None:
+        """The runtime made this node's log durable up to ``index``. A leader counts
+        itself in the commit quorum only from here (Raft thesis §10.2.1: it may send its
+        entries while it persists them, never count them before)."""
+        if self.state != StateType.LEADER:
+            return
         me = self.prs.get(self.id)
-        if me is not None:
-            me.maybe_update(last)
-        # With other voters, our own append cannot move the quorum's match: skip the
-        # (per-proposal, hence hot) commit computation.
-        if len(self.voters()) == 1:
-            self.maybe_commit()
+        if me is None or not me.maybe_update(index):
+            return
+        if self.maybe_commit():
+            self._release_pending_read_index_messages()
+            self._defer_bcast(True)
 
     def maybe_commit(self) -> bool:
         match = {pid: pr.match for pid, pr in self.prs.items()}

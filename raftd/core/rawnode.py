@@ -5,9 +5,13 @@ The runtime's loop, and its ordering duties (the contract of :class:`Ready`):
 1. ``rd = node.ready()`` when ``node.has_ready()``.
 2. **Persist** ``rd.snapshot`` (if any), then ``rd.entries`` (appended, replacing any
    conflicting suffix) and ``rd.hard_state`` (if any), atomically and durably
-   (fsync when ``rd.must_sync``). This MUST happen BEFORE any message of ``rd`` is
-   sent: a vote or an append acknowledgement promises durable state (Raft §5,
-   Figure 2, "respond after updating stable storage").
+   (fsync when ``rd.must_sync``). ``rd.early_messages`` may be sent before or while
+   persisting: they are a leader's appends, heartbeats, snapshots and TimeoutNow, which
+   promise nothing about its own disk (Raft thesis §10.2.1); the leader counts itself
+   in the commit quorum only once :meth:`RawNode.advance` reports its entries durable.
+   Every message of ``rd.messages`` MUST wait until the persist is done: a vote or an
+   append acknowledgement promises durable state (Raft §5, Figure 2, "respond after
+   updating stable storage").
 3. **Send** ``rd.messages``. Delivery may fail or reorder; Raft retransmits.
 4. **Apply** ``rd.committed_entries`` in order, exactly once, and call
    :meth:`RawNode.apply_conf_change` for each CONF_CHANGE entry as it is applied.
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 from raftd.core.progress import Progress
 from raftd.core.raft import Config, ProposalDroppedError, Raft
 from raftd.core.types import (
+    EARLY_MESSAGES,
     LOCAL_MESSAGES,
     NONE,
     RESPONSE_MESSAGES,
@@ -47,7 +52,8 @@ __all__ = ["ProposalDroppedError", "RawNode", "Ready", "Status"]
 @dataclass(slots=True)
 class Ready:
     """One batch of work for the runtime. See the module docstring for the ordering duty:
-    persist, then send, then apply, then ``advance()``."""
+    persist (``early_messages`` may go meanwhile), then send ``messages``, then apply,
+    then ``advance()``."""
 
     soft_state: SoftState | None = None
     hard_state: HardState | None = None
@@ -55,6 +61,7 @@ class Ready:
     snapshot: Snapshot | None = None
     committed_entries: list[Entry] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
+    early_messages: list[Message] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
     must_sync: bool = False
 
@@ -180,13 +187,15 @@ class RawNode:
             rd.snapshot = r.log.unstable.snapshot
         if r.read_states:
             rd.read_states, r.read_states = r.read_states, []
-        rd.must_sync = bool(rd.entries) or (
-            rd.hard_state is not None
-            and (
-                rd.hard_state.term != self._prev_hard.term
-                or rd.hard_state.vote != self._prev_hard.vote
-            )
+        votes_change = rd.hard_state is not None and (
+            rd.hard_state.term != self._prev_hard.term or rd.hard_state.vote != self._prev_hard.vote
         )
+        rd.must_sync = bool(rd.entries) or votes_change
+        if r.state == StateType.LEADER and not votes_change and rd.messages:
+            early = [m for m in rd.messages if m.type in EARLY_MESSAGES]
+            if early:
+                rd.early_messages = early
+                rd.messages = [m for m in rd.messages if m.type not in EARLY_MESSAGES]
         self._in_ready = True
         return rd
 
@@ -200,6 +209,7 @@ class RawNode:
         if rd.entries:
             e = rd.entries[-1]
             log.stable_to(e.index, e.term)
+            self.raft.persisted_to(log.stable_last_index())
         if rd.snapshot is not None:
             log.stable_snap_to(rd.snapshot.metadata.index)
             if rd.snapshot.metadata.index > log.applied:

@@ -49,6 +49,18 @@ LOCAL_MESSAGES = frozenset(
     }
 )
 
+#: What a leader may send before, or while, it persists the same Ready: its appends,
+#: heartbeats, snapshots and TimeoutNow promise nothing about its own disk (Raft thesis
+#: §10.2.1), unlike a vote or an acknowledgement.
+EARLY_MESSAGES = frozenset(
+    {
+        MessageType.APP,
+        MessageType.HEARTBEAT,
+        MessageType.SNAP,
+        MessageType.TIMEOUT_NOW,
+    }
+)
+
 RESPONSE_MESSAGES = frozenset(
     {
         MessageType.APP_RESP,

@@ -582,7 +582,23 @@ class Group:
             return NotLeader(node.raft.lead)
         return ProposalRejected(str(exc))
 
+    def _send(self, msgs: list[Message]) -> None:
+        now: float | None = None
+        for m in msgs:
+            if m.type == MessageType.SNAP:
+                self._start_snapshot_send(m)
+                continue
+            if m.type == MessageType.HEARTBEAT:  # only a leader sends them
+                if now is None:
+                    now = self.clock()
+                self._rtt.sent(m.to, now)
+            self.transport.send(m.to, m)
+
     async def _handle_ready(self, node: RawNode, rd: Ready) -> None:
+        # 0. A leader's appends and heartbeats go out while it persists (they promise
+        # nothing about its disk): followers write in parallel with it.
+        if rd.early_messages:
+            self._send(rd.early_messages)
         # 1. Persist: snapshot, entries and hard state in one fsynced batch.
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
             t0 = time.perf_counter()
@@ -598,16 +614,7 @@ class Group:
                 self._applied_event.set()
                 self._applied_event = trio.Event()
         # 2. Send (only after persisting: votes and acks promise durable state).
-        now: float | None = None
-        for m in rd.messages:
-            if m.type == MessageType.SNAP:
-                self._start_snapshot_send(m)
-                continue
-            if m.type == MessageType.HEARTBEAT:  # only a leader sends them
-                if now is None:
-                    now = self.clock()
-                self._rtt.sent(m.to, now)
-            self.transport.send(m.to, m)
+        self._send(rd.messages)
         # 3. Apply.
         if rd.committed_entries:
             t0 = time.perf_counter()

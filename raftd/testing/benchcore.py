@@ -41,6 +41,7 @@ class Cluster:
         st = self.storage[nid]
         while node.has_ready():
             rd = node.ready()
+            self.queue.extend(rd.early_messages)
             if rd.snapshot is not None:
                 st.apply_snapshot(rd.snapshot)
             if rd.entries:

@@ -132,6 +132,7 @@ class Network:
         out: list[Message] = []
         while p.node.has_ready():
             rd = p.node.ready()
+            out.extend(rd.early_messages)
             if rd.snapshot is not None:
                 p.storage.apply_snapshot(rd.snapshot)
                 p.applied_index = rd.snapshot.metadata.index

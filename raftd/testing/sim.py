@@ -130,6 +130,7 @@ class Simulator:
             self.nodes[nid] = NodeState(id=nid, storage=st)
         self.bag: list[Message] = []
         self.blocked: set[tuple[NodeId, NodeId]] = set()
+        self.faults = True  # off in the liveness phase: no crash inside a Ready then
         # Global knowledge for the invariants.
         self.leaders: dict[int, NodeId] = {}
         self.chain_at: dict[int, int] = {}
@@ -194,6 +195,16 @@ class Simulator:
         if raw is None or not raw.has_ready():
             return
         rd = raw.ready()
+        # A leader's appends and heartbeats may leave before its own persist, and it may
+        # crash in between: then nothing of this Ready is durable on it.
+        for m in rd.early_messages:
+            self.bag.append(m)
+            if m.type == MessageType.SNAP:
+                self.stats["snapshots"] = self.stats.get("snapshots", 0) + 1
+        if self.faults and rd.early_messages and rd.entries and self.rng.random() < 0.02:
+            self.stats["crash_before_persist"] = self.stats.get("crash_before_persist", 0) + 1
+            self._crash(nid)
+            return
         self._persist(ns, rd)
         for m in rd.messages:
             self.bag.append(m)
@@ -584,6 +595,7 @@ class Simulator:
 
     def liveness(self) -> None:
         """Heal everything, restart every member; a new proposal must commit."""
+        self.faults = False
         self.blocked.clear()
         for n in self.ids:
             if self.nodes[n].started and self.nodes[n].raw is None:

@@ -70,9 +70,20 @@ def take(r: Raft) -> list[Message]:
     return r.read_messages()
 
 
+def persist(r: Raft) -> None:
+    """What the runtime does after a Ready's persist: the whole log is durable now."""
+    li = r.log.last_index()
+    st = r.log.storage
+    assert isinstance(st, MemoryStorage)
+    st.append(r.log.unstable_entries())
+    r.log.stable_to(li, r.log.last_term())
+    r.persisted_to(li)
+
+
 def make_leader(r: Raft) -> None:
     r.become_candidate()
     r.become_leader()
+    persist(r)
     take(r)
 
 
@@ -310,9 +321,34 @@ def test_5_3_leader_acknowledge_commit(size: int, acks: set[str], committed: boo
         r.step(Message(MT.APP_RESP, frm=p, to="a", term=r.term, index=li))
     take(r)
     idx = r.propose([b"x"], [EntryType.NORMAL])
+    persist(r)
     for p in acks:
         r.step(Message(MT.APP_RESP, frm=p, to="a", term=r.term, index=idx))
     assert (r.log.committed == idx) is committed
+
+
+@pytest.mark.parametrize(("size", "acks"), [(1, set()), (3, {"b"}), (5, {"b", "c"})])
+def test_10_2_1_leader_counts_itself_only_once_durable(size: int, acks: set[str]) -> None:
+    """Thesis §10.2.1: the leader may send its entries while it writes them to its own
+    disk, but it counts itself in the commit quorum only once they are durable. With
+    one follower short of a majority without the leader, nothing commits until the
+    runtime reports the leader's persist."""
+    peers = tuple("abcde"[:size])
+    r = new_raft(peers=peers)
+    make_leader(r)
+    li = r.log.last_index()
+    for p in peers[1:]:
+        r.step(Message(MT.APP_RESP, frm=p, to="a", term=r.term, index=li))
+    take(r)
+    idx = r.propose([b"x"], [EntryType.NORMAL])
+    for p in acks:
+        r.step(Message(MT.APP_RESP, frm=p, to="a", term=r.term, index=idx))
+    assert r.log.committed < idx, "committed before the leader's own entry was durable"
+    persist(r)
+    assert r.log.committed == idx
+    # The followers learn the new commit index from the next append.
+    if size > 1:
+        assert any(m.type == MT.APP and m.commit == idx for m in take(r))
 
 
 def test_5_3_leader_commit_preceding_entries() -> None:

@@ -45,7 +45,8 @@ def test_same_seed_replays_identically() -> None:
 
 def test_sim_exercises_the_fault_menu() -> None:
     """Over a handful of seeds the run really elects, commits, compacts, snapshots,
-    changes membership and serves reads; a sim that does nothing proves nothing."""
+    changes membership, serves reads and crashes leaders between sending their appends
+    and persisting them; a sim that does nothing proves nothing."""
     totals: dict[str, int] = {}
     acked = 0
     for seed in range(20):
@@ -55,7 +56,7 @@ def test_sim_exercises_the_fault_menu() -> None:
         for k, v in s.stats.items():
             totals[k] = totals.get(k, 0) + v
     assert acked > 200
-    for k in ("reads", "compactions", "snapshots", "confchanges"):
+    for k in ("reads", "compactions", "snapshots", "confchanges", "crash_before_persist"):
         assert totals.get(k, 0) > 0, k
 
 
