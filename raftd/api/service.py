@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import tempfile
 import time
@@ -56,6 +57,7 @@ from raftd.kv.machine import RestoreInProgressError
 from raftd.kv.watch import PUT, KeyEvent
 from raftd.runtime.forward import Forwarder, ForwardError
 from raftd.runtime.group import (
+    CommandProposal,
     Group,
     GroupError,
     GroupUnavailable,
@@ -226,6 +228,9 @@ class NamespaceService:
         #: retries_after_send: writes resent (same client id and seq) after an attempt
         #: that may have been applied; the state machine deduplicates them.
         self.stats = {"retries_after_send": 0}
+        #: Leaders seen to apply no PROP from here (an older version during a rolling
+        #: upgrade), until when writes reach them over the cmd stream instead.
+        self._cmd_only_leaders: dict[NodeId, float] = {}
         self._pending_round: _Round | None = None
         self._inflight_round: _Round | None = None
         group.add_leader_listener(self._on_leader_change)
@@ -491,24 +496,75 @@ class NamespaceService:
                 if lane is not None:
                     fwd.client_id = lane.client_id
                     fwd.seq = lane.next()
-                resp = await self._via_leader(fwd, op, deadline, retry_safe=True)
-                if resp.error.code != C.OK:
-                    raise _from_pb(resp.error)
-                cr = kpb.CommandResult.FromString(resp.command_result)
+                leader = self.group.leader
+                if self._cmd_only_leaders.get(leader, -math.inf) > trio.current_time():
+                    cr, index = await self._replicate_by_command(fwd, op, deadline)
+                else:
+                    cr, index = await self._replicate(fwd, op, deadline)
                 if cr.status == kpb.CommandResult.STALE_SEQUENCE and lane is not None:
                     lane.skip()  # never applied: a fresh seq is a fresh attempt
                     continue
                 break
-            out = result_response(op, cr, resp.raft_index)
+            return result_response(op, cr, index)
         finally:
             if lane is not None:
                 self.lanes.release(lane)
-        # Read-your-writes for stale reads through this daemon: wait (briefly) until the
-        # entry is applied here too.
+
+    async def _replicate(
+        self, req: apb.Request, op: str, deadline: float
+    ) -> tuple[kpb.CommandResult, int]:
+        """Replicate a write from this daemon as etcd does: the leader appends it, a
+        follower hands it to the leader in Raft's own PROP message (no command stream,
+        no response from the leader), and the answer is THIS daemon's apply result of
+        the entry, so a stale read here right after sees the write. Lost proposals are
+        proposed again by the group (same client id and seq: applied at most once)."""
+        data = command_of(req, op)
+        proposal: CommandProposal | None = None
+        fallback_at = trio.current_time() + 4 * self.preset.election_s
+        try:
+            with self.group.command(data, (req.client_id, req.seq)) as (proposal, waiter):
+                with trio.move_on_at(deadline):
+                    while True:
+                        with trio.move_on_at(fallback_at):
+                            res = await proposal.wait(waiter)
+                            if res.result is None:
+                                raise ApiError(C.INTERNAL, "entry applied without a result")
+                            return res.result, res.index
+                        fallback_at = trio.current_time() + 4 * self.preset.election_s
+                        leader = self.group.leader
+                        if leader not in (NONE, self.id) and self.forwarder is not None:
+                            # A leader of an older version drops PROP messages (rolling
+                            # upgrade): its cmd stream takes the same session instead.
+                            log.warning(
+                                "%s: leader %s applied no proposal from here within %.1fs: "
+                                "sending writes to it by command",
+                                self.namespace,
+                                leader[-8:],
+                                4 * self.preset.election_s,
+                            )
+                            self._cmd_only_leaders[leader] = trio.current_time() + 60.0
+                            break
+                    return await self._replicate_by_command(req, op, deadline)
+                attempt = _Attempt()
+                attempt.in_flight = proposal.sent
+                raise attempt.deadline_error(write=True, leader=self.group.leader)
+        except GroupUnavailable as exc:
+            sent = proposal is not None and proposal.sent
+            raise ApiError(C.UNAVAILABLE, str(exc), indeterminate=sent) from None
+
+    async def _replicate_by_command(
+        self, req: apb.Request, op: str, deadline: float
+    ) -> tuple[kpb.CommandResult, int]:
+        """The pre-PROP path, for leaders that do not take PROP messages: the write goes
+        over the leader's cmd stream and the answer is the leader's result; then wait
+        (briefly) until it is applied here too, for read-your-writes on this daemon."""
+        resp = await self._via_leader(req, op, deadline, retry_safe=True)
+        if resp.error.code != C.OK:
+            raise _from_pb(resp.error)
         if resp.raft_index and self.group.sm.applied_index() < resp.raft_index:
             with trio.move_on_at(min(deadline, trio.current_time() + 1.0)):
                 await self.group.wait_applied(resp.raft_index)
-        return out
+        return kpb.CommandResult.FromString(resp.command_result), resp.raft_index
 
     async def _leader_op(self, req: apb.Request, op: str, deadline: float) -> apb.Response:
         resp = await self._via_leader(req, op, deadline, retry_safe=op in _IDEMPOTENT_OPS)

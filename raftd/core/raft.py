@@ -598,7 +598,14 @@ class Raft:
                     other.recent_active = False
             return
         if t == MT.PROP:
-            raise ProposalDroppedError("proposals must use Raft.propose")
+            # A member's forwarded proposal (etcd's MsgProp). Refusals are silent: the
+            # proposer re-proposes until it sees the entry applied or gives up.
+            if m.frm == self.id or not m.entries:
+                raise ProposalDroppedError("local proposals must use Raft.propose")
+            if self.lead_transferee != NONE or any(e.type != EntryType.NORMAL for e in m.entries):
+                return
+            self.propose([e.data for e in m.entries], [EntryType.NORMAL] * len(m.entries))
+            return
         if t == MT.READ_INDEX:
             self._leader_read_index(m)
             return
@@ -719,6 +726,10 @@ class Raft:
     def _step_candidate(self, m: Message) -> None:
         my_resp = MT.PRE_VOTE_RESP if self.state == StateType.PRE_CANDIDATE else MT.VOTE_RESP
         t = m.type
+        if t == MT.PROP:
+            if m.frm == self.id:
+                raise ProposalDroppedError("no leader: an election is in progress")
+            return
         if t == MT.APP:
             self.become_follower(m.term, m.frm)
             self._handle_append(m)
@@ -768,6 +779,16 @@ class Raft:
                 self.send(_with(m, to=self.lead))
         elif t == MT.READ_INDEX_RESP:
             self.read_states.append(ReadState(index=m.index, context=m.context))
+        elif t == MT.PROP:
+            self._forward_proposal(m)
+
+    def _forward_proposal(self, m: Message) -> None:
+        """A follower or learner hands a local proposal to the leader it knows."""
+        if m.frm != self.id:
+            return  # only a leader takes proposals from peers
+        if self.lead == NONE:
+            raise ProposalDroppedError("no leader to forward the proposal to")
+        self.send(_with(m, to=self.lead))
 
     def _handle_append(self, m: Message) -> None:
         if m.index < self.log.committed:

@@ -110,6 +110,25 @@ class RawNode:
         """Append many entries at once; returns the last index."""
         return self.raft.propose(datas, [EntryType.NORMAL] * len(datas))
 
+    def propose_anywhere(self, datas: list[bytes]) -> None:
+        """Propose normal entries from any role (etcd's ``Node.Propose``): a leader
+        appends them; a follower or learner forwards them to the leader it knows, in a
+        PROP message of its next Ready. Raises ProposalDroppedError when there is no
+        leader to take them. A forwarded proposal may be lost or refused on the way (a
+        leader change, a leadership transfer): the caller recognizes its entries when
+        they are applied (by content) and proposes again until it does."""
+        r = self.raft
+        if r.state == StateType.LEADER:
+            r.propose(datas, [EntryType.NORMAL] * len(datas))
+            return
+        r.step(
+            Message(
+                MessageType.PROP,
+                frm=r.id,
+                entries=tuple(Entry(term=0, index=0, data=d) for d in datas),
+            )
+        )
+
     def propose_conf_change(self, cc: ConfChange) -> int:
         """Propose a single-server membership change (one at a time; thesis §4.2)."""
         return self.raft.propose([cc.encode()], [EntryType.CONF_CHANGE])
@@ -125,6 +144,8 @@ class RawNode:
             raise ValueError(f"cannot step a local message type {m.type.name} from the network")
         if m.type in RESPONSE_MESSAGES and m.frm not in self.raft.prs:
             return
+        if m.type == MessageType.PROP and (m.frm not in self.raft.prs or m.frm == self.raft.id):
+            return  # only members propose through the leader
         self.raft.step(m)
 
     def transfer_leader(self, target: NodeId) -> None:

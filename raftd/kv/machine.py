@@ -80,6 +80,9 @@ class ApplyResult:
     result: pb.CommandResult | None
     duplicate: bool = False
     skipped: bool = False
+    #: The command's (client_id, seq), when it carries one: how a daemon that did not
+    #: propose the entry itself (etcd-style forwarding) recognizes its own write.
+    session: tuple[bytes, int] | None = None
 
 
 class _InvalidCommand(Exception):
@@ -503,8 +506,14 @@ class KVStateMachine:
             if not data:
                 out.append(ApplyResult(index, None))
                 continue
-            res, dup, rev = self._apply_one(tx, data, rev, index, events)
-            out.append(ApplyResult(index, res, duplicate=dup))
+            try:
+                cmd = pb.Command.FromString(data)
+            except ProtoDecodeError as e:
+                out.append(ApplyResult(index, _invalid(f"undecodable command: {e}", rev)))
+                continue
+            res, dup, rev = self._apply_one(tx, cmd, rev, index, events)
+            session = (cmd.client_id, cmd.seq) if cmd.client_id else None
+            out.append(ApplyResult(index, res, duplicate=dup, session=session))
         if applied != self._applied:
             self._b.commit(tx.keys, tx.sessions, Meta(applied, rev), tx.leases or None)
             self._applied, self._revision = applied, rev
@@ -519,12 +528,13 @@ class KVStateMachine:
         return out
 
     def _apply_one(
-        self, tx: _Tx, data: bytes, rev: int, index: int = 0, events: list[KeyEvent] | None = None
+        self,
+        tx: _Tx,
+        cmd: pb.Command,
+        rev: int,
+        index: int = 0,
+        events: list[KeyEvent] | None = None,
     ) -> tuple[pb.CommandResult, bool, int]:
-        try:
-            cmd = pb.Command.FromString(data)
-        except ProtoDecodeError as e:
-            return _invalid(f"undecodable command: {e}", rev), False, rev
         cid = cmd.client_id
         if cid:
             if cmd.seq == 0:

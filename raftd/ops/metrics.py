@@ -106,7 +106,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "raftd_forwarded_requests_total": (
         "counter",
         ("namespace",),
-        "API requests this node forwarded to the leader.",
+        "Requests this node sent to the leader: writes (in Raft PROP messages) and admin "
+        "operations (by command).",
     ),
     "raftd_apply_duration_seconds": (
         "histogram",
@@ -285,12 +286,15 @@ def _formation_stats(daemon: Any, namespace: str) -> dict[str, float]:
 
 
 def _forwarded(daemon: Any, namespace: str) -> float:
+    """Writes proposed to the leader in PROP messages plus requests sent by command."""
+    group = getattr(daemon, "groups", {}).get(namespace)
+    n = float(getattr(getattr(group, "stats", None), "proposals_forwarded", 0))
     api = getattr(daemon, "api", None)
     fwd = getattr(api, "forwarders", {}).get(namespace) if api is not None else None
     stats = getattr(fwd, "stats", None)
     if isinstance(stats, Mapping):
-        return float(stats.get("calls", 0))
-    return 0.0
+        n += float(stats.get("calls", 0))
+    return n
 
 
 def _version() -> str:

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -158,10 +160,34 @@ class _Waiter:
         return self.result
 
 
+Session = tuple[bytes, int]
+
+
+class CommandProposal:
+    """A command with a client id and seq, proposed from any node (see
+    :meth:`Group.command`). ``sent``: it was handed to a leader at least once, so it may
+    be applied even if this node never sees the outcome."""
+
+    __slots__ = ("data", "last_try", "leader_at_try", "sent", "waiters")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.sent = False
+        self.last_try = -math.inf
+        self.leader_at_try: tuple[NodeId, int] = (NONE, 0)  # (leader, term)
+        self.waiters: list[_Waiter] = []
+
+    async def wait(self, waiter: _Waiter) -> ApplyResult:
+        result: ApplyResult = await waiter.wait()
+        return result
+
+
 @dataclass(slots=True)
 class GroupStats:
     proposals_ok: int = 0
     proposals_failed: int = 0
+    proposals_forwarded: int = 0
+    proposals_resent: int = 0
     leader_changes: int = 0
     snapshots_taken: int = 0
     snapshots_installed: int = 0
@@ -201,6 +227,8 @@ class Group:
         self._inbox: deque[Message] = deque()
         self._reports: deque[tuple[str, NodeId, bool]] = deque()
         self._proposals: list[tuple[bytes, EntryType, _Waiter]] = []
+        self._commands: dict[Session, CommandProposal] = {}
+        self._commands_due: list[Session] = []
         self._pending: dict[int, tuple[int, _Waiter]] = {}
         self._read_waiters: list[_Waiter] = []
         self._reads_in_flight: dict[bytes, list[_Waiter]] = {}
@@ -399,6 +427,34 @@ class Group:
         result: ApplyResult = await w.wait()
         return result
 
+    @contextmanager
+    def command(self, data: bytes, session: Session) -> Iterator[tuple[CommandProposal, _Waiter]]:
+        """Propose a state machine command that carries ``session`` = (client id, seq),
+        from any node, as etcd does: a leader appends it, a follower or learner forwards
+        it to the leader in a Raft PROP message. ``await proposal.wait(waiter)`` returns
+        THIS node's apply result of the entry (so a read here right after sees it).
+
+        The command is proposed again (the same bytes: the state machine deduplicates
+        by session) when the leader changes and when nothing was applied within an
+        election timeout, until the context exits. Leaving the context gives up waiting;
+        ``proposal.sent`` then says whether it may still apply. Raises
+        :class:`GroupUnavailable` from ``wait`` when the group fails or stops."""
+        self._check_usable()
+        p = self._commands.get(session)
+        if p is None:
+            p = self._commands[session] = CommandProposal(data)
+            self._commands_due.append(session)
+            self._wake.set()
+        w = _Waiter()
+        p.waiters.append(w)
+        try:
+            yield p, w
+        finally:
+            if w in p.waiters:
+                p.waiters.remove(w)
+            if not p.waiters and self._commands.get(session) is p:
+                del self._commands[session]
+
     async def propose_conf_change(self, cc: ConfChange) -> ConfState:
         """Leader only: one single-server membership change; returns the new membership."""
         await self.propose(cc.encode(), EntryType.CONF_CHANGE)
@@ -513,6 +569,8 @@ class Group:
     def _take_inputs(self, node: RawNode) -> None:
         for _ in range(self._ticks):
             node.tick()
+        if self._ticks and self._commands:
+            self._resend_due_commands(node)
         self._ticks = 0
         while self._reports:
             kind, peer, ok = self._reports.popleft()
@@ -535,6 +593,8 @@ class Group:
             node.transfer_leader(self._transfers.pop(0))
         if self._proposals:
             self._propose_all(node)
+        if self._commands_due:
+            self._propose_commands(node)
         if self._read_waiters:
             if node.raft.lead == NONE:
                 for w in self._read_waiters:
@@ -576,6 +636,44 @@ class Group:
                 for k, (_, _, bw) in enumerate(batch):
                     self._pending[first + k] = (term, bw)
             i = j
+
+    def _propose_commands(self, node: RawNode) -> None:
+        due, self._commands_due = self._commands_due, []
+        props = [p for k in due if (p := self._commands.get(k)) is not None]
+        if not props:
+            return
+        try:
+            node.propose_anywhere([p.data for p in props])
+        except ProposalDroppedError:
+            # No leader now, or a transfer in progress: tried again at the next leader
+            # change or timeout (the proposals stay in the table).
+            return
+        now = self.clock()
+        lead = (node.raft.lead, node.raft.term)
+        if lead[0] != self.id:
+            self.stats.proposals_forwarded += len(props)
+        for p in props:
+            p.sent = True
+            p.last_try = now
+            p.leader_at_try = lead
+
+    def _resend_due_commands(self, node: RawNode) -> None:
+        """Once a tick: propose again what a leader change or an election timeout
+        without an apply may have lost."""
+        now = self.clock()
+        lead = (node.raft.lead, node.raft.term)
+        # A leader's own append is in its log until a new term: only a forwarded
+        # proposal can be lost silently (dropped on the way, refused in a transfer).
+        forwarded = lead[0] != self.id
+        limit = self.preset.election_s
+        queued = set(self._commands_due)
+        for k, p in self._commands.items():
+            if k in queued:
+                continue
+            if p.leader_at_try != lead or (forwarded and now - p.last_try > limit):
+                if p.sent:
+                    self.stats.proposals_resent += 1
+                self._commands_due.append(k)
 
     def _drop_error(self, node: RawNode, exc: ProposalDroppedError) -> GroupError:
         if node.raft.state != StateType.LEADER:
@@ -670,6 +768,14 @@ class Group:
             else:
                 batch.append((e.index, e.data))
         flush()
+        if self._commands:
+            for r in results.values():
+                if r.session is not None:
+                    p = self._commands.pop(r.session, None)
+                    if p is not None:
+                        for w in p.waiters:
+                            w.set(r)
+                        self.stats.proposals_ok += 1
         for e in entries:
             pending = self._pending.pop(e.index, None)
             if pending is None:
@@ -732,6 +838,11 @@ class Group:
         for _, _, w in self._proposals:
             w.fail(err)
         self._proposals.clear()
+        for p in self._commands.values():
+            for w in p.waiters:
+                w.fail(err)
+        self._commands.clear()
+        self._commands_due.clear()
         for w in self._read_waiters:
             w.fail(err)
         self._read_waiters.clear()
@@ -792,6 +903,7 @@ def default_rng(node_id: NodeId, namespace: str) -> random.Random:
 
 
 __all__ = [
+    "CommandProposal",
     "Group",
     "GroupError",
     "GroupUnavailable",

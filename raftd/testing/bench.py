@@ -1330,9 +1330,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             roles: list[tuple[str, int]] = []
             if cluster is not None:
+                followers = 0
                 for n in cluster.nodes:
-                    if n.pid is not None:
-                        roles.append(("leader" if n is lead else f"follower{len(roles)}", n.pid))
+                    if n.pid is None:
+                        continue
+                    if n is lead:
+                        roles.append(("leader", n.pid))
+                    else:
+                        followers += 1
+                        roles.append((f"follower{followers}", n.pid))
             meter = ProcMeter(roles)
             res = trio.run(
                 lambda: run_load(
