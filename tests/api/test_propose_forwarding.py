@@ -27,10 +27,10 @@ def leaders_drop_peer_proposals(count: int | None) -> Iterator[list[int]]:
     dropped = [0]
 
     def step_leader(self: core_raft.Raft, m: Message) -> None:
-        if m.type == MessageType.PROP and m.frm != self.id:
-            if count is None or dropped[0] < count:
-                dropped[0] += 1
-                return
+        peers_prop = m.type == MessageType.PROP and m.frm != self.id
+        if peers_prop and (count is None or dropped[0] < count):
+            dropped[0] += 1
+            return
         original(self, m)
 
     core_raft.Raft._step_leader = step_leader  # type: ignore[method-assign]
