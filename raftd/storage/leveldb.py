@@ -28,15 +28,11 @@ writes, so a write in a thread does not stall the loop)::
     trio.to_thread.run_sync round trip: p50 ~0.06-0.12 ms
     save_async of 1 entry: ~0.18 ms inline vs ~0.32 ms through a worker thread
 
-- ``save_async`` runs the write inline (no thread hop) when the batch has at most
-  :attr:`LevelDBStorage.INLINE_MAX_ENTRIES` (32) entries, carries no snapshot, and the
-  recent writes (EWMA, :attr:`LevelDBStorage.write_seconds`) took at most
-  :attr:`LevelDBStorage.INLINE_BUDGET_S` (0.5 ms): then the thread hop would cost about
-  as much as the stall it avoids. Otherwise (big batches, snapshot files, a slow disk
-  where an fsync takes milliseconds) the write goes to a worker thread and the trio loop
-  keeps serving the network and other groups. A daemon with many busy groups may set
-  ``INLINE_MAX_ENTRIES = 0``: concurrent writes from threads let LevelDB merge several
-  groups' batches into one log write and one fsync.
+- ``save_async`` never writes on the event loop when it must fsync: log writes go to
+  the database's one long-lived writer thread (:mod:`raftd.storage.writer`, cheaper per
+  write than ``trio.to_thread``), so heartbeats, votes and reads keep flowing while the
+  disk syncs, and a leader's appends leave while it persists them. A write that moves
+  only the commit index (no fsync) runs inline.
 - Encoding happens on the caller's thread; the in-memory caches are updated on the
   caller's thread only after the write landed, so readers never see what is not on disk.
 - Reads stay inline: ``term``/``first_index``/``last_index`` never touch the database,
@@ -88,6 +84,7 @@ from raftd.storage.base import (
 )
 from raftd.storage.codec import DecodeError
 from raftd.storage.snapshots import SnapshotStore, namespace_slug
+from raftd.storage.writer import WriterThread
 
 __all__ = ["LevelDB", "LevelDBStorage"]
 
@@ -132,6 +129,7 @@ class LevelDB:
         self._closed = False
         self._lock = threading.Lock()
         self._groups: dict[str, LevelDBStorage] = {}
+        self.writer = WriterThread(f"raftd-writer:{Path(data_dir).name}")
         fmt = self._db.get(codec.KEY_FORMAT)
         if fmt is None:
             self.write(
@@ -273,6 +271,7 @@ class LevelDB:
         for g in list(self._groups.values()):
             g.close()
         self._closed = True
+        self.writer.close()
         self._db.close()
 
     def __enter__(self) -> LevelDB:
@@ -614,7 +613,13 @@ class LevelDBStorage:
             # Shielded: a write cannot be interrupted, and if it lands our caches must
             # say so. A cancellation is delivered at the caller's next checkpoint.
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._execute, pend)
+                if pend.snap_meta is None and pend.op == "save":
+                    # Log writes: the database's writer thread, in order.
+                    await self._db.writer.run(self._execute, pend)
+                else:
+                    # Snapshot files and compactions can take long: a thread of their
+                    # own, so log writes never queue behind them.
+                    await trio.to_thread.run_sync(self._execute, pend)
         finally:
             self._busy = False
         self._commit(pend)
@@ -723,11 +728,6 @@ class LevelDBStorage:
     ) -> None:
         self._run(self._prepare_save(hard_state, entries, snapshot, sync=sync))
 
-    #: ``save_async`` runs inline (no thread hop) when the batch has at most this many
-    #: entries, carries no snapshot, and recent writes took at most INLINE_BUDGET_S.
-    INLINE_MAX_ENTRIES = 32
-    INLINE_BUDGET_S = 0.0005
-
     async def save_async(
         self,
         hard_state: HardState | None,
@@ -736,14 +736,11 @@ class LevelDBStorage:
         *,
         sync: bool = True,
     ) -> None:
-        """:meth:`save`, in a worker thread unless it is known to be quick (see the module
-        docstring): small batch, no snapshot, and recent writes within the budget."""
+        """:meth:`save` off the event loop (see the module docstring): the loop keeps
+        serving heartbeats, votes and reads while the disk syncs. A write that needs no
+        fsync (only the commit index moved) runs inline."""
         pend = self._prepare_save(hard_state, entries, snapshot, sync=sync)
-        if (
-            pend.snap_meta is None
-            and len(entries) <= self.INLINE_MAX_ENTRIES
-            and self.write_seconds <= self.INLINE_BUDGET_S
-        ):
+        if not pend.sync and pend.snap_meta is None:
             await trio.lowlevel.checkpoint()
             self._run(pend)
         else:

@@ -291,30 +291,45 @@ def test_disk_full_while_writing_a_snapshot(tiny_tmpfs: Path) -> None:
 
 
 # -- save_async ------------------------------------------------------------------------
-async def test_save_async_threads_big_or_slow_writes(
-    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+async def test_save_async_fsyncs_in_the_writer_thread_and_the_loop_keeps_running(
+    data_dir: Path,
 ) -> None:
+    """Every fsyncing save runs in the database's writer thread, never on the event loop:
+    with each write held up for 0.2 s, a task on the loop keeps ticking meanwhile. A save
+    that moves only the commit index (no fsync) runs inline."""
+    import threading
+    import time
+
     import trio
 
-    hops: list[int] = []
-    real = trio.to_thread.run_sync
+    threads: list[str] = []
 
-    async def counting(fn: Any, *args: Any, **kw: Any) -> Any:
-        hops.append(1)
-        return await real(fn, *args, **kw)
+    def slow(point: str) -> None:
+        if point == "write:save":
+            threads.append(threading.current_thread().name)
+            time.sleep(0.2)
 
-    monkeypatch.setattr(trio.to_thread, "run_sync", counting)
-    db = LevelDB(data_dir)
+    db = LevelDB(data_dir, fault_hook=slow)
     s = db.group(NS)
-    s.write_seconds = 0.0
-    await s.save_async(None, ents(1, 1, 1), None)  # small and fast: inline
-    assert hops == []
-    await s.save_async(None, ents(2, 200, 1), None)  # big: thread
-    assert len(hops) == 1
-    s.write_seconds = 1.0  # the disk got slow: even small writes go to a thread
-    await s.save_async(None, ents(201, 201, 1), None)
-    assert len(hops) == 2
-    assert s.last_index() == 201
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await trio.sleep(0.01)
+            ticks += 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        await s.save_async(HardState(1, "a", 0), ents(1, 1, 1), None)  # one entry
+        await s.save_async(None, ents(2, 300, 1), None)  # a big batch
+        nursery.cancel_scope.cancel()
+    assert ticks >= 10, f"the event loop stalled during the writes ({ticks} ticks)"
+    assert threads == [db.writer.name] * 2
+    threads.clear()
+    await s.save_async(HardState(1, "a", 5), [], None, sync=False)  # commit index only
+    assert threads == [threading.current_thread().name]  # inline, on the loop
+    assert s.last_index() == 300
     db.close()
 
 
