@@ -149,6 +149,12 @@ def create_host(
     kwargs: dict[str, Any] = {}
     if psk is not None:
         kwargs["psk"] = validate_psk(psk)
+    # py-libp2p's Yamux by default answers every read with a WINDOW_UPDATE frame (its
+    # PY_YAMUX_RELEASE_ON_READ=1): one more frame, send and wake-up on both sides for
+    # each Raft batch. Off, it releases the window as go-yamux does, once half of it is
+    # consumed. The library reads the variable at every read; an operator's own setting
+    # wins.
+    os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
     host: Any = new_host(  # Any: libp2p's interfaces lack the attributes set below
         key_pair=key_pair,
         sec_opt={NOISE_ID: NoiseTransport(key_pair, noise_privkey=x25519_key_pair().private_key)},
