@@ -1488,17 +1488,19 @@ def main(argv: list[str] | None = None) -> int:
             assert cluster is not None
             out = measure_rss(cluster)
         else:
-            roles: list[tuple[str, int]] = []
-            if cluster is not None:
-                followers = 0
-                for n in cluster.nodes:
-                    if n.pid is None:
-                        continue
-                    if n is lead:
-                        roles.append(("leader", n.pid))
-                    else:
-                        followers += 1
-                        roles.append((f"follower{followers}", n.pid))
+            roles = cluster_roles(cluster) if cluster is not None else []
+            # The key space is loaded before the measured window opens.
+            trio.run(
+                lambda: run_load(
+                    sockets,
+                    "put",
+                    total=0,
+                    duration=0,
+                    key_space=args.key_space,
+                    key_size=args.key_size,
+                    val_size=args.val_size,
+                )
+            )
             meter = ProcMeter(roles)
             res = trio.run(
                 lambda: run_load(
@@ -1511,6 +1513,7 @@ def main(argv: list[str] | None = None) -> int:
                     key_space=args.key_space,
                     key_size=args.key_size,
                     val_size=args.val_size,
+                    preload=False,
                 )
             )
             res.extra["encrypted"] = key_file is not None

@@ -102,6 +102,9 @@ class Node:
         self.founder = founder
         self.proc: subprocess.Popen[bytes] | None = None
         self.extra_args: list[str] = []
+        #: Where the process starts: with ``python -m raftd``, the ``raftd`` package
+        #: there wins (another version's source tree, for upgrade tests).
+        self.cwd: Path | None = None
 
     @property
     def addr(self) -> str:
@@ -164,6 +167,7 @@ class Node:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
+                cwd=self.cwd,
                 start_new_session=True,  # Ctrl-C in a terminal reaches the harness only
             )
         finally:

@@ -46,6 +46,8 @@ from libp2p.peer.id import ID
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
+from raftd.transport import tcpread
+
 __all__ = [
     "IDENTITY_FILE",
     "HostError",
@@ -155,6 +157,7 @@ def create_host(
     # consumed. The library reads the variable at every read; an operator's own setting
     # wins.
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+    tcpread.install()
     host: Any = new_host(  # Any: libp2p's interfaces lack the attributes set below
         key_pair=key_pair,
         sec_opt={NOISE_ID: NoiseTransport(key_pair, noise_privkey=x25519_key_pair().private_key)},

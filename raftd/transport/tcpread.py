@@ -1,0 +1,63 @@
+"""Buffered reads under py-libp2p's Noise and Yamux.
+
+py-libp2p 0.8.1 reads each Noise message with two or three ``recv`` calls on the TCP
+socket (its 2-byte length, then the body, and Yamux's 12-byte header inside it), each
+one a syscall and often a scheduler round. :func:`install` replaces
+``libp2p.io.trio.TrioTCPStream.read`` with a version that receives up to 64 KiB at a
+time and serves later reads from that buffer: a batch of frames that arrived together
+costs one ``recv``. The byte stream every layer above sees is unchanged (same bytes, same
+order; a read returns at most ``n`` bytes and at least one, or ``b""`` at the end), and
+so are the errors. It applies to every TCP connection of the process.
+
+This is a patch of the library's class, done once at host creation, in place of
+changing the installed package: upstream, it belongs in ``TrioTCPStream`` itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from libp2p.io.exceptions import ConnectionClosedError
+from libp2p.io.trio import TrioTCPStream
+
+__all__ = ["CHUNK", "install"]
+
+#: Bytes asked of the socket per receive.
+CHUNK = 64 * 1024
+
+
+async def _buffered_read(self: Any, n: int | None = None) -> bytes:
+    async with self.read_lock:
+        if n is not None and n == 0:
+            return b""
+        buf: bytearray | None = getattr(self, "_raftd_rbuf", None)
+        if buf:
+            if n is None or n >= len(buf):
+                out = bytes(buf)
+                buf.clear()
+                return out
+            out = bytes(buf[:n])
+            del buf[:n]
+            return out
+        try:
+            data: bytes = await self.stream.receive_some(max(n or 0, CHUNK))
+        except trio.BrokenResourceError as error:
+            raise ConnectionClosedError(
+                f"TCP connection reset by remote peer: {error}", transport="tcp"
+            ) from error
+        except trio.ClosedResourceError:
+            return b""  # closed locally: end of stream, as the library does
+        if n is None or len(data) <= n:
+            return data
+        if buf is None:
+            self._raftd_rbuf = bytearray(data[n:])
+        else:
+            buf.extend(data[n:])
+        return data[:n]
+
+
+def install() -> None:
+    """Make every ``TrioTCPStream`` read through a buffer. Idempotent."""
+    if TrioTCPStream.read is not _buffered_read:
+        TrioTCPStream.read = _buffered_read  # type: ignore[method-assign]
