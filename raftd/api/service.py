@@ -64,6 +64,7 @@ from raftd.runtime.group import (
     LeadershipLost,
     NotLeader,
     ProposalRejected,
+    ProposalsIgnored,
 )
 from raftd.transport.libp2p import parse_peer_id
 from raftd.wire.pb import api_pb2 as apb
@@ -520,37 +521,33 @@ class NamespaceService:
         proposed again by the group (same client id and seq: applied at most once)."""
         data = command_of(req, op)
         proposal: CommandProposal | None = None
-        fallback_at = trio.current_time() + 4 * self.preset.election_s
         try:
             with self.group.command(data, (req.client_id, req.seq)) as (proposal, waiter):
                 with trio.move_on_at(deadline):
-                    while True:
-                        with trio.move_on_at(fallback_at):
-                            res = await proposal.wait(waiter)
-                            if res.result is None:
-                                raise ApiError(C.INTERNAL, "entry applied without a result")
-                            return res.result, res.index
-                        fallback_at = trio.current_time() + 4 * self.preset.election_s
-                        leader = self.group.leader
-                        if leader not in (NONE, self.id) and self.forwarder is not None:
-                            # A leader of an older version drops PROP messages (rolling
-                            # upgrade): its cmd stream takes the same session instead.
-                            log.warning(
-                                "%s: leader %s applied no proposal from here within %.1fs: "
-                                "sending writes to it by command",
-                                self.namespace,
-                                leader[-8:],
-                                4 * self.preset.election_s,
-                            )
-                            self._cmd_only_leaders[leader] = trio.current_time() + 60.0
-                            break
-                    return await self._replicate_by_command(req, op, deadline)
+                    res = await proposal.wait(waiter)
+                    if res.result is None:
+                        raise ApiError(C.INTERNAL, "entry applied without a result")
+                    return res.result, res.index
                 attempt = _Attempt()
                 attempt.in_flight = proposal.sent
                 raise attempt.deadline_error(write=True, leader=self.group.leader)
+        except ProposalsIgnored as exc:
+            if self.forwarder is None:
+                raise ApiError(
+                    C.UNAVAILABLE, str(exc), indeterminate=True, leader=exc.leader
+                ) from None
+            # A leader of an older version drops PROP messages (rolling upgrade): its
+            # cmd stream takes the same session instead (applied at most once).
+            log.warning(
+                "%s: leader %s applied no proposal from here: sending writes to it by command",
+                self.namespace,
+                exc.leader[-8:],
+            )
+            self._cmd_only_leaders[exc.leader] = trio.current_time() + 60.0
         except GroupUnavailable as exc:
             sent = proposal is not None and proposal.sent
             raise ApiError(C.UNAVAILABLE, str(exc), indeterminate=sent) from None
+        return await self._replicate_by_command(req, op, deadline)
 
     async def _replicate_by_command(
         self, req: apb.Request, op: str, deadline: float

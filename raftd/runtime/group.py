@@ -96,6 +96,18 @@ class ProposalRejected(GroupError):
     """The core refused the proposal (e.g. a membership change already in progress)."""
 
 
+class ProposalsIgnored(GroupError):
+    """The leader applied none of this node's PROP messages for a command, over several
+    election timeouts in one term: it does not take them (an older version). The command
+    may still apply (``indeterminate``); send it to the leader another way."""
+
+    indeterminate = True
+
+    def __init__(self, leader: NodeId) -> None:
+        super().__init__(f"leader {leader} applied none of our proposals")
+        self.leader = leader
+
+
 class GroupUnavailable(GroupError):
     """The group cannot serve: storage failed, or it is stopping."""
 
@@ -168,13 +180,14 @@ class CommandProposal:
     :meth:`Group.command`). ``sent``: it was handed to a leader at least once, so it may
     be applied even if this node never sees the outcome."""
 
-    __slots__ = ("data", "last_try", "leader_at_try", "sent", "waiters")
+    __slots__ = ("data", "last_try", "leader_at_try", "sent", "unanswered", "waiters")
 
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.sent = False
         self.last_try = -math.inf
         self.leader_at_try: tuple[NodeId, int] = (NONE, 0)  # (leader, term)
+        self.unanswered = 0  # forwarded again to the same leader, in the same term
         self.waiters: list[_Waiter] = []
 
     async def wait(self, waiter: _Waiter) -> ApplyResult:
@@ -667,13 +680,30 @@ class Group:
         forwarded = lead[0] != self.id
         limit = self.preset.election_s
         queued = set(self._commands_due)
+        ignored: list[Session] = []
         for k, p in self._commands.items():
             if k in queued:
                 continue
-            if p.leader_at_try != lead or (forwarded and now - p.last_try > limit):
-                if p.sent:
-                    self.stats.proposals_resent += 1
-                self._commands_due.append(k)
+            if p.leader_at_try != lead:
+                p.unanswered = 0
+            elif forwarded and now - p.last_try > limit:
+                p.unanswered += 1
+                if p.unanswered >= self.IGNORED_AFTER:
+                    ignored.append(k)
+                    continue
+            else:
+                continue
+            if p.sent:
+                self.stats.proposals_resent += 1
+            self._commands_due.append(k)
+        for k in ignored:
+            err = ProposalsIgnored(lead[0])
+            for w in self._commands.pop(k).waiters:
+                w.fail(err)
+
+    #: Election timeouts without an apply, in one leader's term, before a forwarded
+    #: command fails with ProposalsIgnored.
+    IGNORED_AFTER = 4
 
     def _drop_error(self, node: RawNode, exc: ProposalDroppedError) -> GroupError:
         if node.raft.state != StateType.LEADER:
@@ -911,5 +941,6 @@ __all__ = [
     "MetaOnlyStorage",
     "NotLeader",
     "ProposalRejected",
+    "ProposalsIgnored",
     "default_rng",
 ]

@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--endpoints", choices=["all", "leader"], default="all")
     ap.add_argument("--out", type=Path, help="keep the raw stacks here")
+    ap.add_argument("--gil", action="store_true", help="only samples of the thread holding the GIL")
     args = ap.parse_args(argv)
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():
