@@ -397,6 +397,29 @@ class ProcMeter:
         return out
 
 
+def run_measured(
+    sockets: list[str],
+    op: str,
+    roles: Sequence[tuple[str, int]],
+    *,
+    preload: bool = True,
+    key_space: int = 10_000,
+    key_size: int = 16,
+    val_size: int = 100,
+    **load: Any,
+) -> BenchResult:
+    """Load the key space (outside the measured window, unless ``preload=False``), then
+    run :func:`run_load` with each process of ``roles`` metered (:class:`ProcMeter`);
+    the result carries the CPU and wake-up figures."""
+    sizes: dict[str, Any] = {"key_space": key_space, "key_size": key_size, "val_size": val_size}
+    if preload:
+        trio.run(lambda: run_load(sockets, "put", total=0, duration=0, **sizes))
+    meter = ProcMeter(roles)
+    res = trio.run(lambda: run_load(sockets, op, preload=False, **sizes, **load))
+    res.extra.update(meter.result(len(res.latencies), res.elapsed))
+    return res
+
+
 def vol_switches(pid: int) -> int:
     """Voluntary context switches of every thread of ``pid`` (each one a sleep)."""
     n = 0
@@ -912,22 +935,15 @@ def _raftd_big_keys(rep: Reporter, cfg: AllConfig) -> None:
             time.sleep(2.0)
             rss0 = [rss_kb(pid) for _, pid in roles]
 
-            async def preload() -> None:
-                await run_load(socks, "put", total=0, duration=0, key_space=cfg.big_keys)
-
-            trio.run(preload)
-            meter = ProcMeter(roles)
-            res = trio.run(
-                lambda: run_load(
-                    socks,
-                    "put",
-                    clients=64,
-                    conns=8,
-                    total=cfg.total_put64,
-                    duration=cfg.dur_load,
-                    key_space=cfg.big_keys,
-                    preload=False,
-                )
+            res = run_measured(
+                socks,
+                "put",
+                roles,
+                key_space=cfg.big_keys,
+                clients=64,
+                conns=8,
+                total=cfg.total_put64,
+                duration=cfg.dur_load,
             )
             rss1 = [rss_kb(pid) for _, pid in roles]
             growth = [round((b - a) / 1024, 1) for a, b in zip(rss0, rss1, strict=True)]
@@ -936,7 +952,6 @@ def _raftd_big_keys(rep: Reporter, cfg: AllConfig) -> None:
                 rss_growth_mb_per_node=growth,
                 rss_growth_mb_max=max(growth),
             )
-            res.extra.update(meter.result(len(res.latencies), res.elapsed))
             rep.add("raftd put@64 big", res.as_json(), res.line())
         finally:
             cluster.close()
@@ -1012,24 +1027,16 @@ def _raftd_encryption(rep: Reporter, cfg: AllConfig) -> None:
             with rep.step(f"{name}: fresh cluster"):
                 cluster = _cluster(cfg, extra)
                 try:
-                    socks = [str(n.socket) for n in cluster.nodes]
-                    trio.run(lambda s=socks: run_load(s, "put", total=0, duration=0))
-                    meter = CpuMeter([n.pid for n in cluster.nodes if n.pid is not None])
-                    per_role = ProcMeter(cluster_roles(cluster))
-                    res = trio.run(
-                        lambda s=socks: run_load(
-                            s,
-                            "put",
-                            clients=64,
-                            conns=8,
-                            total=cfg.total_put64,
-                            duration=cfg.dur_load,
-                            preload=False,
-                        )
+                    res = run_measured(
+                        [str(n.socket) for n in cluster.nodes],
+                        "put",
+                        cluster_roles(cluster),
+                        clients=64,
+                        conns=8,
+                        total=cfg.total_put64,
+                        duration=cfg.dur_load,
                     )
                     res.extra.update(encrypted=bool(extra))
-                    res.extra.update(meter.result(len(res.latencies)))
-                    res.extra.update(per_role.result(len(res.latencies), res.elapsed))
                     rep.add(name, res.as_json(), res.line())
                 finally:
                     cluster.close()
@@ -1488,36 +1495,19 @@ def main(argv: list[str] | None = None) -> int:
             assert cluster is not None
             out = measure_rss(cluster)
         else:
-            roles = cluster_roles(cluster) if cluster is not None else []
-            # The key space is loaded before the measured window opens.
-            trio.run(
-                lambda: run_load(
-                    sockets,
-                    "put",
-                    total=0,
-                    duration=0,
-                    key_space=args.key_space,
-                    key_size=args.key_size,
-                    val_size=args.val_size,
-                )
-            )
-            meter = ProcMeter(roles)
-            res = trio.run(
-                lambda: run_load(
-                    sockets,
-                    args.op,
-                    clients=args.clients,
-                    conns=args.conns,
-                    total=args.total,
-                    duration=args.duration,
-                    key_space=args.key_space,
-                    key_size=args.key_size,
-                    val_size=args.val_size,
-                    preload=False,
-                )
+            res = run_measured(
+                sockets,
+                args.op,
+                cluster_roles(cluster) if cluster is not None else [],
+                key_space=args.key_space,
+                key_size=args.key_size,
+                val_size=args.val_size,
+                clients=args.clients,
+                conns=args.conns,
+                total=args.total,
+                duration=args.duration,
             )
             res.extra["encrypted"] = key_file is not None
-            res.extra.update(meter.result(len(res.latencies), res.elapsed))
             out = res.as_json()
             human = res.line()
             cpu = [
