@@ -66,6 +66,12 @@ class Daemon:
     formation: Any = None
     watchdog: LoopWatchdog = field(default_factory=LoopWatchdog)
 
+    #: What the daemon is doing, for logs (the shutdown guard reports it).
+    phase: str = "starting"
+    #: Called once when a signal asks for shutdown (the process runner arms its
+    #: shutdown bound there; in-process daemons have none).
+    on_shutdown_requested: Callable[[], None] | None = None
+
     def stop(self) -> None:
         """Ask for a graceful shutdown (as SIGTERM does)."""
         self._stop.set()
@@ -162,8 +168,11 @@ class Daemon:
             pidfile.write_text(f"{os.getpid()}\n")
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 nursery.start_soon(self._watch_signals, signals)
+                self.phase = "serving"
                 await self._stop.wait()
+            self.phase = "handing leadership over"
             await self._graceful_shutdown()
+            self.phase = "stopping tasks and closing storage"
             nursery.cancel_scope.cancel()
 
     async def _watch_signals(self, signals: Any) -> None:
@@ -172,6 +181,8 @@ class Daemon:
                 self.reload()
                 continue
             log.info("received %s: shutting down", signal.Signals(signum).name)
+            if self.on_shutdown_requested is not None:
+                self.on_shutdown_requested()
             self._stop.set()
             return
 

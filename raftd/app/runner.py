@@ -8,16 +8,22 @@ import trio
 
 from raftd.app.config import DaemonConfig
 from raftd.app.logs import configure_logging
+from raftd.app.shutdown import ShutdownGuard, shutdown_bound_s
 
 
 def run_daemon(cfg: DaemonConfig) -> int:
-    """Run until SIGTERM/SIGINT; 0 on a clean shutdown, 1 on a fatal error."""
+    """Run until SIGTERM/SIGINT; 0 on a clean shutdown, 1 on a fatal error, and
+    :data:`~raftd.app.shutdown.EXIT_SHUTDOWN_BOUND` (from another thread, through
+    ``os._exit``) when the shutdown outlasts its bound."""
     configure_logging(cfg.log_format, cfg.log_level)
     from raftd.app.daemon import Daemon, DaemonError
 
     log = logging.getLogger("raftd")
+    daemon = Daemon(cfg)
+    guard = ShutdownGuard(shutdown_bound_s(cfg.timing.election_s), lambda: daemon.phase)
+    daemon.on_shutdown_requested = guard.arm
     try:
-        trio.run(Daemon(cfg).run)
+        trio.run(daemon.run)
     except KeyboardInterrupt:
         return 0
     except BaseException as exc:
