@@ -11,6 +11,7 @@ from ``Config.rng``.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass, replace
 from typing import Any
@@ -604,7 +605,8 @@ class Raft:
                 raise ProposalDroppedError("local proposals must use Raft.propose")
             if self.lead_transferee != NONE or any(e.type != EntryType.NORMAL for e in m.entries):
                 return
-            self.propose([e.data for e in m.entries], [EntryType.NORMAL] * len(m.entries))
+            with contextlib.suppress(ProposalDroppedError):  # e.g. the leader was removed
+                self.propose([e.data for e in m.entries], [EntryType.NORMAL] * len(m.entries))
             return
         if t == MT.READ_INDEX:
             self._leader_read_index(m)
