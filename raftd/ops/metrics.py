@@ -129,6 +129,16 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("namespace", "direction"),
         "Raft messages sent or received.",
     ),
+    "raftd_transport_frames_total": (
+        "counter",
+        ("namespace", "direction"),
+        "Raft stream frames (batches of messages, one write each) sent or received.",
+    ),
+    "raftd_transport_bytes_total": (
+        "counter",
+        ("namespace", "direction"),
+        "Bytes of Raft stream frames sent or received (sealed, before libp2p's framing).",
+    ),
     "raftd_transport_dropped_total": (
         "counter",
         ("namespace", "reason"),
@@ -393,6 +403,13 @@ class RaftdCollector(Collector):
             f["raftd_transport_messages_total"].add_metric(
                 [ns, "received"], float(getattr(ts, "received", 0))
             )
+            for direction in ("sent", "received"):
+                f["raftd_transport_frames_total"].add_metric(
+                    [ns, direction], float(getattr(ts, f"frames_{direction}", 0))
+                )
+                f["raftd_transport_bytes_total"].add_metric(
+                    [ns, direction], float(getattr(ts, f"bytes_{direction}", 0))
+                )
             for reason in ("queue_full", "unreachable", "fault", "invalid"):
                 f["raftd_transport_dropped_total"].add_metric(
                     [ns, reason], float(getattr(ts, f"dropped_{reason}", 0))

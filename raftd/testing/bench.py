@@ -49,7 +49,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,9 +361,13 @@ class ProcMeter:
     (voluntary context switches from /proc/<pid>/status, summed over the process's
     threads: each is a sleep in epoll_wait, a futex or a blocking read)."""
 
-    def __init__(self, roles: Sequence[tuple[str, int]]) -> None:
+    def __init__(
+        self, roles: Sequence[tuple[str, int]], metrics: Mapping[str, str] | None = None
+    ) -> None:
         self.roles = list(roles)
+        self.metrics = dict(metrics or {})
         self.t0 = {name: self._sample(pid) for name, pid in self.roles}
+        self.m0 = {name: sent_frames_bytes(url) for name, url in self.metrics.items()}
         self.c0 = self._self_cpu()
 
     @staticmethod
@@ -390,6 +394,11 @@ class ProcMeter:
                 total += cpu
             out[f"cpu_us_per_op_{name}"] = round(1e6 * cpu / ok) if ok else None
             out[f"wakeups_per_op_{name}"] = round((w1 - w0) / ok, 1) if ok else None
+        for name, url in self.metrics.items():
+            f1, b1 = sent_frames_bytes(url)
+            f0, b0 = self.m0[name]
+            out[f"frames_per_op_{name}"] = round((f1 - f0) / ok, 3) if ok else None
+            out[f"bytes_per_op_{name}"] = round((b1 - b0) / ok) if ok else None
         cli = self._self_cpu() - self.c0
         out["cpu_us_per_op_client"] = round(1e6 * cli / ok) if ok else None
         out["cpu_us_per_op_daemons"] = round(1e6 * total / ok) if ok else None
@@ -402,6 +411,7 @@ def run_measured(
     op: str,
     roles: Sequence[tuple[str, int]],
     *,
+    metrics: Mapping[str, str] | None = None,
     preload: bool = True,
     key_space: int = 10_000,
     key_size: int = 16,
@@ -410,14 +420,48 @@ def run_measured(
 ) -> BenchResult:
     """Load the key space (outside the measured window, unless ``preload=False``), then
     run :func:`run_load` with each process of ``roles`` metered (:class:`ProcMeter`);
-    the result carries the CPU and wake-up figures."""
+    the result carries the CPU and wake-up figures, and with ``metrics`` (role -> /metrics
+    URL) the Raft frames and bytes each daemon sent per operation."""
     sizes: dict[str, Any] = {"key_space": key_space, "key_size": key_size, "val_size": val_size}
     if preload:
         trio.run(lambda: run_load(sockets, "put", total=0, duration=0, **sizes))
-    meter = ProcMeter(roles)
+    meter = ProcMeter(roles, metrics)
     res = trio.run(lambda: run_load(sockets, op, preload=False, **sizes, **load))
     res.extra.update(meter.result(len(res.latencies), res.elapsed))
     return res
+
+
+def sent_frames_bytes(metrics_url: str) -> tuple[float, float]:
+    """Raft stream frames and bytes a daemon has sent so far, from its /metrics."""
+    frames = sent = 0.0
+    with urllib.request.urlopen(metrics_url, timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if 'direction="sent"' not in line:
+                continue
+            if line.startswith("raftd_transport_frames_total{"):
+                frames += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("raftd_transport_bytes_total{"):
+                sent += float(line.rsplit(" ", 1)[1])
+    return frames, sent
+
+
+def with_metrics(cluster: LocalCluster) -> None:
+    """Give every node of a cluster not started yet a /metrics listener."""
+    from raftd.testing.cluster import free_port
+
+    for n in cluster.nodes:
+        n.extra_args += ["--metrics", f"127.0.0.1:{free_port()}"]
+
+
+def cluster_metrics(cluster: LocalCluster) -> dict[str, str]:
+    """role -> /metrics URL of each running node started by :func:`with_metrics`."""
+    urls = {}
+    by_pid = {pid: name for name, pid in cluster_roles(cluster)}
+    for n in cluster.nodes:
+        if n.pid in by_pid and "--metrics" in n.extra_args:
+            addr = n.extra_args[n.extra_args.index("--metrics") + 1]
+            urls[by_pid[n.pid]] = f"http://{addr}/metrics"
+    return urls
 
 
 def vol_switches(pid: int) -> int:
@@ -1477,6 +1521,7 @@ def main(argv: list[str] | None = None) -> int:
             from raftd.testing.cluster import LocalCluster
 
             cluster = LocalCluster(args.nodes, preset=args.preset, extra_args=extra_args)
+            with_metrics(cluster)
             cluster.start()
             lead = cluster.wait_leader()
             nodes = {
@@ -1499,6 +1544,7 @@ def main(argv: list[str] | None = None) -> int:
                 sockets,
                 args.op,
                 cluster_roles(cluster) if cluster is not None else [],
+                metrics=cluster_metrics(cluster) if cluster is not None else None,
                 key_space=args.key_space,
                 key_size=args.key_size,
                 val_size=args.val_size,
@@ -1515,6 +1561,13 @@ def main(argv: list[str] | None = None) -> int:
                 for k, v in out.items()
                 if k.startswith("cpu_us_per_op_")
             ]
+            frames = [
+                f"{k[len('frames_per_op_') :]}={v}/{out[k.replace('frames', 'bytes')]}B"
+                for k, v in out.items()
+                if k.startswith("frames_per_op_")
+            ]
+            if frames:
+                human += "\nRaft frames/bytes sent per op: " + " ".join(frames)
             if cpu:
                 human += "\ncpu us/op: " + " ".join(cpu)
                 wake = [

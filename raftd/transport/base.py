@@ -110,6 +110,8 @@ class TransportStats:
     received: int = 0  # messages delivered to on_message
     frames_sent: int = 0  # Batch frames written (one write each); sent/frames = batching
     frames_received: int = 0
+    bytes_sent: int = 0  # frame bytes written, sealed, before libp2p's own framing
+    bytes_received: int = 0
     dropped_queue_full: int = 0  # send() found the peer's queue full
     dropped_unreachable: int = 0  # discarded because the peer could not be reached
     dropped_fault: int = 0  # dropped by set_fault / set_filter

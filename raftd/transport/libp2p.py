@@ -434,9 +434,11 @@ class Libp2pTransport:
                     if not count:
                         continue
                     assert sealer is not None
-                    if await self._write(stream, encode_frame(sealer.seal(payload)), peer):
+                    frame = encode_frame(sealer.seal(payload))
+                    if await self._write(stream, frame, peer):
                         self._stats.sent += count
                         self._stats.frames_sent += 1
+                        self._stats.bytes_sent += len(frame)
                     else:
                         self._stats.dropped_unreachable += count + queue.clear()
                         await self._reset(stream)
@@ -681,6 +683,7 @@ class Libp2pTransport:
                     if frame is None:
                         lost = True  # EOF: the peer closed it, or its process died
                         return
+                    self._stats.bytes_received += len(frame)
                     self._deliver_frame(remote, opener.open(frame))
                     continue
                 log.info("raft stream from %s idle for %.0fs: closing", remote, cfg.idle_timeout)

@@ -106,6 +106,9 @@ def test_bench_single_op_still_works() -> None:
     assert doc["cpu_us_per_op_leader"] > 0 and doc["cpu_us_per_op_client"] > 0
     assert doc["cpu_us_per_op_daemons"] >= doc["cpu_us_per_op_leader"]
     assert any(line.startswith("cpu us/op: leader=") for line in lines)
+    # Raft frames and bytes each daemon sent per operation, from its /metrics.
+    assert doc["frames_per_op_leader"] > 0 and doc["bytes_per_op_leader"] > 0
+    assert any(line.startswith("Raft frames/bytes sent per op: ") for line in lines)
 
 
 def test_profile_table_parses_pyspy_raw_stacks() -> None:
