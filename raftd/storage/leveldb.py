@@ -53,7 +53,6 @@ from __future__ import annotations
 import io
 import os
 import threading
-import time
 import zlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -330,8 +329,6 @@ class LevelDBStorage:
         # The newest entries as saved (contiguous, ending at last_index): followers and
         # the core mostly read the tail, and decoding costs ~2.5 us an entry.
         self._tail: list[Entry] = []
-        # Recent duration of the blocking part of a write (EWMA), for save_async.
-        self.write_seconds = 0.0
         self._load()
 
     # -- open / validation -------------------------------------------------------------
@@ -547,7 +544,6 @@ class LevelDBStorage:
     def _execute(self, pend: _Pending) -> None:
         """The blocking part of a write; safe to run in a worker thread (it touches no
         cache). Snapshot file first, then the one batch, then snapshot retention."""
-        t0 = time.perf_counter()
         try:
             if pend.snap_meta is not None:
                 m = pend.snap_meta
@@ -565,7 +561,6 @@ class LevelDBStorage:
         except StorageWriteError as e:
             self._db.mark_failed(e)
             raise
-        self.write_seconds = 0.8 * self.write_seconds + 0.2 * (time.perf_counter() - t0)
         if pend.snap_meta is not None:
             # A failed cleanup only wastes space; the next snapshot retries it.
             with suppress(OSError):

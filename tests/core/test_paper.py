@@ -80,6 +80,18 @@ def persist(r: Raft) -> None:
     r.persisted_to(li)
 
 
+def caught_up_leader(size: int) -> Raft:
+    """Leader "a" of ``size`` voters, every follower acknowledging its whole log."""
+    peers = tuple("abcde"[:size])
+    r = new_raft(peers=peers)
+    make_leader(r)
+    li = r.log.last_index()
+    for p in peers[1:]:
+        r.step(Message(MT.APP_RESP, frm=p, to="a", term=r.term, index=li))
+    take(r)
+    return r
+
+
 def make_leader(r: Raft) -> None:
     r.become_candidate()
     r.become_leader()
@@ -313,13 +325,7 @@ def test_5_3_leader_commit_entry() -> None:
 def test_5_3_leader_acknowledge_commit(size: int, acks: set[str], committed: bool) -> None:
     """§5.3: "A log entry is committed once the leader that created the entry has
     replicated it on a majority of the servers." """
-    peers = tuple("abcde"[:size])
-    r = new_raft(peers=peers)
-    make_leader(r)
-    li = r.log.last_index()
-    for p in peers[1:]:
-        r.step(Message(MT.APP_RESP, frm=p, to="a", term=r.term, index=li))
-    take(r)
+    r = caught_up_leader(size)
     idx = r.propose([b"x"], [EntryType.NORMAL])
     persist(r)
     for p in acks:
@@ -333,13 +339,7 @@ def test_10_2_1_leader_counts_itself_only_once_durable(size: int, acks: set[str]
     disk, but it counts itself in the commit quorum only once they are durable. With
     one follower short of a majority without the leader, nothing commits until the
     runtime reports the leader's persist."""
-    peers = tuple("abcde"[:size])
-    r = new_raft(peers=peers)
-    make_leader(r)
-    li = r.log.last_index()
-    for p in peers[1:]:
-        r.step(Message(MT.APP_RESP, frm=p, to="a", term=r.term, index=li))
-    take(r)
+    r = caught_up_leader(size)
     idx = r.propose([b"x"], [EntryType.NORMAL])
     for p in acks:
         r.step(Message(MT.APP_RESP, frm=p, to="a", term=r.term, index=idx))
