@@ -749,21 +749,10 @@ class NamespaceService:
         new = await self.group.propose_conf_change(ConfChange(kind, m.id, ctx))
         return apb.Response(members=self.members_pb(new))
 
-    def most_caught_up_voter(self) -> NodeId | None:
-        node = self.group.node
-        if node is None:
-            return None
-        best: tuple[int, NodeId] | None = None
-        for pid, pr in sorted(node.raft.prs.items()):
-            if pid == self.id or pr.is_learner:
-                continue
-            if best is None or pr.match > best[0]:
-                best = (pr.match, pid)
-        return best[1] if best else None
-
     async def _transfer(self, target: str, deadline: float) -> apb.Response:
         if not target:
-            picked = self.most_caught_up_voter()
+            node = self.group.node
+            picked = node.most_caught_up_voter() if node is not None else None
             if picked is None:
                 raise ApiError(C.FAILED_PRECONDITION, "no other voter to transfer to")
             target = picked

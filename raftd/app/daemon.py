@@ -238,24 +238,10 @@ async def run_group(
 async def _hand_over(g: Group) -> None:
     if g.role != StateType.LEADER or g.node is None:
         return
-    target = most_caught_up_voter(g)
+    target = g.node.most_caught_up_voter()
     if target is None:
         return
     log.info("%s: transferring leadership to %s before shutdown", g.namespace, target)
     g.transfer_leader(target)
     while g.role == StateType.LEADER:
         await g.wait_state_change()
-
-
-def most_caught_up_voter(g: Group) -> NodeId | None:
-    """The voter (other than us) with the highest match index, if any."""
-    node = g.node
-    if node is None:
-        return None
-    best: tuple[int, NodeId] | None = None
-    for pid, pr in node.raft.prs.items():
-        if pid == g.id or pr.is_learner:
-            continue
-        if best is None or pr.match > best[0]:
-            best = (pr.match, pid)
-    return best[1] if best else None

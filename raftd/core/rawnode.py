@@ -13,6 +13,10 @@ The runtime's loop, and its ordering duties (the contract of :class:`Ready`):
    append acknowledgement promises durable state (Raft §5, Figure 2, "respond after
    updating stable storage").
 3. **Send** ``rd.messages``. Delivery may fail or reorder; Raft retransmits.
+   While the persist runs, the runtime may keep feeding inputs (``step``, ``tick``,
+   proposals) and send what :meth:`RawNode.take_early_messages` returns: a leader keeps
+   its heartbeats and appends flowing behind a slow disk. Everything else waits for the
+   next Ready.
 4. **Apply** ``rd.committed_entries`` in order, exactly once, and call
    :meth:`RawNode.apply_conf_change` for each CONF_CHANGE entry as it is applied.
    Serve ``rd.read_states`` once the applied index reaches their index.
@@ -219,6 +223,43 @@ class RawNode:
                 rd.messages = [m for m in rd.messages if m.type not in EARLY_MESSAGES]
         self._in_ready = True
         return rd
+
+    def take_early_messages(self) -> list[Message]:
+        """Between :meth:`ready` and :meth:`advance`: the messages produced since
+        ``ready()`` that may leave before the outstanding persist lands (appends,
+        heartbeats, snapshots, TimeoutNow, ReadIndex answers; see ``EARLY_MESSAGES``).
+        Empty unless this node is a leader whose term and vote are already durable (a
+        node that just won an election persists its term first). Other messages stay
+        queued for the next Ready."""
+        r = self.raft
+        if r.state != StateType.LEADER:
+            return []
+        if r.term != self._prev_hard.term or r.vote != self._prev_hard.vote:
+            return []
+        r.flush_broadcast()
+        if not r.msgs:
+            return []
+        early = [m for m in r.msgs if m.type in EARLY_MESSAGES]
+        if early:
+            r.msgs = [m for m in r.msgs if m.type not in EARLY_MESSAGES]
+        return early
+
+    def most_caught_up_voter(self) -> NodeId | None:
+        """The voter other than this node with the highest match index, preferring those
+        heard from recently, ties broken by id (leader only; None otherwise or if there is
+        none). The target of a leadership hand-over."""
+        r = self.raft
+        if r.state != StateType.LEADER:
+            return None
+        best: tuple[bool, int, NodeId] | None = None
+        for pid in sorted(r.prs):
+            pr = r.prs[pid]
+            if pid == r.id or pr.is_learner:
+                continue
+            key = (pr.recent_active, pr.match, pid)
+            if best is None or key[:2] > best[:2]:
+                best = key
+        return best[2] if best else None
 
     def advance(self, rd: Ready) -> None:
         """Report that ``rd`` was persisted, sent and applied."""

@@ -50,14 +50,16 @@ LOCAL_MESSAGES = frozenset(
 )
 
 #: What a leader may send before, or while, it persists the same Ready: its appends,
-#: heartbeats, snapshots and TimeoutNow promise nothing about its own disk (Raft thesis
-#: §10.2.1), unlike a vote or an acknowledgement.
+#: heartbeats, snapshots, TimeoutNow and ReadIndex answers promise nothing about its own
+#: disk (Raft thesis §10.2.1; its commit index counts itself only once durable), unlike a
+#: vote or an append acknowledgement.
 EARLY_MESSAGES = frozenset(
     {
         MessageType.APP,
         MessageType.HEARTBEAT,
         MessageType.SNAP,
         MessageType.TIMEOUT_NOW,
+        MessageType.READ_INDEX_RESP,
     }
 )
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import outcome
 import trio
 
 from raftd.app.presets import Preset
@@ -205,6 +206,10 @@ class GroupStats:
     snapshots_taken: int = 0
     snapshots_installed: int = 0
     snapshots_sent: int = 0
+    #: Persists that took longer than a tick (Raft kept stepping meanwhile).
+    slow_persists: int = 0
+    #: Leadership hand-overs by a leader whose own persist was stuck.
+    stuck_persist_handovers: int = 0
     apply_seconds: list[float] = field(default_factory=list)
     fsync_seconds: list[float] = field(default_factory=list)
 
@@ -580,11 +585,22 @@ class Group:
         )
 
     def _take_inputs(self, node: RawNode) -> None:
-        for _ in range(self._ticks):
-            node.tick()
-        if self._ticks and self._commands:
-            self._resend_due_commands(node)
-        self._ticks = 0
+        # Messages before ticks: a heartbeat that queued up while this loop was held up
+        # resets the election timer before the ticks of that wait are counted.
+        inbox = self._inbox
+        while inbox:
+            m = inbox.popleft()
+            try:
+                node.step(m)
+            except Exception:
+                log.exception("%s: stepping %s from %s failed", self.namespace, m.type.name, m.frm)
+        if self._ticks:
+            # One long stall of this process is not many ticks of silence from others.
+            for _ in range(min(self._ticks, self.MAX_TICKS_AT_ONCE)):
+                node.tick()
+            if self._commands:
+                self._resend_due_commands(node)
+            self._ticks = 0
         while self._reports:
             kind, peer, ok = self._reports.popleft()
             if kind == "unreachable":
@@ -595,13 +611,6 @@ class Group:
                 node.report_snapshot(peer, ok)
             elif kind == "campaign":
                 node.campaign()
-        inbox = self._inbox
-        while inbox:
-            m = inbox.popleft()
-            try:
-                node.step(m)
-            except Exception:
-                log.exception("%s: stepping %s from %s failed", self.namespace, m.type.name, m.frm)
         while self._transfers:
             node.transfer_leader(self._transfers.pop(0))
         if self._proposals:
@@ -701,6 +710,10 @@ class Group:
             for w in self._commands.pop(k).waiters:
                 w.fail(err)
 
+    #: Ticks counted at most per loop wake-up: a stall of this process (a slow disk, a
+    #: starved CPU) must not turn into an election timeout of its own making.
+    MAX_TICKS_AT_ONCE = 2
+
     #: Election timeouts without an apply, in one leader's term, before a forwarded
     #: command fails with ProposalsIgnored.
     IGNORED_AFTER = 4
@@ -730,10 +743,14 @@ class Group:
         # 1. Persist: snapshot, entries and hard state in one fsynced batch.
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
             t0 = time.perf_counter()
-            # save_async writes small batches inline (a thread hop would cost more than
-            # the write) and big ones in a worker thread. A Ready that only moves the
-            # commit index needs no fsync (MustSync).
-            await self.storage.save_async(rd.hard_state, rd.entries, rd.snapshot, sync=rd.must_sync)
+            if rd.must_sync and rd.snapshot is None:
+                await self._persist(node, rd)
+            else:
+                # A Ready that only moves the commit index needs no fsync (MustSync) and
+                # is written inline; a snapshot install goes to a thread of its own.
+                await self.storage.save_async(
+                    rd.hard_state, rd.entries, rd.snapshot, sync=rd.must_sync
+                )
             self._observe(self.stats.fsync_seconds, time.perf_counter() - t0)
             if rd.snapshot is not None:
                 await trio.to_thread.run_sync(finish_pending_install, self.storage, self.sm)
@@ -763,6 +780,64 @@ class Group:
         self._release_reads()
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.leader, rd.soft_state.state)
+
+    async def _persist(self, node: RawNode, rd: Ready) -> None:
+        """Write ``rd``'s entries and hard state durably without stopping Raft.
+
+        The fsync runs in the database's writer thread. Once it has taken longer than a
+        tick, the loop keeps stepping inputs while it waits: a follower reads the
+        heartbeats queued behind its slow disk (and so does not time out its leader), and
+        a leader counts its followers' acknowledgements and sends its appends and
+        heartbeats (:meth:`RawNode.take_early_messages`), so two healthy followers keep
+        committing. Acknowledgements and votes still wait for their own persist. A
+        leader whose persist is still outstanding after ``STUCK_PERSIST_FRACTION`` of an
+        election timeout hands leadership to the most caught-up voter (one with a slow
+        disk of its own lags in acknowledgements, so it is not picked)."""
+        box: list[outcome.Outcome[None]] = []
+        landed = trio.Event()
+
+        def done(result: outcome.Outcome[None]) -> None:
+            box.append(result)
+            landed.set()
+            self._wake.set()
+
+        self.storage.save_submit(rd.hard_state, rd.entries, done)
+        since = self.clock()
+        stuck_at = since + self.preset.election_s * self.STUCK_PERSIST_FRACTION
+        # A normal fsync: inputs wait and are batched after it, as without a writer.
+        with trio.move_on_after(self.preset.tick_s):
+            await landed.wait()
+        if not box:
+            self.stats.slow_persists += 1
+        handed_over = False
+        while not box:
+            self._wake = trio.Event()
+            if self._has_input():
+                self._take_inputs(node)
+            else:
+                await self._wake.wait()
+                continue
+            now = self.clock()
+            if not handed_over and now >= stuck_at and node.raft.state == StateType.LEADER:
+                handed_over = True
+                target = node.most_caught_up_voter()
+                if target is not None:
+                    log.warning(
+                        "%s: persist outstanding for %.2fs: handing leadership to %s",
+                        self.namespace,
+                        now - since,
+                        target,
+                    )
+                    self.stats.stuck_persist_handovers += 1
+                    node.transfer_leader(target)
+            early = node.take_early_messages()
+            if early:
+                self._send(early)
+        box[0].unwrap()
+
+    #: A leader's persist outstanding for this fraction of an election timeout hands
+    #: leadership over (see :meth:`_persist`).
+    STUCK_PERSIST_FRACTION = 0.25
 
     @staticmethod
     def _observe(samples: list[float], value: float) -> None:

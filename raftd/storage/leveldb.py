@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import outcome
 import plyvel
 import trio
 
@@ -740,6 +741,32 @@ class LevelDBStorage:
             self._run(pend)
         else:
             await self._run_async(pend)
+
+    def save_submit(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        on_done: Callable[[outcome.Outcome[None]], None],
+    ) -> None:
+        """Start a durable (fsynced) :meth:`save` of entries and hard state in the writer
+        thread and return at once. ``on_done`` runs later on the event loop's thread,
+        after the caches show the write (or with the write's error); until then no other
+        write may start on this storage. For a caller that keeps working while the disk
+        syncs (a Raft loop that must keep reading heartbeats behind a slow fsync)."""
+        pend = self._prepare_save(hard_state, entries, None, sync=True)
+        if pend.empty():
+            self._commit(pend)
+            on_done(outcome.Value(None))
+            return
+        self._busy = True
+
+        def finished(result: outcome.Outcome[None]) -> None:
+            self._busy = False
+            if isinstance(result, outcome.Value):
+                self._commit(pend)
+            on_done(result)
+
+        self._db.writer.submit(self._execute, pend, finished)
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         self.save(None, (), snap)

@@ -17,6 +17,7 @@ keep the process alive after the event loop has gone.
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import threading
 from collections.abc import Callable
@@ -29,7 +30,9 @@ __all__ = ["WriterThread"]
 
 T = TypeVar("T")
 
-_Job = tuple[Callable[[Any], Any], Any, trio.lowlevel.TrioToken, trio.lowlevel.Task]
+_Job = tuple[
+    Callable[[Any], Any], Any, trio.lowlevel.TrioToken, Callable[["outcome.Outcome[Any]"], None]
+]
 
 
 class WriterThread:
@@ -46,26 +49,35 @@ class WriterThread:
         """Run ``fn(arg)`` in the writer thread and return its result (or raise its
         exception). Not cancellable: a write cannot be taken back once queued, so the
         caller waits for it to land (cancellation is seen at its next checkpoint)."""
+        task = trio.lowlevel.current_task()
+        self.submit(fn, arg, functools.partial(trio.lowlevel.reschedule, task))
+        result: T = await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+        return result
+
+    def submit(
+        self, fn: Callable[[Any], Any], arg: Any, on_done: Callable[[outcome.Outcome[Any]], None]
+    ) -> None:
+        """Queue ``fn(arg)`` and return at once; ``on_done(outcome)`` runs later on the
+        calling trio loop's thread (from ``run_sync_soon``: it must not block). Lets the
+        caller keep working while the write and its fsync run."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("writer thread closed")
             if self._thread is None:
                 self._thread = threading.Thread(target=self._main, name=self.name, daemon=True)
                 self._thread.start()
-        self._q.put((fn, arg, trio.lowlevel.current_trio_token(), trio.lowlevel.current_task()))
-        result: T = await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
-        return result
+        self._q.put((fn, arg, trio.lowlevel.current_trio_token(), on_done))
 
     def _main(self) -> None:
         while True:
             job = self._q.get()
             if job is None:
                 return
-            fn, arg, token, task = job
+            fn, arg, token, on_done = job
             result = outcome.capture(fn, arg)
             # If the loop that asked is gone, nobody is waiting.
             with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+                token.run_sync_soon(on_done, result)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the thread once the queued writes are done (bounded by ``timeout``)."""

@@ -4,7 +4,9 @@ N RawNodes (plus spare nodes that can join) run over in-memory storage, a virtua
 (ticks) and a bag of in-flight messages. One seeded ``random.Random`` picks every action
 from the fault menu (the ``Next`` relation of raft.tla, and more):
 
-- tick a node; process a node's Ready (persist, then send, then apply, then advance);
+- tick a node; process a node's Ready (persist, then send, then apply, then advance),
+  or leave its fsync outstanding for a while (a slow disk): the node keeps stepping
+  messages, ticks and proposals meanwhile and sends what ``take_early_messages`` gives;
 - deliver ANY in-flight message (so order is arbitrary), drop one, duplicate one;
 - partition and heal, isolate the leader;
 - crash a node (everything not yet persisted is lost) and restart it from what its
@@ -92,6 +94,8 @@ class NodeState:
     started: bool = False
     reads: dict[bytes, tuple[int, frozenset[bytes]]] = field(default_factory=dict)
     ready_reads: list[tuple[bytes, int]] = field(default_factory=list)
+    # A Ready whose persist is still running (a slow disk), finished by a later a_ready.
+    outstanding: Ready | None = None
 
 
 def _encode_snapshot(chain: int, props: list[bytes]) -> bytes:
@@ -173,6 +177,7 @@ class Simulator:
     def _crash(self, nid: NodeId) -> None:
         ns = self.nodes[nid]
         ns.raw = None
+        ns.outstanding = None  # its write never landed
         ns.reads = {}
         ns.ready_reads = []
 
@@ -192,7 +197,13 @@ class Simulator:
     def process_ready(self, nid: NodeId) -> None:
         ns = self.nodes[nid]
         raw = ns.raw
-        if raw is None or not raw.has_ready():
+        if raw is None:
+            return
+        if ns.outstanding is not None:
+            rd, ns.outstanding = ns.outstanding, None
+            self._finish_ready(ns, raw, rd)
+            return
+        if not raw.has_ready():
             return
         rd = raw.ready()
         # A leader's appends and heartbeats may leave before its own persist, and it may
@@ -205,6 +216,14 @@ class Simulator:
             self.stats["crash_before_persist"] = self.stats.get("crash_before_persist", 0) + 1
             self._crash(nid)
             return
+        if self.faults and rd.must_sync and rd.snapshot is None and self.rng.random() < 0.1:
+            # A slow disk: the write stays outstanding across the next steps.
+            self.stats["slow_persists"] = self.stats.get("slow_persists", 0) + 1
+            ns.outstanding = rd
+            return
+        self._finish_ready(ns, raw, rd)
+
+    def _finish_ready(self, ns: NodeState, raw: RawNode, rd: Ready) -> None:
         self._persist(ns, rd)
         for m in rd.messages:
             self.bag.append(m)
@@ -397,6 +416,7 @@ class Simulator:
         return [
             (30, self.a_tick),
             (40, self.a_ready),
+            (10, self.a_early),
             (60, self.a_deliver),
             (4, self.a_drop),
             (2, self.a_duplicate),
@@ -423,11 +443,29 @@ class Simulator:
     def a_ready(self) -> None:
         ready = [n for n in self.alive() if self._has_ready(n)]
         if ready:
-            self.process_ready(self.rng.choice(ready))
+            nid = self.rng.choice(ready)
+            if self.nodes[nid].outstanding is not None and self.rng.random() < 0.75:
+                return  # the slow disk is still syncing
+            self.process_ready(nid)
 
     def _has_ready(self, nid: NodeId) -> bool:
-        raw = self.nodes[nid].raw
-        return raw is not None and raw.has_ready()
+        ns = self.nodes[nid]
+        raw = ns.raw
+        return raw is not None and (ns.outstanding is not None or raw.has_ready())
+
+    def a_early(self) -> None:
+        """A node whose write is outstanding sends what may leave before it lands."""
+        slow = [n for n in self.alive() if self.nodes[n].outstanding is not None]
+        if slow:
+            raw = self.nodes[self.rng.choice(slow)].raw
+            assert raw is not None
+            for m in raw.take_early_messages():
+                self.bag.append(m)
+                if m.type == MessageType.SNAP:
+                    self.stats["snapshots"] = self.stats.get("snapshots", 0) + 1
+                self.stats["early_while_persisting"] = (
+                    self.stats.get("early_while_persisting", 0) + 1
+                )
 
     def a_deliver(self) -> None:
         if self.bag:

@@ -1,0 +1,121 @@
+"""Raft keeps moving while a Ready is being persisted (between ``ready()`` and
+``advance()``): the runtime steps inputs and sends what ``take_early_messages`` returns.
+
+A leader whose own write is outstanding counts its followers' acknowledgements (they
+are a majority without it), sends the new commit index, and answers nothing that
+promises its own disk; a node that is not a leader with a durable term sends nothing
+early."""
+
+from __future__ import annotations
+
+from raftd.core import Message, MessageType, RawNode, StateType
+from raftd.core.types import EARLY_MESSAGES
+from raftd.testing.network import Network
+
+
+def _deliver(net: Network, msgs: list[Message]) -> list[Message]:
+    """Step ``msgs`` into their (fully processing) targets; return their answers."""
+    out: list[Message] = []
+    for m in msgs:
+        net.node(m.to).step(m)
+        out.extend(net.process(m.to))
+    return out
+
+
+def _leader_net() -> tuple[Network, RawNode]:
+    net = Network(["a", "b", "c"])
+    net.campaign("a")
+    assert net.state("a") == StateType.LEADER
+    return net, net.node("a")
+
+
+def test_a_leader_commits_with_its_followers_while_its_own_write_is_outstanding() -> None:
+    net, a = _leader_net()
+    index = a.propose(b"x")
+    rd = a.ready()
+    assert [e.index for e in rd.entries] == [index]
+    assert {m.to for m in rd.early_messages if m.type == MessageType.APP} == {"b", "c"}
+    # The followers persist and acknowledge; the leader's write is still outstanding.
+    acks = _deliver(net, rd.early_messages)
+    assert {(m.frm, m.type) for m in acks} >= {
+        ("b", MessageType.APP_RESP),
+        ("c", MessageType.APP_RESP),
+    }
+    for m in acks:
+        a.step(m)
+    assert a.raft.log.committed == index  # b and c are a majority of three
+    assert a.raft.prs["a"].match < index  # the leader does not count itself yet
+    early = a.take_early_messages()
+    assert early and all(m.type in EARLY_MESSAGES for m in early)
+    assert {m.to for m in early} == {"b", "c"}
+    assert all(m.commit >= index for m in early if m.type == MessageType.APP)
+    _deliver(net, early)
+    assert net.peers["b"].applied[-1:] == [b"x"]  # followers apply it already
+    # The leader's write lands: it counts itself and applies.
+    net.peers["a"].storage.append(rd.entries)
+    if rd.hard_state is not None:
+        net.peers["a"].storage.set_hard_state(rd.hard_state)
+    a.advance(rd)
+    assert a.raft.prs["a"].match == index
+    rd2 = a.ready()
+    assert [e.data for e in rd2.committed_entries][-1:] == [b"x"]
+
+
+def test_without_a_majority_of_followers_nothing_commits_before_the_leaders_write() -> None:
+    net = Network(["a", "b", "c", "d", "e"])
+    net.campaign("a")
+    a = net.node("a")
+    index = a.propose(b"x")
+    rd = a.ready()
+    to_b = [m for m in rd.early_messages if m.to in ("b", "c")]
+    for m in _deliver(net, to_b):
+        a.step(m)
+    # b and c hold it: with the leader that would be 3 of 5, without it only 2.
+    assert a.raft.prs["b"].match == index and a.raft.prs["c"].match == index
+    assert a.raft.log.committed < index
+    assert not [m for m in a.take_early_messages() if m.commit >= index]
+
+
+def test_only_messages_that_promise_nothing_about_the_disk_leave_early() -> None:
+    _, a = _leader_net()
+    a.propose(b"x")
+    rd = a.ready()
+    # A candidate with a newer term asks for a vote while the leader's write runs: the
+    # leader steps down, and its vote (a durable promise) waits for the next Ready.
+    a.step(
+        Message(MessageType.VOTE, frm="b", to="a", term=a.raft.term + 1, index=100, log_term=100)
+    )
+    assert a.raft.state == StateType.FOLLOWER
+    assert a.take_early_messages() == []
+    a.advance(rd)
+    rd2 = a.ready()
+    assert any(m.type == MessageType.VOTE_RESP for m in rd2.messages)
+
+
+def test_a_new_leader_sends_nothing_early_before_its_term_is_durable() -> None:
+    net = Network(["a", "b", "c"])
+    a = net.node("a")
+    a.campaign()
+    rd = a.ready()  # persists the new term and the vote for itself
+    assert rd.hard_state is not None and rd.hard_state.vote == "a"
+    for m in _deliver(net, rd.messages):
+        a.step(m)
+    assert a.raft.state == StateType.LEADER
+    # Elected, but the term and vote of this election are not on its disk yet.
+    assert a.take_early_messages() == []
+    net.peers["a"].storage.set_hard_state(rd.hard_state)
+    a.advance(rd)
+    net.send()
+    assert a.take_early_messages() == []  # the Ready loop sent everything
+
+
+def test_the_hand_over_target_is_the_most_caught_up_live_voter() -> None:
+    net = Network(["a", "b", "c", "d"], learners=["e"])
+    net.campaign("a")
+    a = net.node("a")
+    net.isolate("d")
+    net.cut_link("a", "c")
+    net.propose("a", b"y")
+    # b holds everything, c lags (cut off), d was never heard from, e is a learner.
+    assert a.most_caught_up_voter() == "b"
+    assert net.node("b").most_caught_up_voter() is None  # only a leader knows
