@@ -98,6 +98,16 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("namespace",),
         "Times this node saw the leader change (including to none).",
     ),
+    "raftd_slow_persists_total": (
+        "counter",
+        ("namespace",),
+        "Log writes that took longer than a tick (Raft kept stepping while they ran).",
+    ),
+    "raftd_stuck_persist_handovers_total": (
+        "counter",
+        ("namespace",),
+        "Times this leader handed leadership over because its own log write was stuck.",
+    ),
     "raftd_proposals_total": (
         "counter",
         ("namespace", "result"),
@@ -377,6 +387,10 @@ class RaftdCollector(Collector):
             gs = getattr(g, "stats", None)
             f["raftd_leader_changes_total"].add_metric(
                 [ns], float(getattr(gs, "leader_changes", 0))
+            )
+            f["raftd_slow_persists_total"].add_metric([ns], float(getattr(gs, "slow_persists", 0)))
+            f["raftd_stuck_persist_handovers_total"].add_metric(
+                [ns], float(getattr(gs, "stuck_persist_handovers", 0))
             )
             f["raftd_proposals_total"].add_metric([ns, "ok"], float(getattr(gs, "proposals_ok", 0)))
             f["raftd_proposals_total"].add_metric(
