@@ -64,3 +64,19 @@ def test_a_clean_shutdown_still_exits_0(tmp_path: Path) -> None:
     with LocalCluster(1, base_dir=tmp_path / "c") as cluster:
         node = cluster.wait_leader()
         assert node.terminate() == 0
+
+
+def test_sigterm_with_every_link_down_exits_within_the_bound(tmp_path: Path) -> None:
+    """The harness of ``scripts/shutdown-bound`` (100 tries there), twice: daemons in
+    network namespaces whose links are all down get SIGTERM together; each exits within
+    the bound with status 0 (or 124), and every acknowledged write survives."""
+    from raftd.testing.netns import netns_or_skip
+    from raftd.testing.shutdown_bound import run
+
+    netns_or_skip()
+    seed = int(os.environ.get("RAFTD_SEED", "0")) or int(time.time())
+    print(f"seed {seed}")
+    summary = run(2, 3, True, seed, tmp_path)
+    assert summary["within_bound"] == 2, summary
+    assert summary["lost_writes"] == 0, summary
+    assert summary["acked_writes"] > 0
