@@ -742,7 +742,6 @@ def transfer_cmd(opts: _Ctx, peer_id: str) -> int:
     return EXIT_OK
 
 
-# --- issue #6 (raftd.formation): graceful leave ---
 @main.command("leave")
 @_client_options
 def leave_cmd(opts: _Ctx) -> int:
@@ -773,8 +772,6 @@ def leave_cmd(opts: _Ctx) -> int:
     _emit(opts, {"left": True, "members": [m.as_dict() for m in members]}, f"{me} left")
     return EXIT_OK
 
-
-# --- end issue #6 ---
 
 #: ``raftd catch-up``: how long to wait in all without ``--timeout``.
 CATCH_UP_TIMEOUT_S = 300.0

@@ -1,4 +1,4 @@
-"""What issue #5 adds to a running daemon: per namespace a :class:`NamespaceService`, a
+"""The API layer of a running daemon: per namespace a :class:`NamespaceService`, a
 :class:`Forwarder` and a :class:`CmdHandler` (leader forwarding over
 ``/raftd/1<ns>/cmd``) and a :class:`LeaseClock`; then one :class:`ApiServer` for the
 local socket (and optional TCP listener).

@@ -62,7 +62,7 @@ class Daemon:
     envelope: Envelope = field(default_factory=NullEnvelope)
     _stop: trio.Event = field(default_factory=trio.Event)
     _started_hooks: list[Callable[[Daemon], None]] = field(default_factory=list)
-    # issue #6: raftd.formation.service.Formation when discovery runs the groups
+    # raftd.formation.service.Formation when discovery runs the groups
     formation: Any = None
     watchdog: LoopWatchdog = field(default_factory=LoopWatchdog)
 
@@ -125,8 +125,8 @@ class Daemon:
     async def _serve(self, host: Any, db: LevelDB, task_status: TaskStatus[None]) -> None:
         cfg = self.cfg
         static: list[tuple[str, str]] = [split_peer_addr(a) for a in cfg.peers]
-        # --- issue #6: without a static peer list, discovery-first formation decides
-        # when each group bootstraps, joins or dissolves, and runs the groups ---
+        # Without a static peer list, discovery-first formation decides when each group
+        # bootstraps, joins or dissolves, and runs the groups.
         formation_on = not static and bool(cfg.discovery or cfg.bootstrap)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.watchdog.run)
@@ -149,18 +149,15 @@ class Daemon:
 
                 self.formation = Formation(self)
                 await nursery.start(self.formation.run)
-            # --- end issue #6 ---
-            # --- issue #5: the local API server and leader forwarding (raftd.api) ---
+            # The local API server and leader forwarding.
             from raftd.api.runtime import serve_api
 
             await nursery.start(serve_api, self)
-            # --- end issue #5 ---
-            # --- issue #8 (ops): /healthz, /readyz, /metrics when --metrics is set ---
+            # /healthz, /readyz, /metrics when --metrics is set.
             if cfg.metrics:
                 from raftd.ops.server import serve_ops
 
                 await nursery.start(serve_ops, self)
-            # --- end issue #8 ---
             for hook in self._started_hooks:
                 hook(self)
             task_status.started()
@@ -209,10 +206,9 @@ class Daemon:
 
     async def _graceful_shutdown(self) -> None:
         """Hand leadership over before leaving (bounded by two election timeouts)."""
-        # --- issue #6: --leave-on-shutdown leaves every cluster first (bounded) ---
+        # --leave-on-shutdown leaves every cluster first (bounded).
         if self.cfg.leave_on_shutdown and self.formation is not None:
             await self.formation.leave_all(self.cfg.timing.request_timeout_s)
-        # --- end issue #6 ---
         timeout = 2 * self.cfg.timing.election_s
         with trio.move_on_after(timeout):
             async with trio.open_nursery() as n:

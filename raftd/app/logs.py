@@ -40,13 +40,12 @@ def configure_logging(fmt: str = "text", level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    # --- issue #8 (ops): libp2p's import-time setup_logging() sets propagate=False on its
+    # libp2p's import-time setup_logging() sets propagate=False on its
     # logger, so its errors reached stderr through logging.lastResort, unformatted (not
     # JSON, multi-line). Importing the host module imports libp2p first; then route its
     # records through our handler, rate-limited per call site (tests/ops checks the lines).
     from raftd.transport.host import quiet_libp2p_logging
 
     quiet_libp2p_logging(logging.ERROR, root_level=logging.ERROR)
-    # --- end issue #8 ---
     for noisy in ("libp2p", "multiaddr", "zeroconf", "async_service"):
         logging.getLogger(noisy).setLevel(logging.ERROR)

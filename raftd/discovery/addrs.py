@@ -5,7 +5,7 @@ Two facts drive this module:
 - A daemon usually listens on ``/ip4/0.0.0.0/tcp/7420``, which nobody can dial. Peers must
   be told the concrete address of every interface instead (:func:`announce_addrs`).
 - py-libp2p dials only one TCP address per peer, and a wrong first address makes the dial
-  fail (LIBP2P-NOTES pitfall 3). A multi-homed peer (two networks, as in docker-compose
+  fail (docs/libp2p.md, pitfall 3). A multi-homed peer (two networks, as in docker-compose
   with two networks) announces addresses of which only some are reachable from a given
   node, so each node orders a peer's addresses itself (:func:`rank_addrs`): addresses in
   a directly connected subnet first, loopback only when we ourselves use loopback.

@@ -8,7 +8,7 @@ info). The mesh relays: in an A-B-C line where A and C never connect, B forwards
 presence to C. GossipSub only reaches peers we are connected to, so it complements the
 other sources (which make the connections) rather than replacing them.
 
-py-libp2p defaults that do not fit (LIBP2P-NOTES): the heartbeat is 120 s (set to ~1 s)
+py-libp2p defaults that do not fit (docs/libp2p.md): the heartbeat is 120 s (set to ~1 s)
 and the per-peer, per-topic rate limit is 10 messages/s, which a relaying peer exceeds in
 a 20-node mesh (raised here).
 

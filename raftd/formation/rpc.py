@@ -6,7 +6,7 @@ daemon's security envelope (the ``cmd`` purpose: when the daemon has a shared ke
 directions are sealed, so a peer without the key can neither join nor feed rumours;
 without a key the envelope passes frames through).
 
-Dialing follows LIBP2P-NOTES: every dial and read is bounded; ``unblock_peer`` precedes a
+Dialing follows docs/libp2p.md: every dial and read is bounded; ``unblock_peer`` precedes a
 deliberate redial (pitfall 2); the peerstore gets exactly one address per attempt,
 stale ones cleared first (pitfall 3), trying the address that worked last, then the
 peer's addresses ranked for reachability from here. The handler catches everything

@@ -5,7 +5,7 @@ forwards it to the leader as an API ``Request`` and gets the leader's ``Response
 (both ``raftd.v1`` messages of ``api.proto``). Frames are varint-length-delimited
 protobufs (:mod:`raftd.wire.framing`).
 
-Shape (each choice follows a pitfall measured in /work/shared/LIBP2P-NOTES.md):
+Shape (each choice follows a pitfall measured in docs/libp2p.md):
 
 - :class:`Forwarder` (the caller's side): ONE long-lived outbound stream per leader,
   opened lazily, pipelined (per-stream request ids), bounded (at most ``max_in_flight``

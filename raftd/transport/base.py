@@ -69,7 +69,7 @@ __all__ = [
     "snapshot_envelope",
 ]
 
-# "form": the formation protocol (issue #6, raftd.formation): peer exchange, join, leave.
+# "form": the formation protocol (raftd.formation): peer exchange, join, leave.
 Kind = Literal["raft", "snap", "cmd", "form"]
 KINDS: tuple[Kind, ...] = ("raft", "snap", "cmd", "form")
 

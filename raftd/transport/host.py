@@ -1,7 +1,7 @@
 """The libp2p host raftd runs on: Noise only, Yamux, one connection per peer, and a
 persistent ed25519 identity.
 
-Choices, each measured on py-libp2p 0.8.1 (see /work/shared/LIBP2P-NOTES.md):
+Choices, each measured on py-libp2p 0.8.1 (see docs/libp2p.md):
 
 - Security is Noise only. The library's default list also accepts plaintext, TLS and
   SECIO; a Noise-only host refuses plaintext dialers.
@@ -15,9 +15,9 @@ Choices, each measured on py-libp2p 0.8.1 (see /work/shared/LIBP2P-NOTES.md):
 - Optional private network: a 32-byte pre-shared key as 64 hex characters. A mismatched
   key fails slowly (~20 s or never), so every dial must be bounded by the caller.
 
-Logging (pitfall 11): parts of libp2p log through the *root* logger with module-level
-``logging.warning(...)``, which installs a stderr handler on first use and turns later
-``basicConfig()`` calls into no-ops. :func:`configure_logging` configures root with
+Logging (docs/libp2p.md, pitfall 11): parts of libp2p log through the *root* logger with
+module-level ``logging.warning(...)``, which installs a stderr handler on first use and
+turns later ``basicConfig()`` calls into no-ops. :func:`configure_logging` configures root with
 ``force=True`` and quiets libp2p; :func:`quiet_libp2p_logging` does only the latter.
 """
 

@@ -1,6 +1,6 @@
 """The Raft transport over libp2p streams, for one Raft group (namespace).
 
-Shape (each choice follows a measured pitfall in /work/shared/LIBP2P-NOTES.md):
+Shape (each choice follows a measured pitfall in docs/libp2p.md):
 
 - Outbound: one bounded queue and one sender task per peer. The sender owns ONE
   long-lived stream on ``/raftd/1<ns>/raft`` (the only writer on it: pitfall 5), drains

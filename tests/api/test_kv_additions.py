@@ -1,4 +1,4 @@
-"""The state machine additions of issue #5: leases (grant, attach, revoke, snapshot,
+"""State machine features used by the API: leases (grant, attach, revoke, snapshot,
 restart) and the watch event history, on the memory twin and on LevelDB."""
 
 from __future__ import annotations

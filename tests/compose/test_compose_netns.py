@@ -6,13 +6,11 @@ environment plus the service's, named volumes as directories (see runner.py).
   passes; the entrypoint passes a command through (``raftd status``); SIGTERM exits 0;
 - the 3-node compose file through ``up`` (all at once), ``restart node2`` and ``down`` /
   ``up`` with the volumes kept: every stop exits 0, identities and data survive;
-- cluster formation by discovery (no seed list), for the 3- and 5-node files: skipped
-  until discovery and formation land (issue #6).
+- cluster formation by discovery (no seed list), for the 3- and 5-node files.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,15 +33,6 @@ pytestmark = pytest.mark.netns
 @pytest.fixture
 def netns() -> None:
     netns_or_skip()
-
-
-def discovery_landed() -> bool:
-    """Whether the daemon runs discovery and formation yet (issue #6): the packages
-    exist and the daemon runtime (raftd/app) uses formation (which runs discovery)."""
-    if any(importlib.util.find_spec(m) is None for m in ("raftd.discovery", "raftd.formation")):
-        return False
-    runtime = "".join(p.read_text() for p in (REPO / "raftd" / "app").glob("*.py"))
-    return "raftd.formation" in runtime
 
 
 def peer_id(r: ComposeRunner, name: str) -> str:
@@ -150,8 +139,6 @@ def test_compose_cluster_forms_by_discovery(
     """No seed list: the nodes find each other by mDNS, bootstrap together, elect a
     leader, replicate; (3 nodes) the example app works through its node's socket, and
     the cluster survives restart node2 and down + up."""
-    if not discovery_landed():
-        pytest.skip("waiting for discovery (issue #6)")
     from raftd.client import Client
 
     compose = load_compose(path)

@@ -1,4 +1,4 @@
-"""Jepsen-style chaos testing of real raftd daemons (issue #9): ``scripts/chaos``.
+"""Jepsen-style chaos testing of real raftd daemons: ``scripts/chaos``.
 
 What a run does
 ===============
