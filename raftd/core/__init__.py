@@ -5,7 +5,7 @@ The runtime drives a :class:`RawNode` and follows the :class:`Ready` contract.
 """
 
 from raftd.core.raft import TRANSFER_IN_PROGRESS, TRANSIENT_REFUSALS, Config, ProposalDroppedError
-from raftd.core.rawnode import RawNode, Ready, Status
+from raftd.core.rawnode import PeerProgress, RawNode, Ready, Status
 from raftd.core.storage import MemoryStorage, Storage
 from raftd.core.types import (
     NONE,
@@ -40,6 +40,7 @@ __all__ = [
     "Message",
     "MessageType",
     "NodeId",
+    "PeerProgress",
     "ProposalDroppedError",
     "RawNode",
     "ReadState",

@@ -50,7 +50,7 @@ from raftd.core.types import (
     StateType,
 )
 
-__all__ = ["ProposalDroppedError", "RawNode", "Ready", "Status"]
+__all__ = ["PeerProgress", "ProposalDroppedError", "RawNode", "Ready", "Status"]
 
 
 @dataclass(slots=True)
@@ -71,6 +71,17 @@ class Ready:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerProgress:
+    """A leader's view of one member (see :class:`raftd.core.progress.Progress`)."""
+
+    match: int
+    next: int
+    state: str  # "PROBE", "REPLICATE" or "SNAPSHOT"
+    recent_active: bool
+    is_learner: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     """A snapshot of a node's state for observation (status output, tests)."""
 
@@ -84,7 +95,7 @@ class Status:
     is_learner: bool
     last_index: int
     conf_state: ConfState
-    progress: dict[NodeId, tuple[int, int, str]]  # id -> (match, next, state name)
+    progress: dict[NodeId, PeerProgress]  # leader only; empty otherwise
 
 
 class RawNode:
@@ -283,10 +294,6 @@ class RawNode:
     # -- observation -------------------------------------------------------------------------
     def status(self) -> Status:
         r = self.raft
-        prog: dict[NodeId, tuple[int, int, str]] = {}
-        if r.state == StateType.LEADER:
-            for pid, p in r.prs.items():
-                prog[pid] = (p.match, p.next, p.state.name)
         return Status(
             id=r.id,
             term=r.term,
@@ -298,8 +305,39 @@ class RawNode:
             is_learner=r.is_learner,
             last_index=r.log.last_index(),
             conf_state=r.conf_state(),
-            progress=prog,
+            progress=self.progress_view(),
         )
+
+    def progress_view(self) -> dict[NodeId, PeerProgress]:
+        """Each member's progress as this leader sees it (empty unless leader)."""
+        r = self.raft
+        if r.state != StateType.LEADER:
+            return {}
+        return {
+            pid: PeerProgress(p.match, p.next, p.state.name, p.recent_active, p.is_learner)
+            for pid, p in r.prs.items()
+        }
+
+    @property
+    def lead(self) -> NodeId:
+        """The leader this node knows (NONE if none)."""
+        return self.raft.lead
+
+    @property
+    def term(self) -> int:
+        return self.raft.term
+
+    @property
+    def state(self) -> StateType:
+        return self.raft.state
+
+    @property
+    def committed(self) -> int:
+        return self.raft.log.committed
+
+    def conf_state(self) -> ConfState:
+        """The membership this node currently uses."""
+        return self.raft.conf_state()
 
     def progress(self, node: NodeId) -> Progress | None:
         return self.raft.prs.get(node)

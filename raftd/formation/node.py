@@ -31,14 +31,14 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from raftd.core import NONE, ConfChange, ConfChangeType, ConfState, Message, NodeId
+from raftd.core import NONE, ConfChange, ConfChangeType, ConfState, Message, NodeId, PeerProgress
 from raftd.discovery.hub import DiscoveryHub
 from raftd.discovery.table import PeerTable
 from raftd.formation import wire
@@ -163,7 +163,7 @@ class _Health:
         self.since = now
         self.last.clear()
 
-    def observe(self, prs: dict[str, Any], now: float) -> None:
+    def observe(self, prs: Mapping[str, PeerProgress], now: float) -> None:
         for pid, pr in prs.items():
             # A member seen for the first time (just added) starts its clock now, not
             # when this node became leader.
@@ -1023,15 +1023,7 @@ class NamespaceFormation:
 
     def _transfer_candidate(self) -> str | None:
         node = self.group.node
-        if node is None:
-            return None
-        best: tuple[int, str] | None = None
-        for pid, pr in sorted(node.raft.prs.items()):
-            if pid == self.id or pr.is_learner:
-                continue
-            if best is None or pr.match > best[0]:
-                best = (pr.match, pid)
-        return best[1] if best else None
+        return node.most_caught_up_voter() if node is not None else None
 
     # -- the leader loop ----------------------------------------------------------------------
     def _membership_view(self) -> MembershipView:
@@ -1041,7 +1033,7 @@ class NamespaceFormation:
         now = self.now()
         cfg = self.cfg
         health: dict[str, PeerHealth] = {}
-        for pid, pr in node.raft.prs.items():
+        for pid, pr in node.progress_view().items():
             if pid == self.id:
                 continue
             silent = self._health.silent(pid, now)
@@ -1055,7 +1047,7 @@ class NamespaceFormation:
             leader=self.id,
             voters=tuple(g.conf.voters),
             learners=tuple(g.conf.learners),
-            commit=node.raft.log.committed,
+            commit=node.committed,
             health=health,
             cap=cfg.voter_cap,
         )
@@ -1079,7 +1071,7 @@ class NamespaceFormation:
                 await self._sleep_or_kick(self.cfg.tick_s)
                 continue
             assert g.node is not None
-            self._health.observe(g.node.raft.prs, self.now())
+            self._health.observe(g.node.progress_view(), self.now())
             try:
                 with trio.move_on_after(self.cfg.rpc_timeout_s):
                     did = await self._leader_step()
@@ -1114,9 +1106,9 @@ class NamespaceFormation:
         node = g.node
         assert node is not None
         if self.record is None:
-            if self._record_term == node.raft.term:
+            if self._record_term == node.term:
                 return False  # proposed this term already: wait for it to apply
-            self._record_term = node.raft.term
+            self._record_term = node.term
             rec = self._founding or new_record(self.id)
             log.info("%s: storing cluster record %s", self.ns, rec.id)
             await g.propose(record_command(rec))

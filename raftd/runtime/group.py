@@ -319,7 +319,7 @@ class Group:
             pre_vote=True,
         )
         node = RawNode(cfg)
-        self.conf = node.raft.conf_state()
+        self.conf = node.conf_state()
         self._snapshotter = Snapshotter(
             self.storage,
             self.sm,
@@ -605,7 +605,7 @@ class Group:
             kind, peer, ok = self._reports.popleft()
             if kind == "unreachable":
                 node.report_unreachable(peer)
-                if peer == node.raft.lead and node.raft.state == StateType.FOLLOWER:
+                if peer == node.lead and node.state == StateType.FOLLOWER:
                     node.report_leader_unreachable()
             elif kind == "snapshot":
                 node.report_snapshot(peer, ok)
@@ -618,7 +618,7 @@ class Group:
         if self._commands_due:
             self._propose_commands(node)
         if self._read_waiters:
-            if node.raft.lead == NONE:
+            if node.lead == NONE:
                 for w in self._read_waiters:
                     w.fail(NotLeader(NONE))
             else:
@@ -629,7 +629,7 @@ class Group:
 
     def _propose_all(self, node: RawNode) -> None:
         props, self._proposals = self._proposals, []
-        term = node.raft.term
+        term = node.term
         # Consecutive normal entries go in one batch; conf changes one at a time.
         i = 0
         while i < len(props):
@@ -671,7 +671,7 @@ class Group:
             # change or timeout (the proposals stay in the table).
             return
         now = self.clock()
-        lead = (node.raft.lead, node.raft.term)
+        lead = (node.lead, node.term)
         if lead[0] != self.id:
             self.stats.proposals_forwarded += len(props)
         for p in props:
@@ -683,7 +683,7 @@ class Group:
         """Once a tick: propose again what a leader change or an election timeout
         without an apply may have lost."""
         now = self.clock()
-        lead = (node.raft.lead, node.raft.term)
+        lead = (node.lead, node.term)
         # A leader's own append is in its log until a new term: only a forwarded
         # proposal can be lost silently (dropped on the way, refused in a transfer).
         forwarded = lead[0] != self.id
@@ -719,8 +719,8 @@ class Group:
     IGNORED_AFTER = 4
 
     def _drop_error(self, node: RawNode, exc: ProposalDroppedError) -> GroupError:
-        if node.raft.state != StateType.LEADER:
-            return NotLeader(node.raft.lead)
+        if node.state != StateType.LEADER:
+            return NotLeader(node.lead)
         return ProposalRejected(str(exc))
 
     def _send(self, msgs: list[Message]) -> None:
@@ -818,7 +818,7 @@ class Group:
                 await self._wake.wait()
                 continue
             now = self.clock()
-            if not handed_over and now >= stuck_at and node.raft.state == StateType.LEADER:
+            if not handed_over and now >= stuck_at and node.state == StateType.LEADER:
                 handed_over = True
                 target = node.most_caught_up_voter()
                 if target is not None:
@@ -996,7 +996,7 @@ class Group:
         # be ahead of the log right after a snapshot install, which is then the point).
         if self.sm.applied_index() > self.storage.last_index():
             return
-        meta = await s.take_async(now, node.raft.conf_state())
+        meta = await s.take_async(now, node.conf_state())
         self.stats.snapshots_taken += 1
         log.info("%s: snapshot at index %d (term %d)", self.namespace, meta.index, meta.term)
 
