@@ -187,6 +187,16 @@ class RawNode:
         """The result of sending a snapshot to ``node``."""
         self.raft.step(Message(MessageType.SNAP_STATUS, frm=node, reject=not ok))
 
+    def timeout_due(self) -> bool:
+        """Whether the next tick ends an election timeout: a follower or candidate would
+        campaign, a leader would check that a quorum was heard from. A runtime that was
+        held up should first read the messages queued meanwhile (a heartbeat waiting in
+        the socket is not silence)."""
+        r = self.raft
+        if r.state == StateType.LEADER:
+            return r.check_quorum and r.election_elapsed + 1 >= r.election_timeout
+        return r.promotable() and r.election_elapsed + 1 >= r.randomized_election_timeout
+
     # -- outputs -----------------------------------------------------------------------------
     def has_ready(self) -> bool:
         r = self.raft

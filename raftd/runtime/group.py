@@ -553,6 +553,11 @@ class Group:
         while True:
             if not self._has_input() and not node.has_ready():
                 await self._wake.wait()
+            if self._ticks and node.timeout_due():
+                # Before a timeout fires, let the transport read what is queued in the
+                # sockets: after a stall, the heartbeats are there, not missing.
+                for _ in range(self.READ_ROUNDS_BEFORE_TIMEOUT):
+                    await trio.lowlevel.checkpoint()
             self._wake = trio.Event()
             self._take_inputs(node)
             while node.has_ready():
@@ -709,6 +714,10 @@ class Group:
             err = ProposalsIgnored(lead[0])
             for w in self._commands.pop(k).waiters:
                 w.fail(err)
+
+    #: Scheduler rounds given to the transport's readers before an election timeout or
+    #: a check-quorum is counted (socket -> Noise/Yamux -> frame reader -> inbox).
+    READ_ROUNDS_BEFORE_TIMEOUT = 3
 
     #: Ticks counted at most per loop wake-up: a stall of this process (a slow disk, a
     #: starved CPU) must not turn into an election timeout of its own making.

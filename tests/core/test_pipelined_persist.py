@@ -119,3 +119,24 @@ def test_the_hand_over_target_is_the_most_caught_up_live_voter() -> None:
     # b holds everything, c lags (cut off), d was never heard from, e is a learner.
     assert a.most_caught_up_voter() == "b"
     assert net.node("b").most_caught_up_voter() is None  # only a leader knows
+
+
+def test_timeout_due_says_when_the_next_tick_ends_an_election_timeout() -> None:
+    net, _ = _leader_net()
+    b = net.node("b")
+    assert not b.timeout_due()
+    ticks = 0
+    while not b.timeout_due():
+        b.tick()
+        ticks += 1
+    assert b.state == StateType.FOLLOWER  # not yet
+    b.tick()
+    assert b.state != StateType.FOLLOWER  # this tick started the (pre-)campaign
+    assert ticks + 1 >= b.raft.election_timeout
+    # A leader: the tick that checks its quorum.
+    net, a = _leader_net()
+    while not a.timeout_due():
+        a.tick()
+        net.send()
+    assert a.state == StateType.LEADER
+    assert a.raft.election_elapsed + 1 == a.raft.election_timeout
