@@ -22,8 +22,9 @@ follower (the one not hit, for ``follower-disk`` through the leader, as the targ
 "a follower's slow disk slows nobody else"). raftd: raftd's blocking client on the
 follower's unix socket; etcd: HTTP/JSON to the member's client URL (``/v3/kv/put``,
 etcd's gRPC gateway, one keep-alive connection). Each request has a 2 s client-side
-deadline; a failed or timed-out put counts as an error and the writer retries at once
-with the next key. The writer runs ``pre`` s before the fault, during it and ``post`` s
+deadline (``--request-timeout``; for raftd it is also the deadline the daemon gets); a
+failed or timed-out put counts as an error and the writer retries at once with the next
+key. The writer runs ``pre`` s before the fault, during it and ``post`` s
 after. Printed per system and fault:
 
 - ``elections``: leader changes seen by a poller that asks every member for its
@@ -44,7 +45,10 @@ Usage::
     scripts/bench gray --systems raftd      # one system; --faults leader-disk,cpu-busy
     scripts/bench gray --overhead           # slowfs cost with no delay: put@1 plain vs slowfs
 
-Output: a table, one JSON line per system and fault (anchors' format: ``system``,
+Output: a table, lines saying whether the targets of the gray-failure work are met
+(leader slow disk: worst stall <= 1.0 s, at most one leader change, nothing lost;
+follower slow disk: p99 within 20% of the baseline's, no election; CPU faults: no
+election), one JSON line per system and fault (anchors' format: ``system``,
 ``op`` = ``gray-<fault>``, ``clients`` 1, ``ops_per_s``, ``p50_ms``, ``p99_ms``, ``ok``,
 ``errs``, plus the fields above), then a summary JSON line (``"op": "gray-summary"``).
 Needs root (FUSE mounts, cgroups); libfuse 2 is installed with apt if missing
@@ -820,13 +824,47 @@ def _row(r: FaultResult) -> str:
     )
 
 
+def targets(results: Sequence[FaultResult]) -> list[str]:
+    """The issue's targets, per system, as lines: the leader-disk stall (<= 1.0 s, at
+    most one leader change, nothing lost), the follower-disk p99 against the same run's
+    baseline (within 20%, no election) and no election under the CPU faults."""
+    out: list[str] = []
+    for system in dict.fromkeys(r.system for r in results):
+        by = {r.fault: r for r in results if r.system == system}
+        if (r := by.get("leader-disk")) is not None:
+            ok = r.worst_stall <= 1.0 and r.elections <= 1 and r.lost == 0
+            out.append(
+                f"{system}: leader slow disk: worst stall {r.worst_stall:.2f} s, "
+                f"{r.elections} leader change(s), {r.lost} lost (target <= 1.0 s, <= 1, 0): "
+                f"{'met' if ok else 'NOT met'}"
+            )
+        base, fol = by.get("baseline"), by.get("follower-disk")
+        if base is not None and fol is not None:
+            b99, f99 = base.ms(0.99), fol.ms(0.99)
+            if b99 and f99:
+                ok = f99 <= 1.2 * b99 and fol.elections == 0
+                out.append(
+                    f"{system}: follower slow disk: p99 {f99:.1f} ms vs baseline {b99:.1f} ms "
+                    f"(x{f99 / b99:.2f}), {fol.elections} election(s) (target <= x1.20, 0): "
+                    f"{'met' if ok else 'NOT met'}"
+                )
+        for f in ("cpu-busy", "cpu-quota"):
+            if (r := by.get(f)) is not None and not r.skipped:
+                out.append(
+                    f"{system}: {f}: {r.elections} election(s), worst stall "
+                    f"{r.worst_stall:.2f} s (target 0 elections): "
+                    f"{'met' if r.elections == 0 else 'NOT met'}"
+                )
+    return out
+
+
 def table(results: Sequence[FaultResult]) -> str:
     lines = [_HEAD, "-" * len(_HEAD)]
     lines += [_row(r) for r in results]
     for r in results:
         if r.skipped:
             lines.append(f"{r.system} {r.fault} skipped: {r.skipped}")
-    return "\n".join(lines)
+    return "\n".join(lines + targets(results))
 
 
 def run_gray(
@@ -949,6 +987,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--overhead", action="store_true", help="only measure slowfs's cost")
     ap.add_argument("--seconds", type=float, default=10.0, help="overhead: seconds per run")
     ap.add_argument("--rounds", type=int, default=2, help="overhead: plain/slowfs pairs")
+    ap.add_argument(
+        "--request-timeout",
+        type=float,
+        default=2.0,
+        help="writer: client-side deadline of each put, seconds (2)",
+    )
     ap.add_argument("--no-install", action="store_true", help="never apt-get install libfuse")
     ap.add_argument("--no-json", action="store_true")
     args = ap.parse_args(argv)
@@ -969,7 +1013,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(out))
         return 0
     cfg = GrayConfig.short() if args.short else GrayConfig()
-    cfg = dataclasses.replace(cfg, faults=args.faults)
+    cfg = dataclasses.replace(cfg, faults=args.faults, request_timeout=args.request_timeout)
     t0 = time.monotonic()
     results = run_gray(cfg, args.systems, log=lambda s: print(s, flush=True))
     print(table(results))

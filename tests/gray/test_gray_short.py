@@ -63,3 +63,5 @@ def test_gray_short_on_raftd() -> None:
     else:
         assert quota["skipped"], quota
     assert "system fault" in p.stdout and "stall s" in p.stdout, out
+    assert "raftd: leader slow disk: worst stall" in p.stdout, out
+    assert "raftd: follower slow disk: p99" in p.stdout, out
