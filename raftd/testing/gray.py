@@ -44,6 +44,10 @@ Usage::
     scripts/bench gray --short              # CI variant (~1 minute per system)
     scripts/bench gray --systems raftd      # one system; --faults leader-disk,cpu-busy
     scripts/bench gray --overhead           # slowfs cost with no delay: put@1 plain vs slowfs
+    scripts/bench gray --systems raftd --faults cpu-busy --busy-procs 12
+
+Knobs: ``--disk-delay``, ``--disk-for``, ``--busy-procs``, ``--busy-for``,
+``--quota-pct``, ``--quota-for``, ``--request-timeout`` (see ``--help``).
 
 Output: a table, lines saying whether the targets of the gray-failure work are met
 (leader slow disk: worst stall <= 1.0 s, at most one leader change, nothing lost;
@@ -993,6 +997,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=2.0,
         help="writer: client-side deadline of each put, seconds (2)",
     )
+    for name, kind, what in (
+        ("disk-delay", float, "seconds each fsync of the slowed node sleeps"),
+        ("disk-for", float, "seconds the slow disk lasts"),
+        ("busy-procs", int, "busy-loop processes of cpu-busy"),
+        ("busy-for", float, "seconds cpu-busy lasts"),
+        ("quota-pct", float, "cpu-quota: percent of one core left to the leader"),
+        ("quota-for", float, "seconds cpu-quota lasts"),
+    ):
+        ap.add_argument(f"--{name}", type=kind, default=None, help=f"{what} (overrides)")
     ap.add_argument("--no-install", action="store_true", help="never apt-get install libfuse")
     ap.add_argument("--no-json", action="store_true")
     args = ap.parse_args(argv)
@@ -1014,6 +1027,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     cfg = GrayConfig.short() if args.short else GrayConfig()
     cfg = dataclasses.replace(cfg, faults=args.faults, request_timeout=args.request_timeout)
+    for knob in ("disk_delay", "disk_for", "busy_procs", "busy_for", "quota_pct", "quota_for"):
+        if getattr(args, knob) is not None:
+            cfg = dataclasses.replace(cfg, **{knob: getattr(args, knob)})
     t0 = time.monotonic()
     results = run_gray(cfg, args.systems, log=lambda s: print(s, flush=True))
     print(table(results))
