@@ -901,15 +901,17 @@ def run_gray(
 
 def measure_overhead(seconds: float, rounds: int, log: Log = print) -> dict[str, object]:
     """put@1 through the leader (raftd, 3 daemons, ``local``) with the data dirs plain
-    and on slowfs without delay, alternating ``rounds`` times; medians."""
+    and on slowfs without delay, alternating ``rounds`` times; medians. Also the CPU
+    time per put of the daemons and of the slowfs servers (less sensitive to a loaded
+    machine than latencies)."""
     import statistics
 
     import trio
 
-    from raftd.testing.bench import run_load
+    from raftd.testing.bench import proc_cpu_s, run_load
     from raftd.testing.cluster import LocalCluster
 
-    figs: dict[str, list[tuple[float, float, float]]] = {"plain": [], "slowfs": []}
+    figs: dict[str, list[tuple[float, ...]]] = {"plain": [], "slowfs": []}
     for _ in range(rounds):
         for kind in ("plain", "slowfs"):
             base = Path(tempfile.mkdtemp(prefix="raftd-ovh-"))
@@ -925,6 +927,10 @@ def measure_overhead(seconds: float, rounds: int, log: Log = print) -> dict[str,
                     cluster.start(timeout=60.0)
                 lead = cluster.wait_leader()
                 sock = [str(lead.socket)]
+                fs_pids = [m.proc.pid for m in system.mounts if m.proc] if system else []
+                daemons = [n.pid for n in cluster.nodes if n.pid is not None]
+                fs0 = sum(proc_cpu_s(p) for p in fs_pids)
+                d0 = sum(proc_cpu_s(p) for p in daemons)
                 r = trio.run(
                     lambda s=sock: run_load(
                         s, "put", clients=1, conns=1, total=10**9, duration=seconds, preload=False
@@ -932,8 +938,14 @@ def measure_overhead(seconds: float, rounds: int, log: Log = print) -> dict[str,
                 )
                 p50, p99 = r.pct(0.5), r.pct(0.99)
                 ops = len(r.latencies) / r.elapsed
-                figs[kind].append((ops, p50 or 0.0, p99 or 0.0))
-                log(f"  {kind}: put@1 {ops:.0f} ops/s p50 {p50} ms p99 {p99} ms")
+                n_ok = max(1, len(r.latencies))
+                fs_us = (sum(proc_cpu_s(p) for p in fs_pids) - fs0) / n_ok * 1e6
+                d_us = (sum(proc_cpu_s(p) for p in daemons) - d0) / n_ok * 1e6
+                figs[kind].append((ops, p50 or 0.0, p99 or 0.0, d_us, fs_us))
+                log(
+                    f"  {kind}: put@1 {ops:.0f} ops/s p50 {p50} ms p99 {p99} ms; CPU per put: "
+                    f"daemons {d_us:.0f} us, slowfs {fs_us:.0f} us"
+                )
             finally:
                 if system is not None:
                     system.stop()
@@ -957,6 +969,9 @@ def measure_overhead(seconds: float, rounds: int, log: Log = print) -> dict[str,
         "plain_p50_ms": med["plain"][1],
         "plain_p99_ms": med["plain"][2],
         "throughput_ratio": round(med["slowfs"][0] / med["plain"][0], 3),
+        "cpu_us_per_put_daemons": round(med["slowfs"][3]),
+        "plain_cpu_us_per_put_daemons": round(med["plain"][3]),
+        "cpu_us_per_put_slowfs": round(med["slowfs"][4]),
         "rounds": rounds,
         "seconds": seconds,
     }
@@ -1020,7 +1035,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"slowfs overhead, put@1 via the leader: plain {out['plain_ops_per_s']} ops/s "
             f"p50 {out['plain_p50_ms']} ms p99 {out['plain_p99_ms']} ms; slowfs "
             f"{out['ops_per_s']} ops/s p50 {out['p50_ms']} ms p99 {out['p99_ms']} ms "
-            f"(throughput x{out['throughput_ratio']})"
+            f"(throughput x{out['throughput_ratio']}); CPU per put: daemons "
+            f"{out['plain_cpu_us_per_put_daemons']} us plain, {out['cpu_us_per_put_daemons']} us "
+            f"on slowfs, plus {out['cpu_us_per_put_slowfs']} us in the slowfs servers"
         )
         if not args.no_json:
             print(json.dumps(out))

@@ -186,6 +186,23 @@ def _make_ops(root: str, control: _Control) -> Any:
                 )
             }
 
+        # No extended attributes. ENOSYS (rather than fusepy's ENOTSUP) makes the kernel
+        # stop asking: otherwise every write() costs an extra GETXATTR round trip (the
+        # kernel checks ``security.capability`` before each write).
+        def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+            raise FuseOSError(errno.ENOSYS)
+
+        def listxattr(self, path: str) -> list[str]:
+            raise FuseOSError(errno.ENOSYS)
+
+        def setxattr(
+            self, path: str, name: str, value: bytes, options: int, position: int = 0
+        ) -> None:
+            raise FuseOSError(errno.ENOSYS)
+
+        def removexattr(self, path: str, name: str) -> None:
+            raise FuseOSError(errno.ENOSYS)
+
         # directories and names
         def readdir(self, path: str, fh: int) -> list[str]:
             return [".", "..", *os.listdir(self._p(path))]
