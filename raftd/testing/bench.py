@@ -19,6 +19,10 @@ running daemons given with ``--socket``, for the load ops) and measures one thin
   threshold, so it catches up by snapshot; ``snapshot_installed`` says if it did).
 - ``rss``: VmRSS of each idle daemon once startup has settled.
 
+``python -m raftd.testing.bench gray [--short]`` (``scripts/bench gray``): raftd and etcd
+side by side under gray failures (slow disk, CPU starvation); see
+:mod:`raftd.testing.gray`.
+
 ``python -m raftd.testing.bench all [--quick] [--no-anchors] [--profile DIR]``
 (``scripts/bench-all``) runs every measurement on 3 daemons, then the anchors of
 /work/shared/anchors (etcd 3 members, its failover, PySyncObj, the fsync floor) in the
@@ -1472,6 +1476,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["all"]:
         return main_all(argv[1:])
+    if argv[:1] == ["gray"]:
+        from raftd.testing.gray import main as main_gray
+
+        return main_gray(argv[1:])
     ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("op", choices=sorted(OPS) + list(OTHER_OPS))
     ap.add_argument("--clients", type=int, default=64, help="requests kept outstanding")

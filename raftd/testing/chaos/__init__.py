@@ -22,7 +22,9 @@ What a run does
    op, the harness waits 3 s at most. See :mod:`raftd.testing.chaos.workload`.
 3. **Nemesis.** One fault at a time, seeded: ``kill``, ``kill-leader``, ``pause``,
    ``partition-leader``, ``partition-half``, ``partition-bridge``, ``kill-all``,
-   ``membership``, ``transfer``, ``snapshot`` (``--nemesis``; all by default). Quiet
+   ``membership``, ``transfer``, ``snapshot``, ``slow-disk`` (``--nemesis``; all by
+   default; ``slow-disk`` puts every data dir on a slowfs FUSE mount and is left out,
+   with a note, when FUSE cannot be used here). Quiet
    1-2.5 s, then the fault held 2-5 s (``--quiet-time``, ``--hold``), then healed, then a
    wait (30 s at most) for the cluster to recover before the next quiet period. See
    :mod:`raftd.testing.chaos.nemesis`; partitions are described in

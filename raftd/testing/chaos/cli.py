@@ -116,6 +116,15 @@ def run_campaign(
     out.mkdir(parents=True, exist_ok=True)
     if encrypt:
         cfg = dataclasses.replace(cfg, key_file=write_key_file(out / "cluster.key"))
+    if "slow-disk" in cfg.nemeses:
+        from raftd.testing.slowfs import fuse_unavailable
+
+        why = fuse_unavailable()
+        if why is not None:
+            say(f"slow-disk nemesis left out: {why}")
+            cfg = dataclasses.replace(
+                cfg, nemeses=tuple(k for k in cfg.nemeses if k != "slow-disk")
+            )
     picker = KindPicker(cfg.nemeses or KINDS)
     camp = CampaignResult(seed=seed, out=out)
     for i in range(runs):
@@ -210,6 +219,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if reason is not None:
         print(f"chaos: {reason}", file=sys.stderr)
         return 2
+    if "slow-disk" in args.nemesis and args.nemesis != KINDS:
+        from raftd.testing.slowfs import fuse_unavailable
+
+        why = fuse_unavailable()
+        if why is not None:
+            print(f"chaos: --nemesis slow-disk needs FUSE: {why}", file=sys.stderr)
+            return 2
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     out = args.out or Path("runs") / f"chaos-{time.strftime('%Y%m%d-%H%M%S')}"
     timing = NemesisTiming()

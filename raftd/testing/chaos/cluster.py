@@ -16,6 +16,10 @@ socket (a file: reachable from any network namespace). Every call is bounded (se
 Faults it can inject (the nemesis decides when):
 
 * processes: ``kill -9`` + restart, ``SIGSTOP``/``SIGCONT`` (:meth:`ChaosNode.kill` ...);
+* a slow disk: with ``slow_disk=True`` every data directory is a slowfs mount
+  (:mod:`raftd.testing.slowfs`, backing files in ``<run>/data/slowfs/<node>``, its log in
+  ``<run>/logs/<node>.slowfs.log``), and ``node.mount.delay(...)`` delays that node's
+  fsyncs;
 * isolation of a host: its veth set down (:meth:`Host.link_down`), a pulled cable;
 * arbitrary, also partial, partitions: a ``blackhole`` route to each peer it must not
   reach, added inside *both* hosts' namespaces (:meth:`ChaosCluster.block`). Established
@@ -44,6 +48,7 @@ from raftd.client import Client, DeadlineExceeded, GroupStatus, Member, RaftdErr
 from raftd.client import _proto as P
 from raftd.testing.cluster import make_identity
 from raftd.testing.netns import Host, NetnsError, Topology, _ip
+from raftd.testing.slowfs import SlowMount
 from raftd.wire.pb import api_pb2 as apb
 
 __all__ = ["Api", "ChaosCluster", "ChaosNode", "bounded_call"]
@@ -127,6 +132,21 @@ class ChaosNode:
         self.proc: subprocess.Popen[bytes] | None = None
         self.paused = False
         self.starts = 0
+        #: The slowfs mount serving ``data_dir`` (``slow_disk`` clusters), else None.
+        self.mount: SlowMount | None = None
+
+    def mount_slowfs(self) -> None:
+        """Serve ``data_dir`` from a slowfs mount (before the first start): the files
+        made so far (the identity) move to the backing directory."""
+        backing = self.cluster.data_root / "slowfs" / self.name
+        backing.parent.mkdir(parents=True, exist_ok=True)
+        if not backing.exists():
+            os.rename(self.data_dir, backing)
+            self.data_dir.mkdir()
+        self.mount = SlowMount(
+            self.data_dir, backing, log=self.cluster.log_dir / f"{self.name}.slowfs.log"
+        )
+        self.mount.start()
 
     @property
     def ip(self) -> str:
@@ -274,10 +294,12 @@ class ChaosCluster:
         preset: str = "chaos",
         key_file: Path | None = None,
         python: str = sys.executable,
+        slow_disk: bool = False,
     ) -> None:
         if n < 1:
             raise ValueError("at least one node")
         self.n = n
+        self.slow_disk = slow_disk
         self.run_dir = run_dir
         self.data_root = run_dir / "data"
         self.log_dir = run_dir / "logs"
@@ -316,6 +338,11 @@ class ChaosCluster:
         :meth:`wait_stable`)."""
         self.topology.start()
         self.nodes = [ChaosNode(self, i, h) for i, h in enumerate(self.topology.hosts)]
+        if self.slow_disk:
+            # Mounted before any daemon starts: ``ip netns exec`` gives each daemon a
+            # copy of the mount table as it is then.
+            for node in self.nodes:
+                node.mount_slowfs()
         for node in self.nodes:
             node.start()
 
@@ -324,6 +351,9 @@ class ChaosCluster:
         for node in self.nodes:
             with contextlib.suppress(Exception):
                 node.kill()
+        for node in self.nodes:
+            if node.mount is not None:
+                node.mount.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         try:
             self.topology.close()
@@ -448,8 +478,12 @@ class ChaosCluster:
             node.host.link_up()
 
     def heal(self) -> None:
-        """Undo every fault: network healed, paused nodes continued, dead nodes started."""
+        """Undo every fault: network healed, disks fast, paused nodes continued, dead
+        nodes started."""
         self.heal_network()
+        for node in self.nodes:
+            if node.mount is not None:
+                node.mount.clear()
         for node in self.nodes:
             node.resume()
         for node in self.nodes:

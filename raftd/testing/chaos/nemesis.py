@@ -29,6 +29,11 @@ Kinds:
                     leader is removed directly (the daemon then hands leadership over
                     itself before the removal).
 ``transfer``        leadership transfer to a random other voter (``transfer_leader``).
+``slow-disk``       every fsync/fdatasync of one node's data dir sleeps 0.5-2 s first
+                    (``timing.disk_delay``) for the hold time: the leader half of the
+                    time, else a random follower. Needs the data dirs on slowfs (the
+                    runner mounts them when this kind is enabled; see
+                    :mod:`raftd.testing.slowfs`).
 ``snapshot``        a follower is killed until the leader has applied more entries than the
                     preset's snapshot + compaction thresholds (the ``chaos`` preset: 200 +
                     50), then restarted: it can only catch up by a snapshot install.
@@ -64,6 +69,7 @@ KINDS: tuple[str, ...] = (
     "membership",
     "transfer",
     "snapshot",
+    "slow-disk",
 )
 
 
@@ -75,6 +81,8 @@ class NemesisTiming:
     hold: tuple[float, float] = (2.0, 5.0)
     kill_all_hold: tuple[float, float] = (0.5, 2.0)
     snapshot_max_hold: float = 15.0
+    disk_delay: tuple[float, float] = (0.5, 2.0)
+    """slow-disk: seconds each fsync of the slowed node sleeps (chosen per fault)."""
     admin_timeout: float = 5.0
     recovery: float = 30.0
     """At most this long is waited for recovery after each fault, before the quiet time."""
@@ -282,6 +290,8 @@ class Nemesis:
             self._transfer()
         elif kind == "snapshot":
             self._snapshot()
+        elif kind == "slow-disk":
+            self._slow_disk()
         else:
             raise ValueError(kind)
 
@@ -385,6 +395,32 @@ class Nemesis:
         finally:
             node.start()
             self.event(kind, "heal", node=node.name, leader_applied=now)
+
+    def _slow_disk(self) -> None:
+        c = self.cluster
+        kind = "slow-disk"
+        lead, known = self._leader()
+        node = lead
+        if self.rng.random() >= 0.5:
+            node = self.rng.choice([n for n in c.nodes if n is not lead] or [lead])
+        delay = round(self.rng.uniform(*self.timing.disk_delay), 3)
+        hold = self.rng.uniform(*self.timing.hold)
+        mount = node.mount
+        if mount is None:
+            self.event(kind, "skip", reason="data dirs are not on slowfs")
+            return
+        before = mount.delayed_calls()
+        self.event(kind, "start", node=node.name, leader=known and node is lead, delay_s=delay)
+        node.note(f"slow disk: every fsync delayed {delay}s")
+        # Armed for longer than the hold: the heal below disarms it, also when the
+        # nemesis is stopped early.
+        mount.delay(delay, hold + 600.0)
+        try:
+            self._stop.wait(hold)
+        finally:
+            mount.clear()
+            node.note("disk fast again")
+            self.event(kind, "heal", node=node.name, delayed=mount.delayed_calls() - before)
 
     def _applied(self, node: ChaosNode) -> int | None:
         try:

@@ -129,7 +129,13 @@ def run_once(
     nemesis: Nemesis | None = None
     final: dict[str, Value] | None = None
     load_start = load_end = 0.0
-    with ChaosCluster(cfg.nodes, run_dir, preset=cfg.preset, key_file=cfg.key_file) as cluster:
+    with ChaosCluster(
+        cfg.nodes,
+        run_dir,
+        preset=cfg.preset,
+        key_file=cfg.key_file,
+        slow_disk="slow-disk" in cfg.nemeses,
+    ) as cluster:
         try:
             lead, _ = cluster.wait_stable(cfg.start_timeout)
         except TimeoutError as exc:
