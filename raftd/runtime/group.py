@@ -238,6 +238,7 @@ class Group:
         self.rng = rng or random.Random()
         self.clock = clock
         self.stats = GroupStats()
+        self._loop_lag = 0.0
         transport.on_message = self._on_message
         transport.on_unreachable = self._on_unreachable
         transport.on_snapshot = self._on_snapshot
@@ -540,9 +541,11 @@ class Group:
         nxt = trio.current_time() + interval
         while True:
             await trio.sleep_until(nxt)
-            nxt += interval
             now = trio.current_time()
-            if nxt < now:  # we fell behind (a long fsync): don't burst ticks
+            # How late this wake-up came: the event loop's own lag (CPU starvation).
+            self._loop_lag = now - nxt
+            nxt += interval
+            if nxt < now:  # we fell behind: don't burst ticks
                 nxt = now + interval
             self._ticks += 1
             self._wake.set()
@@ -800,8 +803,9 @@ class Group:
         heartbeats (:meth:`RawNode.take_early_messages`), so two healthy followers keep
         committing. Acknowledgements and votes still wait for their own persist. A
         leader whose persist is still outstanding after ``STUCK_PERSIST_FRACTION`` of an
-        election timeout hands leadership to the most caught-up voter (one with a slow
-        disk of its own lags in acknowledgements, so it is not picked)."""
+        election timeout, while its own event loop keeps time (so the disk is slow, not
+        the CPU), hands leadership to the most caught-up voter (one with a slow disk of
+        its own lags in acknowledgements, so it is not picked)."""
         box: list[outcome.Outcome[None]] = []
         landed = trio.Event()
 
@@ -827,7 +831,10 @@ class Group:
                 await self._wake.wait()
                 continue
             now = self.clock()
-            if not handed_over and now >= stuck_at and node.state == StateType.LEADER:
+            # The disk, not the CPU: a starved process (its ticks late too) keeps its
+            # leadership; handing it over would only add an election.
+            disk_stuck = now >= stuck_at and self._loop_lag < self.preset.tick_s / 2
+            if not handed_over and disk_stuck and node.state == StateType.LEADER:
                 handed_over = True
                 target = node.most_caught_up_voter()
                 if target is not None:
