@@ -238,7 +238,7 @@ class Group:
         self.rng = rng or random.Random()
         self.clock = clock
         self.stats = GroupStats()
-        self._loop_lag = 0.0
+        self._ticks_total = 0
         transport.on_message = self._on_message
         transport.on_unreachable = self._on_unreachable
         transport.on_snapshot = self._on_snapshot
@@ -541,13 +541,12 @@ class Group:
         nxt = trio.current_time() + interval
         while True:
             await trio.sleep_until(nxt)
-            now = trio.current_time()
-            # How late this wake-up came: the event loop's own lag (CPU starvation).
-            self._loop_lag = now - nxt
             nxt += interval
-            if nxt < now:  # we fell behind: don't burst ticks
+            now = trio.current_time()
+            if nxt < now:  # we fell behind (a starved CPU): don't burst ticks
                 nxt = now + interval
             self._ticks += 1
+            self._ticks_total += 1
             self._wake.set()
 
     async def _loop(self) -> None:
@@ -816,6 +815,7 @@ class Group:
 
         self.storage.save_submit(rd.hard_state, rd.entries, done)
         since = self.clock()
+        ticks0 = self._ticks_total
         stuck_at = since + self.preset.election_s * self.STUCK_PERSIST_FRACTION
         # A normal fsync: inputs wait and are batched after it, as without a writer.
         with trio.move_on_after(self.preset.tick_s):
@@ -831,9 +831,12 @@ class Group:
                 await self._wake.wait()
                 continue
             now = self.clock()
-            # The disk, not the CPU: a starved process (its ticks late too) keeps its
+            # The disk, not the CPU: only while the ticker kept time during the wait. A
+            # starved or throttled process (its ticks late or skipped too) keeps its
             # leadership; handing it over would only add an election.
-            disk_stuck = now >= stuck_at and self._loop_lag < self.preset.tick_s / 2
+            expected = (now - since) / self.preset.tick_s
+            kept_time = self._ticks_total - ticks0 >= 0.8 * expected - 1
+            disk_stuck = now >= stuck_at and kept_time
             if not handed_over and disk_stuck and node.state == StateType.LEADER:
                 handed_over = True
                 target = node.most_caught_up_voter()
