@@ -80,6 +80,16 @@ def _given(ctx: click.Context, names: list[str]) -> dict[str, Any]:
 @click.option("--log-format", "log_format", type=click.Choice(["text", "json"]))
 @click.option("--log-level", "log_level")
 @click.option("--leave-on-shutdown", "leave_on_shutdown", is_flag=True, default=None)
+@click.option("--etcd-listen", "etcd_listen", help="HOST:PORT of the etcd v3 API (off).")
+@click.option("--etcd-namespace", "etcd_namespace", help="Namespace the etcd API serves.")
+@click.option("--etcd-cert-file", "etcd_cert_file", type=click.Path(path_type=Path))
+@click.option("--etcd-key-file", "etcd_key_file", type=click.Path(path_type=Path))
+@click.option(
+    "--etcd-trusted-ca-file",
+    "etcd_trusted_ca_file",
+    type=click.Path(path_type=Path),
+    help="Require etcd client certificates signed by this CA.",
+)
 @click.pass_context
 def run(ctx: click.Context, /, config_file: Path | None, discovery: str | None, **_: Any) -> None:
     """Run the daemon in the foreground."""

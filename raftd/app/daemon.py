@@ -155,6 +155,10 @@ class Daemon:
 
             await nursery.start(serve_api, self)
             # --- end issue #5 ---
+            if cfg.etcd_listen is not None:
+                from raftd.app.etcd import serve_etcd
+
+                await nursery.start(serve_etcd, self)
             # --- issue #8 (ops): /healthz, /readyz, /metrics when --metrics is set ---
             if cfg.metrics:
                 from raftd.ops.server import serve_ops
