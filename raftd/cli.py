@@ -1035,6 +1035,7 @@ def dev_cmd(base_dir: Path | None, nodes: int, preset: str, namespaces: tuple[st
         preset=preset,
         namespaces=list(namespaces) or ["/raft/default"],
         keep=base_dir is not None,
+        etcd=True,
     )
     code = EXIT_OK
     try:
@@ -1044,12 +1045,15 @@ def dev_cmd(base_dir: Path | None, nodes: int, preset: str, namespaces: tuple[st
         for n in cluster.nodes:
             role = "leader" if n is leader else "follower"
             click.echo(f"  {n.name} ({role})  socket {n.socket}  peer {n.addr}  log {n.log_path}")
+            click.echo(f"      etcd endpoint {n.etcd_endpoint}")
         first = cluster.nodes[0].socket
         _dev_demo(cluster, leader)
         click.echo("\ntry:")
         click.echo(f"  raftd put --socket {first} hello world")
         click.echo(f"  raftd get --socket {first} hello")
         click.echo(f"  export RAFTD_SOCKET={first}; raftd status")
+        endpoints = ",".join(cluster.etcd_endpoints())
+        click.echo(f"  ETCDCTL_API=3 etcdctl --endpoints {endpoints} member list")
         click.echo("\nCtrl-C stops the cluster and removes its data.")
         sys.stdout.flush()
         while not stop.wait(0.5):
