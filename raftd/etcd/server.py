@@ -11,7 +11,9 @@ Plumbing. :class:`EtcdGrpcServer` runs an asyncio loop in a daemon thread with a
 the method table below names each path, e.g. ``/etcdserverpb.KV/Range``, with its
 message types from ``raftd.wire.pb.etcd``). A call crosses into trio with
 ``TrioToken.run_sync_soon``, which spawns the handler in a nursery owned by the server;
-the answer comes back with ``loop.call_soon_threadsafe``. Streams carry requests into a
+the answer comes back with ``loop.call_soon_threadsafe``. Both directions batch: calls
+posted while the other loop has not yet run the previous batch join it (one wake-up per
+batch under load). Streams carry requests into a
 trio memory channel and responses into an asyncio queue, with a bounded number of
 responses in flight (a slow client slows its watch, not the daemon). A client that goes
 away (or a gRPC deadline that passes) cancels the trio task. Shutdown (cancelling
@@ -91,11 +93,44 @@ def _server_stream_methods(s: EtcdService) -> dict[str, tuple[Streaming, Any]]:
     return {"/etcdserverpb.Maintenance/Snapshot": (s.snapshot, epb.SnapshotRequest)}
 
 
-class _Stream:
-    """One streaming call's state on both sides of the bridge."""
+class _Mailbox:
+    """Calls handed from one thread to another loop, delivered in batches: under load
+    the receiving loop wakes once per batch, not once per call."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self, schedule: Callable[[Callable[[], None]], object]) -> None:
+        self._schedule = schedule
+        self._lock = threading.Lock()
+        self._items: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+
+    def post(self, fn: Callable[..., None], *args: Any) -> None:
+        """Have ``fn(*args)`` called on the receiving loop. Raises what the scheduling
+        function raises when that loop has ended."""
+        with self._lock:
+            first = not self._items
+            self._items.append((fn, args))
+        if first:
+            try:
+                self._schedule(self._run)
+            except BaseException:
+                with self._lock:
+                    self._items.clear()
+                raise
+
+    def _run(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for fn, args in items:
+            try:
+                fn(*args)
+            except Exception:  # pragma: no cover - the callbacks do not raise
+                log.exception("etcd bridge callback failed")
+
+
+class _Stream:
+    """One call's state on both sides of the bridge."""
+
+    def __init__(self, to_loop: _Mailbox) -> None:
+        self.to_loop = to_loop
         self.out: asyncio.Queue[Any] = asyncio.Queue()
         self.scope: trio.CancelScope | None = None
         self.cancelled = False
@@ -130,7 +165,7 @@ class _Stream:
     def put(self, item: Any) -> None:
         # RuntimeError: the gRPC loop is closed, nobody is listening any more.
         with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+            self.to_loop.post(self.out.put_nowait, item)
 
     async def send(self, msg: Any) -> None:
         assert self.credits is not None
@@ -159,6 +194,8 @@ class EtcdGrpcServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
+        self._to_trio: _Mailbox | None = None
+        self._to_loop: _Mailbox | None = None
 
     @property
     def target(self) -> str:
@@ -168,6 +205,7 @@ class EtcdGrpcServer:
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the gRPC thread, serve until cancelled, then stop it (bounded)."""
         self._token = trio.lowlevel.current_trio_token()
+        self._to_trio = _Mailbox(self._token.run_sync_soon)
         started: concurrent.futures.Future[int] = concurrent.futures.Future()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -218,6 +256,7 @@ class EtcdGrpcServer:
 
     async def _serve(self, started: concurrent.futures.Future[int]) -> None:
         self._loop = asyncio.get_running_loop()
+        self._to_loop = _Mailbox(self._loop.call_soon_threadsafe)
         self._stop = asyncio.Event()
         server = grpc.aio.server(
             options=[
@@ -280,24 +319,27 @@ class EtcdGrpcServer:
         assert self._nursery is not None
         self._nursery.start_soon(fn, *args)
 
-    def _to_trio(self, fn: Callable[..., Awaitable[None]], *args: Any) -> bool:
-        assert self._token is not None
+    def _start_in_trio(self, fn: Callable[..., Awaitable[None]], *args: Any) -> bool:
+        """Start ``fn(*args)`` in the server's trio nursery; False if trio has ended."""
+        assert self._to_trio is not None
         try:
-            self._token.run_sync_soon(self._spawn, fn, *args)
+            self._to_trio.post(self._spawn, fn, *args)
             return True
         except trio.RunFinishedError:
             return False
 
     def _call_trio(self, fn: Callable[..., None], *args: Any) -> None:
-        assert self._token is not None
+        assert self._to_trio is not None
         with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(fn, *args)
+            self._to_trio.post(fn, *args)
 
     def _unary_handler(self, fn: Unary) -> Callable[[Any, Any], Awaitable[Any]]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
             loop = asyncio.get_running_loop()
             fut: asyncio.Future[tuple[bool, Any]] = loop.create_future()
-            st = _Stream(loop)
+            assert self._to_loop is not None
+            to_loop = self._to_loop
+            st = _Stream(to_loop)
             remaining = context.time_remaining()
             timeout = DEFAULT_TIMEOUT_S if remaining is None else max(0.0, remaining)
 
@@ -309,7 +351,7 @@ class EtcdGrpcServer:
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(resolve)
 
-            if not self._to_trio(_run_unary, fn, request, timeout, deliver, st):
+            if not self._start_in_trio(_run_unary, fn, request, timeout, deliver, st):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "etcdserver: server stopped")
             try:
                 ok, value = await fut
@@ -324,9 +366,9 @@ class EtcdGrpcServer:
 
     def _stream_handler(self, fn: Streaming) -> Callable[[Any, Any], Awaitable[None]]:
         async def handler(request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
-            loop = asyncio.get_running_loop()
-            st = _Stream(loop)
-            if not self._to_trio(_run_stream, fn, st):
+            assert self._to_loop is not None
+            st = _Stream(self._to_loop)
+            if not self._start_in_trio(_run_stream, fn, st):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "etcdserver: server stopped")
 
             async def pump() -> None:
@@ -347,15 +389,15 @@ class EtcdGrpcServer:
 
     def _server_stream_handler(self, fn: Streaming) -> Callable[[Any, Any], Awaitable[None]]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> None:
-            loop = asyncio.get_running_loop()
-            st = _Stream(loop)
+            assert self._to_loop is not None
+            st = _Stream(self._to_loop)
 
             async def single(requests: trio.MemoryReceiveChannel[Any], send: Any) -> None:
                 async for req in requests:
                     await fn(req, send)
                     return
 
-            if not self._to_trio(_run_stream, single, st):
+            if not self._start_in_trio(_run_stream, single, st):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "etcdserver: server stopped")
             self._call_trio(st.feed, request)
             self._call_trio(st.close_input)
