@@ -23,8 +23,10 @@ Every call raises :class:`raftd.etcd.errors.EtcdError` for what the client must 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import os
+import urllib.parse
 import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -512,6 +514,7 @@ class EtcdService:
         peers: set[str] = set()
         addrs: list[str] = []
         for url in req.peerURLs:
+            url = peer_url_to_multiaddr(url)
             head, sep, pid = url.rpartition("/p2p/")
             if not url.startswith("/") or not sep or not pid or "/" in pid:
                 raise errors.MEMBER_BAD_URLS
@@ -689,3 +692,27 @@ def _bounds(key: bytes, range_end: bytes) -> tuple[bytes, bytes | None]:
     if range_end == b"\x00":
         return key, None
     return key, range_end
+
+
+def peer_url_to_multiaddr(url: str) -> str:
+    """A MemberAdd peer URL as a multiaddr. Multiaddrs pass through; etcdctl only lets
+    ``http(s)://HOST:PORT`` URLs through, so ``http://HOST:PORT?p2p=<peer id>`` stands
+    for ``/ip4|ip6|dns/HOST/tcp/PORT/p2p/<peer id>``. Anything else is returned as is
+    (and refused by the caller)."""
+    if url.startswith("/"):
+        return url
+    parts = urllib.parse.urlsplit(url)
+    pid = urllib.parse.parse_qs(parts.query).get("p2p", [""])[0]
+    if parts.scheme not in ("http", "https") or not pid or parts.path not in ("", "/"):
+        return url
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return url
+    if not host or port is None:
+        return url
+    try:
+        proto = "ip6" if ipaddress.ip_address(host).version == 6 else "ip4"
+    except ValueError:
+        proto = "dns"
+    return f"/{proto}/{host}/tcp/{port}/p2p/{pid}"

@@ -359,6 +359,53 @@ def test_errors_and_auth(follower: Node) -> None:
     assert "etcdserver: authentication is not enabled" in p.stderr
 
 
+def test_member_add_promote_remove_move_leader(etcd_cluster: LocalCluster, follower: Node) -> None:
+    c = ctl(follower)
+    n4 = etcd_cluster.add_node()  # empty, waits to be added
+    try:
+        # etcdctl only lets http(s)://HOST:PORT through: the peer id rides in ?p2p=.
+        url = f"http://127.0.0.1:{n4.port}?p2p={n4.peer_id}"
+        out = c.out("member", "add", "n4", "--learner", f"--peer-urls={url}")
+        assert "added to cluster" in out
+        m = next(m for m in c.json("member", "list")["members"] if m["name"] == n4.peer_id)
+        assert m["isLearner"] and m["peerURLs"] == [n4.addr]
+        mid = format(m["ID"], "x")
+        wait_until(
+            lambda: ctl(n4).run("get", "t17/x", "--consistency=s", check=False).returncode == 0,
+            30,
+            what="the learner serving",
+        )
+        assert "promoted" in c.out("member", "promote", mid)
+        m = next(m for m in c.json("member", "list")["members"] if m["name"] == n4.peer_id)
+        assert not m.get("isLearner", False)
+        err = c.fails("member", "promote", mid)
+        assert "etcdserver: can only promote a learner member" in err
+        assert "removed from cluster" in c.out("member", "remove", mid)
+        names = [m["name"] for m in c.json("member", "list")["members"]]
+        assert sorted(names) == sorted(n.peer_id for n in etcd_cluster.nodes[:3])
+        assert "etcdserver: member not found" in c.fails("member", "remove", mid)
+        assert "member URLs are invalid" in c.fails(
+            "member", "add", "x", "--peer-urls=http://10.0.0.1:2380"
+        )
+    finally:
+        n4.terminate()
+        etcd_cluster.nodes.remove(n4)
+    # move-leader needs the leader's endpoint among the given ones (etcdctl checks).
+    everyone = Etcdctl(etcdctl_path(), etcd_cluster.etcd_endpoints())
+    lead = etcd_cluster.wait_leader()
+    target = next(n for n in etcd_cluster.nodes if n is not lead)
+    tid = format(
+        next(
+            m["ID"]
+            for m in everyone.json("member", "list")["members"]
+            if m["name"] == target.peer_id
+        ),
+        "x",
+    )
+    assert "Leadership transferred" in everyone.out("move-leader", tid)
+    assert etcd_cluster.wait_leader() is target
+
+
 def test_watch_survives_leader_kill(etcd_cluster: LocalCluster, procs: list[Lines]) -> None:
     """Kill the leader during a watch pointed at every endpoint: the watch continues on
     another node from the right revision, no event lost or repeated."""
