@@ -93,6 +93,7 @@ class Etcdctl:
             stderr=subprocess.PIPE,
             text=True,
             env=self.env(),
+            start_new_session=True,  # its own process group: stop() ends its children too
         )
 
 

@@ -6,8 +6,12 @@ The tests share one cluster; each uses its own keys. The last test kills the lea
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,11 +54,14 @@ class Lines:
         return list(self.lines)
 
     def stop(self) -> str:
-        self.proc.terminate()
+        """End the process and its children (a lock's command holds the pipe too)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             _, err = self.proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             _, err = self.proc.communicate(timeout=10)
         return err
 
@@ -404,6 +411,44 @@ def test_member_add_promote_remove_move_leader(etcd_cluster: LocalCluster, follo
     )
     assert "Leadership transferred" in everyone.out("move-leader", tid)
     assert etcd_cluster.wait_leader() is target
+
+
+def test_lock_passes_on_when_the_holders_node_dies(
+    etcd_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The lock holder's only node is killed (its keep-alives stop): a waiter on another
+    node gets the lock once the session lease expires, not before."""
+    ttl = 3
+    lead = etcd_cluster.wait_leader()
+    holder_node, waiter_node = (n for n in etcd_cluster.nodes if n is not lead)
+    holder = Lines(
+        ctl(holder_node).popen(
+            "lock", f"--ttl={ttl}", "t18/lock", "--", "sh", "-c", "echo held; sleep 120"
+        )
+    )
+    try:
+        holder.wait_for(1, 20)
+        got = tmp_path / "got"
+        waiter = ctl(waiter_node).popen(
+            "lock", f"--ttl={ttl}", "t18/lock", "--", "sh", "-c", f"date +%s.%N > {got}"
+        )
+        # The waiter is queued once its own key is under the lock's prefix.
+        wait_until(
+            lambda: len(ctl(lead).out("get", "--prefix", "t18/lock/", "--keys-only").split()) == 2,
+            15,
+            what="the waiter queued",
+        )
+        assert not got.exists()
+        killed_at = time.time()
+        holder_node.kill()
+        assert waiter.wait(30) == 0
+        # The last keep-alive was at most ttl/3 before the kill: the lease cannot have
+        # expired sooner than 2/3 of the TTL after it.
+        assert float(got.read_text()) >= killed_at + 2 * ttl / 3 - 0.05
+    finally:
+        holder.stop()
+        holder_node.start()
+        etcd_cluster.wait_leader()
 
 
 def test_watch_survives_leader_kill(etcd_cluster: LocalCluster, procs: list[Lines]) -> None:
