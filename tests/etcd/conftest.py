@@ -1,8 +1,9 @@
 """Fixtures for the etcd v3 API tests: real ``raftd run`` processes serving
 ``--etcd-listen``, driven by the real ``etcdctl`` (Debian's etcd-client, 3.4).
 
-Without etcdctl the tests that need it skip, saying so; under
-``RAFTD_REQUIRE_ETCDCTL=1`` (CI) they fail instead.
+Without etcdctl (or without PyPI to install the Python etcd client into a virtualenv of
+its own) the tests that need it skip, saying so; under ``RAFTD_REQUIRE_ETCD_CLIENTS=1``
+(CI) they fail instead.
 """
 
 from __future__ import annotations
@@ -12,24 +13,60 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from raftd.testing.cluster import LocalCluster
 
-REQUIRE_ENV = "RAFTD_REQUIRE_ETCDCTL"
+REQUIRE_ENV = "RAFTD_REQUIRE_ETCD_CLIENTS"
+#: The PyPI etcd client tested, and what it needs (it predates protobuf 4 and tenacity 7).
+ETCD3_PINS = ("etcd3==0.12.0", "protobuf<4", "tenacity<7")
+
+
+def _unavailable(msg: str) -> None:
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{msg}; {REQUIRE_ENV}=1 requires it")
+    pytest.skip(msg)
+
+
+def etcd3_python() -> str:
+    """A Python with the PyPI ``etcd3`` client, in a virtualenv of its own (built once
+    under ~/.cache/raftd), or skip (fail under RAFTD_REQUIRE_ETCD_CLIENTS=1)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "raftd"
+    venv = base / (
+        "etcd3-venv-" + "-".join(p.replace("=", "").replace("<", "lt") for p in ETCD3_PINS)
+    )
+    python = venv / "bin" / "python"
+    marker = venv / ".complete"
+    if not marker.exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+            p = subprocess.run(
+                [str(python), "-m", "pip", "install", "-q", *ETCD3_PINS],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+        except (subprocess.SubprocessError, OSError) as exc:
+            _unavailable(f"cannot build the etcd3 virtualenv: {exc}")
+        if p.returncode != 0:
+            _unavailable(f"pip install {' '.join(ETCD3_PINS)} failed: {p.stderr[-500:]}")
+        marker.write_text("ok\n")
+    return str(python)
 
 
 def etcdctl_path() -> str:
     """The etcdctl binary, or skip (fail under RAFTD_REQUIRE_ETCDCTL=1)."""
     path = shutil.which("etcdctl")
     if path is None:
-        msg = "etcdctl not found: apt-get install etcd-client (needed for the etcd API tests)"
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{msg}; {REQUIRE_ENV}=1 requires it")
-        pytest.skip(msg)
+        _unavailable("etcdctl not found: apt-get install etcd-client (for the etcd API tests)")
+        raise AssertionError("unreachable")
     return path
 
 

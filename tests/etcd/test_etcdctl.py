@@ -7,6 +7,7 @@ The tests share one cluster; each uses its own keys. The last test kills the lea
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from raftd.testing.cluster import LocalCluster, Node, wait_until
-from tests.etcd.conftest import Etcdctl, etcdctl_path, unb64
+from tests.etcd.conftest import Etcdctl, etcd3_python, etcdctl_path, unb64
 
 
 def ctl(*nodes: Node) -> Etcdctl:
@@ -364,6 +365,34 @@ def test_errors_and_auth(follower: Node) -> None:
     # As with etcd without auth: the client hears "not enabled" and goes on without it.
     p = c.run("--user", "root:pw", "get", "k")
     assert "etcdserver: authentication is not enabled" in p.stderr
+
+
+def test_python_etcd3_client(leader: Node, follower: Node) -> None:
+    """python-etcd3 from PyPI (its own virtualenv: it needs protobuf 3), with its lock
+    and watch helpers, against two different nodes."""
+    python = etcd3_python()
+    script = Path(__file__).with_name("etcd3_client.py")
+    p = subprocess.run(
+        [python, str(script), follower.etcd_endpoint, leader.etcd_endpoint],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["get"] == "1" and out["prefix"] == ["py/a", "py/b"]
+    assert out["txn"] is True and out["txn_value"] == "yes"
+    assert out["lease_granted_ttl"] == 30 and out["lease_keys"] == ["py/l"]
+    assert out["after_revoke"] is None
+    assert out["watch"] == [
+        ["PutEvent", "py/w/1", "a"],
+        ["PutEvent", "py/w/2", "b"],
+        ["DeleteEvent", "py/w/1", ""],
+    ]
+    assert out["first_locked"] is True
+    assert out["second_while_held"] is False
+    assert out["second_after_release"] is True
+    assert out["members"] == 3 and out["status_has_leader"] is True
 
 
 def test_member_add_promote_remove_move_leader(etcd_cluster: LocalCluster, follower: Node) -> None:
