@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import signal
 import subprocess
 import threading
@@ -16,9 +17,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from raftd.testing.cluster import LocalCluster, Node, wait_until
+from raftd.wire.pb.etcd import kv_pb2 as mvcc
+from raftd.wire.pb.etcd import rpc_pb2 as epb
 from tests.etcd.conftest import Etcdctl, etcd3_python, etcdctl_path, unb64
 
 
@@ -393,6 +397,60 @@ def test_python_etcd3_client(leader: Node, follower: Node) -> None:
     assert out["second_while_held"] is False
     assert out["second_after_release"] is True
     assert out["members"] == 3 and out["status_has_leader"] is True
+
+
+class RawWatch:
+    """A Watch stream opened with grpcio and raftd's own etcd protos (no etcd client in
+    between), to check what etcdctl does not show: ids, filters, progress, cancel."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.channel = grpc.insecure_channel(endpoint)
+        self.requests: queue.Queue[epb.WatchRequest | None] = queue.Queue()
+        call = self.channel.stream_stream(
+            "/etcdserverpb.Watch/Watch",
+            request_serializer=epb.WatchRequest.SerializeToString,
+            response_deserializer=epb.WatchResponse.FromString,
+        )
+        self.responses = call(iter(self.requests.get, None), timeout=60)
+
+    def send(self, **kw: object) -> None:
+        self.requests.put(epb.WatchRequest(**kw))  # type: ignore[arg-type]
+
+    def next(self) -> epb.WatchResponse:
+        return next(self.responses)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.requests.put(None)
+        self.channel.close()
+
+
+def test_watch_ids_filters_progress_cancel(leader: Node, follower: Node) -> None:
+    w = RawWatch(follower.etcd_endpoint)
+    try:
+        w.send(create_request=epb.WatchCreateRequest(key=b"t19/", range_end=b"t190"))
+        first = w.next()
+        assert first.created and first.watch_id == 0 and first.header.member_id
+        noput = epb.WatchCreateRequest.NOPUT
+        w.send(create_request=epb.WatchCreateRequest(key=b"t19/k", filters=[noput], prev_kv=True))
+        second = w.next()
+        assert second.created and second.watch_id == 1
+        c = ctl(leader)
+        c.out("put", "t19/k", "v")
+        c.out("del", "t19/k")
+        seen: dict[int, list[tuple[int, bytes]]] = {0: [], 1: []}
+        while len(seen[0]) < 2 or len(seen[1]) < 1:
+            r = w.next()
+            seen[r.watch_id].extend((e.type, e.prev_kv.value) for e in r.events)
+        assert [t for t, _ in seen[0]] == [mvcc.Event.PUT, mvcc.Event.DELETE]
+        assert seen[1] == [(mvcc.Event.DELETE, b"v")]  # NOPUT, with prev_kv
+        w.send(progress_request=epb.WatchProgressRequest())
+        p = w.next()
+        assert p.watch_id == -1 and not p.events and p.header.revision >= 1
+        w.send(cancel_request=epb.WatchCancelRequest(watch_id=0))
+        cancelled = w.next()
+        assert cancelled.canceled and cancelled.watch_id == 0
+    finally:
+        w.close()
 
 
 def test_member_add_promote_remove_move_leader(etcd_cluster: LocalCluster, follower: Node) -> None:
