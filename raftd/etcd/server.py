@@ -126,8 +126,23 @@ class _Mailbox:
                 log.exception("etcd bridge callback failed")
 
 
+class _Call:
+    """A unary call's cancellation state in trio (set and read in the trio thread)."""
+
+    __slots__ = ("cancelled", "scope")
+
+    def __init__(self) -> None:
+        self.scope: trio.CancelScope | None = None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+
 class _Stream:
-    """One call's state on both sides of the bridge."""
+    """A streaming call's state on both sides of the bridge."""
 
     def __init__(self, to_loop: _Mailbox) -> None:
         self.to_loop = to_loop
@@ -339,7 +354,7 @@ class EtcdGrpcServer:
             fut: asyncio.Future[tuple[bool, Any]] = loop.create_future()
             assert self._to_loop is not None
             to_loop = self._to_loop
-            st = _Stream(to_loop)
+            st = _Call()
             remaining = context.time_remaining()
             timeout = DEFAULT_TIMEOUT_S if remaining is None else max(0.0, remaining)
 
@@ -348,8 +363,8 @@ class EtcdGrpcServer:
                     if not fut.done():
                         fut.set_result((ok, value))
 
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(resolve)
+                with contextlib.suppress(RuntimeError):  # the gRPC loop has ended
+                    to_loop.post(resolve)
 
             if not self._start_in_trio(_run_unary, fn, request, timeout, deliver, st):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "etcdserver: server stopped")
@@ -424,7 +439,7 @@ def _serialize(msg: Any) -> bytes:
 
 
 async def _run_unary(
-    fn: Unary, request: Any, timeout_s: float, deliver: Callable[[bool, Any], None], st: _Stream
+    fn: Unary, request: Any, timeout_s: float, deliver: Callable[[bool, Any], None], st: _Call
 ) -> None:
     if st.cancelled:
         return
