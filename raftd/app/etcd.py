@@ -67,8 +67,8 @@ async def serve_etcd(
     server = EtcdGrpcServer(service, host, port, tls=tls)
     try:
         await server.run(task_status=_Started(task_status, service, server, scheme))
-    except OSError as exc:
-        raise DaemonError(f"etcd endpoint {cfg.etcd_listen}: {exc}") from None
+    except* OSError as eg:  # cannot listen (in use, no such address): a start-up error
+        raise DaemonError(str(eg.exceptions[0])) from None
 
 
 class _Started:

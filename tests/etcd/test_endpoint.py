@@ -1,11 +1,13 @@
-"""The etcd endpoint with TLS (server certificate, client certificates required) on a
-real daemon, driven by etcdctl; then SIGTERM with a watch open: exit 0."""
+"""The etcd endpoint as a process: TLS with required client certificates (etcdctl),
+SIGTERM with a watch open (exit 0), and the start-up errors."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -130,3 +132,41 @@ def test_tls_client_certs_and_sigterm(tmp_path: Path) -> None:
         finally:
             watch.kill()
             watch.communicate(timeout=10)
+
+
+def _run_daemon(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "raftd",
+            "run",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--discovery",
+            "none",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_non_loopback_without_tls_is_refused(tmp_path: Path) -> None:
+    p = _run_daemon(tmp_path, "--etcd-listen", "0.0.0.0:2379")
+    assert p.returncode == 2
+    assert "0.0.0.0 is not a loopback address" in p.stderr and "needs TLS" in p.stderr
+
+
+def test_port_in_use_is_a_clear_start_up_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = _run_daemon(tmp_path, "--etcd-listen", f"127.0.0.1:{port}")
+    assert p.returncode == 1
+    assert f"etcd endpoint 127.0.0.1:{port}: cannot listen" in p.stderr
+    assert "Traceback" not in p.stderr
