@@ -82,8 +82,18 @@ def _given(ctx: click.Context, names: list[str]) -> dict[str, Any]:
 @click.option("--leave-on-shutdown", "leave_on_shutdown", is_flag=True, default=None)
 @click.option("--etcd-listen", "etcd_listen", help="HOST:PORT of the etcd v3 API (off).")
 @click.option("--etcd-namespace", "etcd_namespace", help="Namespace the etcd API serves.")
-@click.option("--etcd-cert-file", "etcd_cert_file", type=click.Path(path_type=Path))
-@click.option("--etcd-key-file", "etcd_key_file", type=click.Path(path_type=Path))
+@click.option(
+    "--etcd-cert-file",
+    "etcd_cert_file",
+    type=click.Path(path_type=Path),
+    help="TLS certificate (PEM) of the etcd API.",
+)
+@click.option(
+    "--etcd-key-file",
+    "etcd_key_file",
+    type=click.Path(path_type=Path),
+    help="TLS key (PEM) of the etcd API.",
+)
 @click.option(
     "--etcd-trusted-ca-file",
     "etcd_trusted_ca_file",

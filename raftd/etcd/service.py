@@ -35,6 +35,7 @@ from typing import NoReturn
 import grpc
 import trio
 
+from raftd.api.errors import ApiError
 from raftd.api.service import NamespaceService
 from raftd.core import NONE
 from raftd.etcd import errors, snapfile
@@ -139,8 +140,6 @@ class EtcdService:
         return resp
 
     async def _barrier(self, deadline: float) -> None:
-        from raftd.api.errors import ApiError
-
         try:
             await self.svc.barrier(deadline)
         except ApiError as exc:
@@ -653,8 +652,6 @@ class EtcdService:
                 )
             elif not s.done:
                 size = s.size
-
-        from raftd.api.errors import ApiError
 
         try:
             await self.svc.snapshot(apb.Request(snapshot=apb.SnapshotRequest()), relay)
