@@ -92,3 +92,30 @@ async def test_watch_from_a_compacted_revision_is_cancelled() -> None:
     assert "compacted" in cancelled.cancel_reason
     assert again.created and again.watch_id == 1
     assert event.watch_id == 1 and event.events[0].kv.value == b"v4"
+
+
+async def test_progress_notify_sends_empty_responses_when_idle() -> None:
+    s, sm = service()
+    s.progress_interval = 0.2  # etcd's (and raftd's default) is 10 minutes
+    send_req, recv_req = trio.open_memory_channel[epb.WatchRequest](10)
+    send_resp, recv_resp = trio.open_memory_channel[epb.WatchResponse](10)
+
+    async def send(msg: object) -> None:
+        assert isinstance(msg, epb.WatchResponse)
+        await send_resp.send(msg)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            n.start_soon(s.watch, recv_req, send)
+            req = epb.WatchCreateRequest(key=b"k", progress_notify=True)
+            await send_req.send(epb.WatchRequest(create_request=req))
+            created = await recv_resp.receive()
+            idle = await recv_resp.receive()
+            sm.apply(4, commands.put(b"k", b"v4"))
+            event = await recv_resp.receive()
+            idle2 = await recv_resp.receive()
+            await send_req.aclose()
+    assert created.created
+    assert idle.watch_id == 0 and not idle.events and idle.header.revision == 3
+    assert event.events[0].kv.value == b"v4"
+    assert not idle2.events and idle2.header.revision == 4
