@@ -27,16 +27,28 @@ __all__ = ["serve_etcd"]
 log = logging.getLogger("raftd.etcd")
 
 
-def _cluster_of(daemon: Daemon, ns: str) -> str:
-    """What makes this namespace's cluster unique beyond its name: the formation's
-    cluster record id, or the static peer list every founder is given."""
-    formation = daemon.formation
-    if formation is not None:
-        nf = formation.namespaces.get(ns)
+class _ClusterId:
+    """The etcd cluster id of namespace ``ns``. With formation, it comes from the
+    cluster record (fixed once the cluster has formed; before that, from the namespace
+    alone); with a static ``--peer`` list, from that list, which every founder shares."""
+
+    def __init__(self, daemon: Daemon, ns: str) -> None:
+        self.daemon = daemon
+        self.ns = ns
+        self._fixed: int | None = None
+        if daemon.formation is None:
+            peers = sorted(p.rpartition("/p2p/")[2] for p in daemon.cfg.peers)
+            self._fixed = cluster_id(ns, ",".join(peers))
+
+    def __call__(self) -> int:
+        if self._fixed is not None:
+            return self._fixed
+        nf = self.daemon.formation.namespaces.get(self.ns)
         rec = getattr(nf, "record", None)
-        if rec is not None:
-            return str(rec.id)
-    return ",".join(sorted(p.rpartition("/p2p/")[2] for p in daemon.cfg.peers))
+        if rec is None:
+            return cluster_id(self.ns)
+        self._fixed = cluster_id(self.ns, str(rec.id))
+        return self._fixed
 
 
 async def serve_etcd(
@@ -60,7 +72,7 @@ async def serve_etcd(
     scheme = "https" if tls is not None else "http"
     service = EtcdService(
         svc,
-        cluster_id=cluster_id(ns, _cluster_of(daemon, ns)),
+        cluster_id=_ClusterId(daemon, ns),
         client_urls=[],
         db_dir=cfg.data_dir / "db",
     )

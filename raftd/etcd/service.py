@@ -67,7 +67,8 @@ Send = Callable[[object], Awaitable[None]]
 class EtcdService:
     """etcd's API for ``svc``'s namespace on this daemon (see the module doc).
 
-    ``cluster_id``: the namespace's etcd cluster id; ``client_urls``: this daemon's etcd
+    ``cluster_id``: the namespace's etcd cluster id, or a function giving it (it may be
+    known only once the cluster has formed); ``client_urls``: this daemon's etcd
     endpoint(s), listed in its Member entry; ``db_dir``: the LevelDB directory whose size
     Status reports (``None``: 0)."""
 
@@ -75,13 +76,13 @@ class EtcdService:
         self,
         svc: NamespaceService,
         *,
-        cluster_id: int,
+        cluster_id: int | Callable[[], int],
         client_urls: list[str],
         db_dir: Path | None = None,
     ) -> None:
         self.svc = svc
         self.group = svc.group
-        self.cluster_id = cluster_id
+        self._cluster_id = cluster_id
         self.member_id = member_id(svc.id)
         self.client_urls = list(client_urls)
         self.db_dir = db_dir
@@ -97,6 +98,11 @@ class EtcdService:
     def term(self) -> int:
         node = self.group.node
         return int(node.raft.term) if node is not None else 0
+
+    @property
+    def cluster_id(self) -> int:
+        cid = self._cluster_id
+        return cid if isinstance(cid, int) else cid()
 
     def header(self, revision: int | None = None) -> epb.ResponseHeader:
         return epb.ResponseHeader(
