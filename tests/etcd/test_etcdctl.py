@@ -331,6 +331,21 @@ def test_compaction_defrag_alarm(leader: Node, follower: Node) -> None:
     assert c.out("alarm", "list").strip() == ""
 
 
+def test_hashkv_agrees_across_nodes(etcd_cluster: LocalCluster, leader: Node) -> None:
+    ctl(leader).out("put", "t21/k", "v")
+    everyone = Etcdctl(etcdctl_path(), etcd_cluster.etcd_endpoints())
+
+    def hashes() -> set[tuple[int, int]]:
+        rows = everyone.json("endpoint", "hashkv")
+        got = {(r["HashKV"]["hash"], r["HashKV"]["header"]["revision"]) for r in rows}
+        return got if len(rows) == 3 else set()
+
+    # Equal once every node applied the same revision (the hash covers every key).
+    wait_until(lambda: len(hashes()) == 1, 15, what="equal hashes")
+    ((h, rev),) = hashes()  # nothing writes in between: the tests run one at a time
+    assert h != 0 and rev > 0
+
+
 def test_snapshot_save_restores_with_raftd(
     etcd_cluster: LocalCluster, follower: Node, tmp_path: Path
 ) -> None:
