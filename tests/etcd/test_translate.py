@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -204,3 +205,23 @@ def test_snapshot_file_layout(tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     plain.write_bytes(body)
     assert payload_size(plain) is None
+
+
+def test_cluster_id_static_and_after_formation() -> None:
+    from types import SimpleNamespace
+
+    from raftd.app.etcd import _ClusterId
+
+    peers = ["/ip4/1.2.3.4/tcp/1/p2p/B", "/ip4/1.2.3.5/tcp/1/p2p/A"]
+    static: Any = SimpleNamespace(formation=None, cfg=SimpleNamespace(peers=peers))
+    assert _ClusterId(static, "/raft/x")() == cluster_id("/raft/x", "A,B")
+    nf = SimpleNamespace(record=None)
+    formed: Any = SimpleNamespace(
+        formation=SimpleNamespace(namespaces={"/raft/x": nf}), cfg=SimpleNamespace(peers=[])
+    )
+    cid = _ClusterId(formed, "/raft/x")
+    assert cid() == cluster_id("/raft/x")  # not formed yet
+    nf.record = SimpleNamespace(id="c-123")
+    assert cid() == cluster_id("/raft/x", "c-123")
+    nf.record = SimpleNamespace(id="other")  # fixed once formed
+    assert cid() == cluster_id("/raft/x", "c-123")
