@@ -80,6 +80,26 @@ def _given(ctx: click.Context, names: list[str]) -> dict[str, Any]:
 @click.option("--log-format", "log_format", type=click.Choice(["text", "json"]))
 @click.option("--log-level", "log_level")
 @click.option("--leave-on-shutdown", "leave_on_shutdown", is_flag=True, default=None)
+@click.option("--etcd-listen", "etcd_listen", help="HOST:PORT of the etcd v3 API (off).")
+@click.option("--etcd-namespace", "etcd_namespace", help="Namespace the etcd API serves.")
+@click.option(
+    "--etcd-cert-file",
+    "etcd_cert_file",
+    type=click.Path(path_type=Path),
+    help="TLS certificate (PEM) of the etcd API.",
+)
+@click.option(
+    "--etcd-key-file",
+    "etcd_key_file",
+    type=click.Path(path_type=Path),
+    help="TLS key (PEM) of the etcd API.",
+)
+@click.option(
+    "--etcd-trusted-ca-file",
+    "etcd_trusted_ca_file",
+    type=click.Path(path_type=Path),
+    help="Require etcd client certificates signed by this CA.",
+)
 @click.pass_context
 def run(ctx: click.Context, /, config_file: Path | None, discovery: str | None, **_: Any) -> None:
     """Run the daemon in the foreground."""
@@ -1022,6 +1042,7 @@ def dev_cmd(base_dir: Path | None, nodes: int, preset: str, namespaces: tuple[st
         preset=preset,
         namespaces=list(namespaces) or ["/raft/default"],
         keep=base_dir is not None,
+        etcd=True,
     )
     code = EXIT_OK
     try:
@@ -1031,12 +1052,15 @@ def dev_cmd(base_dir: Path | None, nodes: int, preset: str, namespaces: tuple[st
         for n in cluster.nodes:
             role = "leader" if n is leader else "follower"
             click.echo(f"  {n.name} ({role})  socket {n.socket}  peer {n.addr}  log {n.log_path}")
+            click.echo(f"      etcd endpoint {n.etcd_endpoint}")
         first = cluster.nodes[0].socket
         _dev_demo(cluster, leader)
         click.echo("\ntry:")
         click.echo(f"  raftd put --socket {first} hello world")
         click.echo(f"  raftd get --socket {first} hello")
         click.echo(f"  export RAFTD_SOCKET={first}; raftd status")
+        endpoints = ",".join(cluster.etcd_endpoints())
+        click.echo(f"  ETCDCTL_API=3 etcdctl --endpoints {endpoints} member list")
         click.echo("\nCtrl-C stops the cluster and removes its data.")
         sys.stdout.flush()
         while not stop.wait(0.5):

@@ -7,6 +7,10 @@ A backup file is self-contained and checksummed::
     the state machine's snapshot stream (raftd.kv.snapfmt), in chunks
     32 bytes: SHA-256 of everything above
 
+A backup saved by ``etcdctl snapshot save`` (the etcd endpoint's Snapshot) is this file
+followed by padding and another SHA-256 (see :mod:`raftd.etcd.snapfile`); ``restore``
+reads the backup inside it.
+
 ``save`` takes a linearizable read point first (ReadIndex), so the backup contains every
 write acknowledged before the command started. ``restore`` seeds a NEW cluster: run it on
 every future member's empty data dir with the same ``--peer`` list (or none, for a single
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from raftd.core import ConfState, Snapshot, SnapshotMetadata
+from raftd.etcd.snapfile import payload_size
 from raftd.kv.machine import KVStateMachine
 from raftd.storage.leveldb import LevelDB
 from raftd.storage.snapshots import finish_pending_install
@@ -86,6 +91,12 @@ def write_backup(
         view.close()
 
 
+def _size(path: Path) -> int:
+    """The backup's size: the file's, or that of the backup inside an etcdctl file."""
+    inner = payload_size(path)
+    return inner if inner is not None else path.stat().st_size
+
+
 def _read_header(f: BinaryIO) -> dict[str, object]:
     if f.read(len(MAGIC)) != MAGIC:
         raise BackupError("not a raftd backup file (bad magic)")
@@ -107,7 +118,7 @@ def verify_backup(path: Path, *, progress: Progress | None = None) -> BackupInfo
     """Check the magic, the header and the SHA-256 (reading the file once, in chunks).
     ``progress(done, total)`` is called after each chunk, ``total`` being the file
     size; the last call has ``done == total``."""
-    size = path.stat().st_size
+    size = _size(path)
     if size < len(MAGIC) + 32:
         raise BackupError(f"{path} is too short to be a backup")
     sha = hashlib.sha256()
@@ -172,7 +183,7 @@ def restore_backup(
     ``total`` is ``2 * size - 32`` bytes. On success the last call has ``done ==
     total`` (made once every byte was read, before the state machine is rebuilt from
     the loaded snapshot)."""
-    size = path.stat().st_size
+    size = _size(path)
     total_read = 2 * size - 32
 
     def verify_progress(done: int, _size: int) -> None:

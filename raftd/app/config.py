@@ -60,6 +60,11 @@ class DaemonConfig:
     log_format: str = "text"
     log_level: str = "info"
     leave_on_shutdown: bool = False
+    etcd_listen: str | None = None
+    etcd_namespace: str | None = None
+    etcd_cert_file: Path | None = None
+    etcd_key_file: Path | None = None
+    etcd_trusted_ca_file: Path | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -97,6 +102,35 @@ class DaemonConfig:
             raise ConfigError(f"log_format: {self.log_format!r} must be text or json")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level: {self.log_level!r} is not a log level")
+        self._validate_etcd()
+
+    def _validate_etcd(self) -> None:
+        from raftd.etcd.endpoint import EndpointError, is_loopback, parse_listen
+
+        tls = self.etcd_cert_file is not None or self.etcd_key_file is not None
+        if tls and (self.etcd_cert_file is None or self.etcd_key_file is None):
+            raise ConfigError("etcd_cert_file and etcd_key_file: give both or neither")
+        if self.etcd_trusted_ca_file is not None and not tls:
+            raise ConfigError("etcd_trusted_ca_file needs etcd_cert_file and etcd_key_file")
+        if self.etcd_listen is None:
+            if self.etcd_namespace is not None or tls:
+                raise ConfigError("etcd_namespace/etcd_cert_file need etcd_listen")
+            return
+        try:
+            host, _ = parse_listen(self.etcd_listen)
+        except EndpointError as exc:
+            raise ConfigError(f"etcd_listen: {exc}") from None
+        if not tls and not is_loopback(host):
+            raise ConfigError(
+                f"etcd_listen: {host} is not a loopback address: serving etcd clients on "
+                "the network needs TLS (etcd_cert_file and etcd_key_file, and "
+                "etcd_trusted_ca_file to require client certificates)"
+            )
+        if self.etcd_namespace is not None and self.etcd_namespace not in self.namespaces:
+            raise ConfigError(
+                f"etcd_namespace: {self.etcd_namespace!r} is not one of this daemon's "
+                f"namespaces ({', '.join(self.namespaces)})"
+            )
 
 
 _LIST_FIELDS = {"namespaces", "listen", "peers", "discovery", "bootstrap"}
@@ -108,6 +142,9 @@ _PATH_FIELDS = {
     "next_key_file",
     "previous_key_file",
     "psk_file",
+    "etcd_cert_file",
+    "etcd_key_file",
+    "etcd_trusted_ca_file",
 }
 _INT_FIELDS = {"expect", "voter_cap"}
 _BOOL_FIELDS = {"leave_on_shutdown"}

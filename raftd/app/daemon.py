@@ -153,6 +153,11 @@ class Daemon:
             from raftd.api.runtime import serve_api
 
             await nursery.start(serve_api, self)
+            # The etcd v3 endpoint, when --etcd-listen is set.
+            if cfg.etcd_listen is not None:
+                from raftd.app.etcd import serve_etcd
+
+                await nursery.start(serve_etcd, self)
             # /healthz, /readyz, /metrics when --metrics is set.
             if cfg.metrics:
                 from raftd.ops.server import serve_ops

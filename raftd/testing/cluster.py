@@ -98,6 +98,8 @@ class Node:
         self.socket = self.data_dir / "raftd.sock"
         self.log_path = cluster.base_dir / f"{self.name}.log"
         self.port = free_port()
+        #: The etcd v3 endpoint's port when the cluster serves etcd (``etcd=True``).
+        self.etcd_port = free_port() if cluster.etcd else 0
         self.peer_id = make_identity(self.data_dir)
         self.founder = founder
         self.proc: subprocess.Popen[bytes] | None = None
@@ -110,6 +112,13 @@ class Node:
     def addr(self) -> str:
         """The node's libp2p multiaddr with ``/p2p/<peer id>``."""
         return f"/ip4/127.0.0.1/tcp/{self.port}/p2p/{self.peer_id}"
+
+    @property
+    def etcd_endpoint(self) -> str:
+        """``127.0.0.1:PORT`` of the node's etcd v3 API (cluster made with ``etcd=True``)."""
+        if not self.etcd_port:
+            raise RuntimeError("the cluster was made without etcd=True")
+        return f"127.0.0.1:{self.etcd_port}"
 
     @property
     def listen_addr(self) -> str:
@@ -141,6 +150,8 @@ class Node:
         ]
         for ns in c.namespaces:
             args += ["--namespace", ns]
+        if self.etcd_port:
+            args += ["--etcd-listen", self.etcd_endpoint]
         if self.founder:
             args += ["--discovery", "none"]
             for n in c.nodes:
@@ -261,6 +272,7 @@ class LocalCluster:
         extra_args: Iterable[str] = (),
         env: dict[str, str] | None = None,
         keep: bool = False,
+        etcd: bool = False,
     ) -> None:
         if n < 1:
             raise ValueError("a cluster needs at least one node")
@@ -274,6 +286,7 @@ class LocalCluster:
         self.extra_args = list(extra_args)
         self.env = dict(env or {})
         self.keep = keep
+        self.etcd = etcd
         self.nodes: list[Node] = []
         for i in range(1, n + 1):
             self.nodes.append(Node(self, i))
@@ -330,6 +343,10 @@ class LocalCluster:
     # -- queries -------------------------------------------------------------------------
     def alive(self) -> list[Node]:
         return [n for n in self.nodes if n.alive]
+
+    def etcd_endpoints(self) -> list[str]:
+        """Every node's etcd endpoint (``etcd=True``), for ``etcdctl --endpoints``."""
+        return [n.etcd_endpoint for n in self.nodes]
 
     def node_by_id(self, peer_id: str) -> Node | None:
         return next((n for n in self.nodes if n.peer_id == peer_id), None)
