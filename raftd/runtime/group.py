@@ -59,6 +59,7 @@ from raftd.core import (
 )
 from raftd.kv.machine import ApplyResult, KVStateMachine
 from raftd.runtime.rtt import RttEstimator
+from raftd.runtime.starvation import CpuStarvation
 from raftd.storage.base import StorageWriteError
 from raftd.storage.leveldb import LevelDBStorage
 from raftd.storage.snapshots import (
@@ -239,6 +240,7 @@ class Group:
         self.clock = clock
         self.stats = GroupStats()
         self._ticks_total = 0
+        self._starvation = CpuStarvation()
         transport.on_message = self._on_message
         transport.on_unreachable = self._on_unreachable
         transport.on_snapshot = self._on_snapshot
@@ -802,8 +804,9 @@ class Group:
         heartbeats (:meth:`RawNode.take_early_messages`), so two healthy followers keep
         committing. Acknowledgements and votes still wait for their own persist. A
         leader whose persist is still outstanding after ``STUCK_PERSIST_FRACTION`` of an
-        election timeout, while its own event loop keeps time (so the disk is slow, not
-        the CPU), hands leadership to the most caught-up voter (one with a slow disk of
+        election timeout, while its own event loop keeps time and the process was not held
+        off the CPU (:class:`~raftd.runtime.starvation.CpuStarvation`: so the disk is slow,
+        not the CPU), hands leadership to the most caught-up voter (one with a slow disk of
         its own lags in acknowledgements, so it is not picked)."""
         box: list[outcome.Outcome[None]] = []
         landed = trio.Event()
@@ -822,6 +825,8 @@ class Group:
             await landed.wait()
         if not box:
             self.stats.slow_persists += 1
+        slow_since = self.clock()
+        held0 = self._starvation.held_off_s() if not box else 0.0
         handed_over = False
         while not box:
             self._wake = trio.Event()
@@ -834,10 +839,16 @@ class Group:
             # The disk, not the CPU: only while the ticker kept time during the wait. A
             # starved or throttled process (its ticks late or skipped too) keeps its
             # leadership; handing it over would only add an election.
-            expected = (now - since) / self.preset.tick_s
-            kept_time = self._ticks_total - ticks0 >= 0.8 * expected - 1
-            disk_stuck = now >= stuck_at and kept_time
-            if not handed_over and disk_stuck and node.state == StateType.LEADER:
+            if not handed_over and now >= stuck_at and node.state == StateType.LEADER:
+                # At most once per tick: reading the counters costs a few file reads.
+                stuck_at = now + self.preset.tick_s
+                expected = (now - since) / self.preset.tick_s
+                kept_time = self._ticks_total - ticks0 >= 0.8 * expected - 1
+                held = self._starvation.held_off_s() - held0
+                disk_stuck = kept_time and held < 0.5 * (now - slow_since)
+            else:
+                disk_stuck = False
+            if disk_stuck:
                 handed_over = True
                 target = node.most_caught_up_voter()
                 if target is not None:
