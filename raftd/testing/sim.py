@@ -206,6 +206,10 @@ class Simulator:
         if not raw.has_ready():
             return
         rd = raw.ready()
+        if rd.soft_state is not None and rd.soft_state.state == StateType.LEADER:
+            # Checked when the Ready is handed out: while its write is outstanding the
+            # node may step down and move to a newer term.
+            self._check_new_leader(ns, raw)
         # A leader's appends and heartbeats may leave before its own persist, and it may
         # crash in between: then nothing of this Ready is durable on it.
         for m in rd.early_messages:
@@ -229,8 +233,6 @@ class Simulator:
             self.bag.append(m)
             if m.type == MessageType.SNAP:
                 self.stats["snapshots"] = self.stats.get("snapshots", 0) + 1
-        if rd.soft_state is not None and rd.soft_state.state == StateType.LEADER:
-            self._check_new_leader(ns, raw)
         self._apply(ns, raw, rd)
         ns.ready_reads.extend((rs.context, rs.index) for rs in rd.read_states)
         raw.advance(rd)
