@@ -126,6 +126,7 @@ def install_packages() -> None:
     if shutil.which("apt-get") is None:
         raise DockerUnavailable(f"{' '.join(missing)} missing and no apt-get to install them")
     log(f"apt-get install {' '.join(missing)}")
+    t0 = time.monotonic()
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for argv in (
         ["apt-get", "update", "-q"],
@@ -135,6 +136,7 @@ def install_packages() -> None:
         if cp.returncode != 0:
             tail = (cp.stdout + cp.stderr).strip().splitlines()[-5:]
             raise DockerUnavailable(f"{' '.join(argv)} failed: {' | '.join(tail)}")
+    log(f"apt-get install: {time.monotonic() - t0:.0f}s")
 
 
 def _read_sysctls() -> dict[str, str]:

@@ -249,7 +249,7 @@ class Cluster:
 
     def run(self) -> None:
         log(f"=== {self.file.name} ({self.tag}) ===")
-        self.compose("down", "-v", "--remove-orphans")  # leftovers of an interrupted run
+        self.purge()  # leftovers of an interrupted run, of this or the other file
         try:
             ids = self.up_and_form("up")
             self.check_running_cluster()
@@ -259,9 +259,28 @@ class Cluster:
             self.down_up(ids)
         except BaseException:
             self.dump()
-            self.compose("down", "-v", "--remove-orphans")
+            self.purge()
             raise
         self.down_v()
+
+    def project_objects(self) -> dict[str, list[str]]:
+        """Containers, volumes and networks labelled with the project."""
+        label = f"label=com.docker.compose.project={PROJECT}"
+        return {
+            "container": self.d.run("ps", "-aq", "--filter", label).stdout.split(),
+            "volume": self.d.run("volume", "ls", "-q", "--filter", label).stdout.split(),
+            "network": self.d.run("network", "ls", "-q", "--filter", label).stdout.split(),
+        }
+
+    def purge(self) -> None:
+        """Remove everything of the project, whichever compose file made it."""
+        left = self.project_objects()
+        if left["container"]:
+            self.d.run("rm", "-f", "-v", *left["container"], timeout=300)
+        if left["volume"]:
+            self.d.run("volume", "rm", "-f", *left["volume"])
+        if left["network"]:
+            self.d.run("network", "rm", *left["network"])
 
     def dump(self) -> None:
         """What a failure needs: container states and the last log lines."""
@@ -392,10 +411,9 @@ class Cluster:
         codes = {s: self.exit_code(s) for s in [*self.nodes, *self.apps]}
         check(set(codes.values()) == {0}, f"exit statuses on stop: {codes}")
         self.compose("down")
-        vols = self.d.run(
-            "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"
-        ).stdout.split()
-        check(len(vols) == 2 * self.n, f"after down: volumes {vols}")
+        vols = set(self.project_objects()["volume"])
+        want = {f"{PROJECT}_{n}-{k}" for n in self.nodes for k in ("data", "sock")}
+        check(vols == want, f"after down: volumes {sorted(vols)}, want {sorted(want)}")
         again = self.up_and_form("down + up")
         check(again == ids, f"identities changed across down/up: {ids} -> {again}")
         got = json.loads(self.exec("node1", "raftd", "keys", KEY_PREFIX, "--values", "-o", "json"))
@@ -414,15 +432,7 @@ class Cluster:
 
     def down_v(self) -> None:
         self.compose("down", "-v")
-        left = {
-            kind: self.d.run(
-                kind, "ls", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"
-            ).stdout.split()
-            for kind in ("volume", "network")
-        }
-        left["container"] = self.d.run(
-            "ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}"
-        ).stdout.split()
+        left = self.project_objects()
         check(not any(left.values()), f"left after down -v: {left}")
 
 

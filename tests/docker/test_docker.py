@@ -1,0 +1,52 @@
+"""scripts/docker-test as a test: the image and both compose clusters on a real engine.
+
+The script installs and starts Docker itself when it is missing (and stops the engine it
+started). When Docker cannot be had at all it exits 77 with the reason: the test then
+skips with that reason, or, with ``RAFTD_REQUIRE_DOCKER=1`` (CI), fails, so that a CI
+machine that lost Docker cannot go green by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .images import REPO
+from .scenario import EXIT_UNAVAILABLE
+
+REQUIRE_ENV = "RAFTD_REQUIRE_DOCKER"
+TIMEOUT = 1800.0  # cold: apt-get, debootstrap, wheels, build, two clusters
+
+pytestmark = pytest.mark.slow
+
+
+def docker_required() -> bool:
+    return os.environ.get(REQUIRE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def test_docker_compose_clusters() -> None:
+    if not sys.platform.startswith("linux"):
+        reason = f"Docker engine tests need Linux (platform is {sys.platform})"
+        if docker_required():
+            pytest.fail(f"{REQUIRE_ENV} is set but {reason}", pytrace=False)
+        pytest.skip(reason)
+    cp = subprocess.run(
+        [str(REPO / "scripts" / "docker-test")],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+        cwd=REPO,
+    )
+    print(cp.stdout)  # the figures, shown with -s or on failure
+    print(cp.stderr, file=sys.stderr)
+    if cp.returncode == EXIT_UNAVAILABLE:
+        reason = cp.stderr.strip().splitlines()[-1] if cp.stderr.strip() else "no reason given"
+        if docker_required():
+            pytest.fail(f"{REQUIRE_ENV} is set but {reason}", pytrace=False)
+        pytest.skip(reason)
+    assert cp.returncode == 0, f"scripts/docker-test exited {cp.returncode}:\n{cp.stderr[-6000:]}"
+    assert "docker-test: passed" in cp.stdout
