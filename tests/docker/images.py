@@ -165,6 +165,41 @@ def build_image(d: Docker, tag: str, base: str) -> None:
         raise RuntimeError(f"docker build failed:\n{cp.stderr.strip()[-4000:]}")
 
 
+def build_image_online(d: Docker, tag: str, base: str, ca_bundle: Path) -> None:
+    """Build the Dockerfile the default way, from the package index: a copy of the
+    committed build context with an empty wheelhouse/, the host's network, and
+    ``ca_bundle`` handed to pip as the ``ca-bundle`` BuildKit secret."""
+    with tempfile.TemporaryDirectory(prefix="raftd-context-", dir="/var/tmp") as tmp:
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", "HEAD"], capture_output=True, check=True
+        )
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        wheels = list(Path(tmp, "wheelhouse").glob("*.whl"))
+        if wheels:
+            raise RuntimeError(f"committed wheels in wheelhouse/: {wheels}")
+        cp = subprocess.run(
+            [
+                d.docker,
+                "build",
+                "--network=host",
+                "--secret",
+                f"id=ca-bundle,src={ca_bundle}",
+                "--build-arg",
+                f"PYTHON_IMAGE={base}",
+                "-t",
+                tag,
+                tmp,
+            ],
+            env={**os.environ, "DOCKER_BUILDKIT": "1"},
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
+    if cp.returncode != 0:
+        raise RuntimeError(f"docker build (package index) failed:\n{cp.stderr.strip()[-4000:]}")
+
+
 def image_info(d: Docker, tag: str) -> dict[str, object]:
     """``docker image inspect`` of ``tag`` (the first record)."""
     info: list[dict[str, object]] = json.loads(d.run("image", "inspect", tag).stdout)
