@@ -29,12 +29,14 @@ import argparse
 import functools
 import ipaddress
 import json
+import re
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -121,7 +123,7 @@ class Cluster:
 
     # -- commands -------------------------------------------------------------------------
 
-    def compose(self, *args: str, timeout: float = 180) -> str:
+    def compose(self, *args: str, timeout: float = 300) -> str:
         argv = [*self.d.compose, "-p", PROJECT, "-f", str(self.file), *args]
         cp = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
         if cp.returncode != 0:
@@ -194,6 +196,16 @@ class Cluster:
             return None
         (members,) = voters
         return ids if members == set(ids.values()) and len(members) == self.n else None
+
+    def started_at(self, service: str) -> float:
+        """Wall-clock start of the service's container (``State.StartedAt``)."""
+        raw = str(self.inspect(service)["State"]["StartedAt"])  # RFC 3339, ns, Z
+        m = re.match(r"^(.*T\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", raw)
+        check(m is not None, f"{service}: StartedAt {raw!r}")
+        assert m is not None
+        frac = (m.group(2) or ".0")[:7]
+        zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+        return datetime.fromisoformat(m.group(1) + frac + zone).timestamp()
 
     def is_healthy(self, service: str) -> bool:
         return self.health(service) == "healthy"
@@ -309,17 +321,23 @@ class Cluster:
         th = threading.Thread(target=up)
         th.start()
         try:
-            ids = wait_for(f"{self.tag} to form", self.formed, 90)
+            ids = wait_for(f"{self.tag} to form", self.formed, 240)
+            formed_wall = time.time()
         finally:
-            th.join(180)
+            th.join(360)
         if errors:
             raise errors[0]
-        self.figures.add(f"{self.tag}: {label} to formed cluster", f"{time.monotonic() - t0:.1f}s")
+        dt = time.monotonic() - t0
+        last_start = max(self.started_at(n) for n in self.nodes)
+        self.figures.add(
+            f"{self.tag}: {label} to formed cluster",
+            f"{dt:.1f}s ({formed_wall - last_start:.1f}s after the last node started)",
+        )
         return ids
 
     def check_running_cluster(self) -> None:
         for node in self.nodes:
-            wait_for(f"{node} healthy", functools.partial(self.is_healthy, node), 60)
+            wait_for(f"{node} healthy", functools.partial(self.is_healthy, node), 120)
         st = self.exec("node1", "stat", "-c", "%u:%g %a", SOCKET).strip()
         check(st == "10001:10001 600", f"socket owner/mode is {st}, want 10001:10001 600")
         for app in self.apps:
@@ -328,7 +346,7 @@ class Cluster:
             wait_for(
                 f"{app} writing through its socket",
                 functools.partial(self.app_wrote, app, 2, 0.0),
-                60,
+                120,
             )
         for i, node in enumerate(self.nodes):
             self.put(node, f"{KEY_PREFIX}up/{i}", f"via {node}")
@@ -338,9 +356,9 @@ class Cluster:
         since = time.time()
         t0 = time.monotonic()
         self.compose("restart", "node2")
-        self.exec("node2", "raftd", "catch-up", "--timeout", "60", "-o", "json", timeout=90)
+        self.exec("node2", "raftd", "catch-up", "--timeout", "120", "-o", "json", timeout=150)
         dt = time.monotonic() - t0
-        codes = wait_for("node2's die event", lambda: self.die_codes("node2", since) or None, 10)
+        codes = wait_for("node2's die event", lambda: self.die_codes("node2", since) or None, 30)
         check(codes == [0], f"node2 exited {codes} on restart (SIGTERM), want [0]")
         check(self.status("node2")["id"] == ids["node2"], "node2 changed identity")
         self.figures.add(f"{self.tag}: restart node2 until caught up", f"{dt:.1f}s")
@@ -352,7 +370,7 @@ class Cluster:
         if leader != ids["node1"]:
             holder = next(n for n, i in ids.items() if i == leader)
             self.exec(holder, "raftd", "transfer", ids["node1"], "--timeout", "20")
-            wait_for("node1 to lead", lambda: self.status("node1")["role"] == "leader", 30)
+            wait_for("node1 to lead", lambda: self.status("node1")["role"] == "leader", 120)
         kill_wall = time.time()
         t0 = time.monotonic()
         self.compose("kill", "-s", "KILL", "node1")
@@ -365,7 +383,7 @@ class Cluster:
             (one,) = lead if len(lead) == 1 else ("",)
             return one if one and one != ids["node1"] else None
 
-        leader = wait_for("a new leader without node1", new_leader, 60)
+        leader = wait_for("a new leader without node1", new_leader, 120)
         self.figures.add(
             f"{self.tag}: KILL leader node1 until new leader", f"{time.monotonic() - t0:.1f}s"
         )
@@ -373,7 +391,7 @@ class Cluster:
             wait_for(
                 f"{app} writing without node1",
                 functools.partial(self.app_wrote, app, 2, kill_wall),
-                60,
+                120,
             )
         for i, node in enumerate(others):
             self.put(node, f"{KEY_PREFIX}node1-down/{i}", f"via {node}")
@@ -382,7 +400,7 @@ class Cluster:
 
         t0 = time.monotonic()
         self.compose("start", "node1")
-        self.exec("node1", "raftd", "catch-up", "--timeout", "60", "-o", "json", timeout=90)
+        self.exec("node1", "raftd", "catch-up", "--timeout", "120", "-o", "json", timeout=150)
         self.figures.add(
             f"{self.tag}: start node1 until caught up", f"{time.monotonic() - t0:.1f}s"
         )
@@ -431,7 +449,7 @@ class Cluster:
             wait_for(
                 f"{app} resuming",
                 functools.partial(self.app_passed, app, last),
-                60,
+                120,
             )
         log(f"{self.tag}: {len(self.acked)} acknowledged keys and {len(counters)} counters kept")
 
@@ -460,7 +478,7 @@ def check_image(d: Docker, figures: Figures) -> None:
             check(st["Running"], f"lone container stopped: {st}")
             return bool(st.get("Health", {}).get("Status") == "healthy")
 
-        wait_for("the image's HEALTHCHECK", healthy, 60, every=1)
+        wait_for("the image's HEALTHCHECK", healthy, 120, every=1)
         log(f"image HEALTHCHECK healthy after {time.monotonic() - t0:.1f}s")
         d.run("stop", cid, timeout=60)
         code = json.loads(d.run("inspect", cid).stdout)[0]["State"]["ExitCode"]
