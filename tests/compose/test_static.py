@@ -237,6 +237,7 @@ def test_compose_structure(path: Path, n: int) -> None:
         app = c.services[f"app{i}"]
         assert app.raw["network_mode"] == "none", "the app reaches raftd only by the socket"
         assert app.raw["healthcheck"] == {"disable": True}, "no daemon to probe in an app"
+        assert app.raw["tmpfs"] == ["/data"], "no anonymous volume for the image's /data"
         assert app.depends_on == {f"node{i}": "service_healthy"}
         sock = {m.target: m for m in app.mounts}["/run/raftd"]
         assert sock.source == f"node{i}-sock"

@@ -267,6 +267,7 @@ class Cluster:
     def run(self) -> None:
         log(f"=== {self.file.name} ({self.tag}) ===")
         self.purge()  # leftovers of an interrupted run, of this or the other file
+        dangling = self.dangling_volumes()
         try:
             ids = self.up_and_form("up")
             self.check_running_cluster()
@@ -279,6 +280,12 @@ class Cluster:
             self.purge()
             raise
         self.down_v()
+        leaked = self.dangling_volumes() - dangling
+        check(not leaked, f"{len(leaked)} anonymous volumes left behind: {sorted(leaked)}")
+
+    def dangling_volumes(self) -> set[str]:
+        """Volumes no container uses (anonymous ones carry no project label)."""
+        return set(self.d.run("volume", "ls", "-q", "--filter", "dangling=true").stdout.split())
 
     def project_objects(self) -> dict[str, list[str]]:
         """Containers, volumes and networks labelled with the project."""
