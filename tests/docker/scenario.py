@@ -30,6 +30,7 @@ import functools
 import ipaddress
 import json
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -68,6 +69,10 @@ T = TypeVar("T")
 
 class Failed(AssertionError):
     """A check of the scenario failed (the message says which)."""
+
+
+class Terminated(RuntimeError):
+    """SIGTERM arrived; raised in the main thread so that cleanup runs."""
 
 
 def check(cond: bool, msg: str) -> None:
@@ -509,6 +514,11 @@ def main(argv: list[str] | None = None) -> int:
         "host's CA bundle is handed to the build as a secret)",
     )
     args = ap.parse_args(argv)
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise Terminated("terminated (SIGTERM)")  # unwinds: clusters removed, engine stopped
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     figures = Figures()
     t_all = time.monotonic()
     try:

@@ -33,14 +33,24 @@ def test_docker_compose_clusters() -> None:
         if docker_required():
             pytest.fail(f"{REQUIRE_ENV} is set but {reason}", pytrace=False)
         pytest.skip(reason)
-    cp = subprocess.run(
+    proc = subprocess.Popen(
         [str(REPO / "scripts" / "docker-test")],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=TIMEOUT,
-        check=False,
         cwd=REPO,
     )
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # SIGTERM: the script removes its clusters and stops its engine
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"scripts/docker-test ran over {TIMEOUT:.0f}s:\n{out[-3000:]}\n{err[-3000:]}")
+    cp = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     print(cp.stdout)  # the figures, shown with -s or on failure
     print(cp.stderr, file=sys.stderr)
     if cp.returncode == EXIT_UNAVAILABLE:
