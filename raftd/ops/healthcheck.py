@@ -1,7 +1,8 @@
 """``python -m raftd.ops.healthcheck``: probe the local daemon's ops endpoint.
 
-For container health checks (``HEALTHCHECK`` in the Dockerfile, ``healthcheck:`` in
-compose) and scripts. Standard library only; imports nothing else from raftd.
+For scripts and probes that have Python at hand. Standard library only; imports nothing
+else from raftd. The container image's health check is ``daemon/healthcheck.sh``, the
+same probe in bash, so that a check every few seconds starts no Python interpreter.
 
 The address comes from ``--addr``, else ``RAFTD_METRICS`` (``HOST:PORT``, as the daemon
 reads it; a wildcard host is probed on loopback), else ``127.0.0.1:9420``. The probe

@@ -103,14 +103,18 @@ def test_dockerfile_structure() -> None:
     assert build.name == "build"
     assert build.base == final.base == "python:3.11-slim"
     build_runs = " ".join(build.runs)
-    for pkg in ("libleveldb-dev", "build-essential"):
-        assert pkg in build_runs
-    assert "pip wheel" in build_runs
+    # Both ways of installing, in one RUN: offline from wheelhouse/ (--no-index, neither
+    # apt nor compiler), else from the index with the CA bundle secret and a compiler.
+    assert "--mount=type=bind,source=wheelhouse" in build_runs
+    assert "--no-index --find-links=/wheelhouse" in build_runs
+    assert "--mount=type=secret,id=ca-bundle" in build_runs
+    assert "PIP_CERT=/run/secrets/ca-bundle" in build_runs
+    assert "build-essential" in build_runs and "libgmp-dev" in build_runs
+    assert "python3 -m venv /opt/raftd" in build_runs
     final_runs = " ".join(final.runs)
-    assert "libleveldb1d" in final_runs
-    assert "--no-index" in final_runs, "the runtime installs only the built wheels"
-    assert "build-essential" not in final_runs and "-dev" not in final_runs
-    assert "apt-get install" not in final_runs or "rm -rf /var/lib/apt/lists" in final_runs
+    assert "apt-get" not in final_runs and "pip" not in final_runs
+    assert any(c.flags.get("from") == "build" and c.dest == "/opt/raftd" for c in final.copies)
+    assert final.env["PATH"].startswith("/opt/raftd/bin:")
 
     # Non-root user, created in the image.
     assert final.user is not None
@@ -124,8 +128,12 @@ def test_dockerfile_structure() -> None:
     assert f"{DEFAULT_METRICS_PORT}/tcp" in final.expose
     assert final.stopsignal == "SIGTERM"
     assert final.healthcheck is not None and final.healthcheck.command
-    assert final.healthcheck.command[0] == "python", "slim has no curl: probe with python"
-    assert "/healthz" in " ".join(final.healthcheck.command)
+    # The probe is the bash script, not a Python process every interval.
+    assert final.healthcheck.command == ["raftd-healthcheck"]
+    probe = next(c for c in final.copies if c.dest.endswith("/raftd-healthcheck"))
+    script = (REPO / probe.sources[0]).read_text()
+    assert script.startswith("#!/bin/bash\n") and "/healthz" in script
+    assert "python" not in "".join(ln for ln in script.splitlines() if not ln.startswith("#"))
     assert final.entrypoint is not None and final.entrypoint_exec_form, "exec form: signals"
     assert final.cmd == []
 
@@ -173,6 +181,8 @@ def test_dockerignore_keeps_what_the_build_needs() -> None:
         src for st in df.stages for c in st.copies if "from" not in c.flags for src in c.sources
     ]
     assert "pyproject.toml" in needed and "raftd" in needed
+    assert _dockerignore_allows("wheelhouse"), "the offline build mounts wheelhouse/"
+    assert (REPO / "wheelhouse").is_dir(), "a clean clone has wheelhouse/ for the mount"
     for src in needed:
         assert _dockerignore_allows(src), f".dockerignore excludes {src}"
     for excluded in (".venv", "tests", ".git", "raftd/__pycache__"):
@@ -214,13 +224,26 @@ def test_compose_structure(path: Path, n: int) -> None:
         assert c.raw["volumes"][v] is None  # plain named volumes
     assert {f"node{i}-{k}" for i in range(1, n + 1) for k in ("data", "sock")} == set(c.volumes)
 
-    app = c.services["app1"]
-    assert app.raw["network_mode"] == "none", "the app reaches raftd only by the socket"
-    assert app.depends_on == {"node1": "service_healthy"}
-    sock = {m.target: m for m in app.mounts}["/run/raftd"]
-    assert sock.source == "node1-sock"
-    assert app.environment["RAFTD_SOCKET"] == "/run/raftd/raftd.sock"
-    assert app.entrypoint == ["python", "/app/app.py"]
+    net = c.raw["networks"]["raft"]
+    assert net["internal"] is True, "the cluster network has no route out"
+    (ipam,) = net["ipam"]["config"]
+    assert ipam["subnet"].endswith("/24")
+
+    # One example app per node, on that node's socket volume alone.
+    assert [s.name for s in c.services.values() if s.name.startswith("app")] == [
+        f"app{i}" for i in range(1, n + 1)
+    ]
+    for i in range(1, n + 1):
+        app = c.services[f"app{i}"]
+        assert app.raw["network_mode"] == "none", "the app reaches raftd only by the socket"
+        assert app.raw["healthcheck"] == {"disable": True}, "no daemon to probe in an app"
+        assert app.raw["tmpfs"] == ["/data"], "no anonymous volume for the image's /data"
+        assert app.depends_on == {f"node{i}": "service_healthy"}
+        sock = {m.target: m for m in app.mounts}["/run/raftd"]
+        assert sock.source == f"node{i}-sock"
+        assert app.environment["RAFTD_SOCKET"] == "/run/raftd/raftd.sock"
+        assert app.environment["APP_NAME"] == f"app{i}"
+        assert app.entrypoint == ["python", "/app/app.py"]
     assert (path.parent / "app" / "app.py").exists()
 
 
@@ -229,3 +252,5 @@ def test_compose_files_differ_only_in_size() -> None:
     n1_3 = json.dumps(three.services["node1"].raw, sort_keys=True)
     n1_5 = json.dumps(five.services["node1"].raw, sort_keys=True)
     assert n1_3.replace('"3"', '"N"') == n1_5.replace('"5"', '"N"')
+    app_3, app_5 = (json.dumps(c.services["app1"].raw, sort_keys=True) for c in (three, five))
+    assert app_3 == app_5

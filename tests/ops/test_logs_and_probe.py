@@ -1,5 +1,6 @@
-"""A real ``raftd run`` process: structured log lines parse, the container probe
-(``python -m raftd.ops.healthcheck``) tracks the daemon, and SIGTERM exits 0."""
+"""A real ``raftd run`` process: structured log lines parse, the probes (``python -m
+raftd.ops.healthcheck`` and the image's bash ``daemon/healthcheck.sh``) track the
+daemon, and SIGTERM exits 0."""
 
 from __future__ import annotations
 
@@ -112,3 +113,63 @@ def test_probe_url() -> None:
     assert healthcheck.probe_url(":9420", "/readyz") == "http://127.0.0.1:9420/readyz"
     assert healthcheck.probe_url("[::]:1", "/x") == "http://[::1]:1/x"
     assert healthcheck.probe_url("10.0.0.5:9", "/x") == "http://10.0.0.5:9/x"
+
+
+HEALTHCHECK_SH = Path(__file__).resolve().parents[2] / "daemon" / "healthcheck.sh"
+
+
+def _bash_probe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(HEALTHCHECK_SH), *args], env=env, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_bash_probe_tracks_daemon(tmp_path: Path) -> None:
+    """The image's HEALTHCHECK script (bash, no Python): healthy while the daemon serves,
+    ready once it leads, unhealthy with a reason while its process is stopped (a wedged
+    daemon whose kernel still accepts connections) and once it is gone."""
+    port = free_port()
+    env = dict(os.environ, RAFTD_METRICS=f"0.0.0.0:{port}", RAFTD_HEALTHCHECK_TIMEOUT="1")
+    argv = [
+        sys.executable,
+        "-m",
+        "raftd",
+        "run",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--socket",
+        str(tmp_path / "api.sock"),
+        "--discovery",
+        "none",
+        "--namespace",
+        "/raft/probe",
+        "--metrics",
+        f"127.0.0.1:{port}",
+    ]
+    with open(tmp_path / "stderr.log", "wb") as f:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=f)
+    try:
+        _wait("ready", lambda: _bash_probe(env, "--ready").returncode == 0, 30, proc)
+        cp = _bash_probe(env)
+        assert (cp.returncode, cp.stdout, cp.stderr) == (0, "", "")
+        assert _bash_probe(env, "--bogus").returncode == 2
+
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            cp = _bash_probe(env)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        assert cp.returncode == 1
+        assert cp.stderr.strip() == f"http://0.0.0.0:{port}/healthz: no answer within 1s"
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        cp = _bash_probe(env)
+        assert cp.returncode == 1
+        assert f"cannot connect to 127.0.0.1:{port}" in cp.stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
