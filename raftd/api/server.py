@@ -99,7 +99,8 @@ def parse_tcp_address(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names only this machine (127.0.0.0/8, ::1, localhost)."""
     if host == "localhost":
         return True
     try:
@@ -165,7 +166,7 @@ class ApiServer:
         self.tcp_addrs: list[tuple[str, int]] = []
         if config.tcp:
             host, _ = parse_tcp_address(config.tcp)
-            if not _is_loopback(host) and not config.token:
+            if not is_loopback(host) and not config.token:
                 raise ApiConfigError(
                     f"api_tcp {config.tcp}: a non-loopback API listener needs an API token "
                     "(api_token_file)"

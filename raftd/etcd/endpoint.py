@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+
+from raftd.api.server import is_loopback
 
 __all__ = ["EndpointError", "TlsFiles", "is_loopback", "load_tls", "parse_listen"]
 
@@ -36,16 +37,6 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise EndpointError(f"{value!r}: port {port} is out of range")
     return host, port
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names only this machine (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load_tls(cert: Path, key: Path, client_ca: Path | None) -> TlsFiles:
