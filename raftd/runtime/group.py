@@ -823,10 +823,12 @@ class Group:
         # A normal fsync: inputs wait and are batched after it, as without a writer.
         with trio.move_on_after(self.preset.tick_s):
             await landed.wait()
-        if not box:
-            self.stats.slow_persists += 1
+        if box:
+            box[0].unwrap()
+            return
+        self.stats.slow_persists += 1
         slow_since = self.clock()
-        held0 = self._starvation.held_off_s() if not box else 0.0
+        held0 = self._starvation.held_off_s()
         handed_over = False
         while not box:
             self._wake = trio.Event()
@@ -836,16 +838,10 @@ class Group:
                 await self._wake.wait()
                 continue
             now = self.clock()
-            # The disk, not the CPU: only while the ticker kept time during the wait. A
-            # starved or throttled process (its ticks late or skipped too) keeps its
-            # leadership; handing it over would only add an election.
             if not handed_over and now >= stuck_at and node.state == StateType.LEADER:
                 # At most once per tick: reading the counters costs a few file reads.
                 stuck_at = now + self.preset.tick_s
-                expected = (now - since) / self.preset.tick_s
-                kept_time = self._ticks_total - ticks0 >= 0.8 * expected - 1
-                held = self._starvation.held_off_s() - held0
-                disk_stuck = kept_time and held < 0.5 * (now - slow_since)
+                disk_stuck = self._disk_to_blame(now - since, ticks0, now - slow_since, held0)
             else:
                 disk_stuck = False
             if disk_stuck:
@@ -864,6 +860,16 @@ class Group:
             if early:
                 self._send(early)
         box[0].unwrap()
+
+    def _disk_to_blame(self, waited: float, ticks0: int, window: float, held0: float) -> bool:
+        """Whether a persist outstanding for ``waited`` seconds is the disk's fault, not
+        the CPU's: the ticker kept time during the wait, and the process was held off the
+        CPU for less than half of the last ``window`` seconds. A starved or throttled
+        process keeps its leadership: handing it over would only add an election."""
+        expected = waited / self.preset.tick_s
+        kept_time = self._ticks_total - ticks0 >= 0.8 * expected - 1
+        held = self._starvation.held_off_s() - held0
+        return kept_time and held < 0.5 * window
 
     #: A leader's persist outstanding for this fraction of an election timeout hands
     #: leadership over (see :meth:`_persist`).
