@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import multiaddr
 import trio
 from libp2p.custom_types import TProtocol
+from libp2p.io.trio import TrioTCPStream
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 
@@ -52,6 +53,7 @@ from raftd.security.envelope import (
     NullEnvelope,
 )
 from raftd.security.keys import NoCommonKey
+from raftd.transport import tcpread
 from raftd.transport.base import (
     DEFAULT_SNAPSHOT_CHUNK,
     MessageFilter,
@@ -584,6 +586,7 @@ class Libp2pTransport:
         ``dial_timeout``. Returns None on failure (logged at ``level``)."""
         network = self._host.get_network()
         connected = _has_live_connection(network, peer.pid)
+        started = trio.current_time()
         with trio.move_on_after(self.config.dial_timeout):
             try:
                 if not connected:
@@ -603,17 +606,29 @@ class Libp2pTransport:
             except Exception as exc:
                 log.log(level, "cannot open %s to %s: %s", proto, peer.id, _describe(exc))
                 return None
+        alive = connected and _received_since(network, peer.pid, started)
         log.log(
             level,
             "opening %s to %s timed out after %.1fs%s",
             proto,
             peer.id,
             self.config.dial_timeout,
-            " on an existing connection: dropping it" if connected else "",
+            (
+                (
+                    " on a connection still receiving: keeping it"
+                    if alive
+                    else " on an existing connection: dropping it"
+                )
+                if connected
+                else ""
+            ),
         )
-        if connected:
-            # Negotiation hung on a connection that looks alive: a frozen peer, or one
-            # corrupted by a cancelled write. Redial from scratch next time.
+        if connected and not alive:
+            # Negotiation hung on a connection that looks alive and on which nothing
+            # arrived meanwhile: a frozen peer, or one corrupted by a cancelled write.
+            # Redial from scratch next time. A peer that kept sending is alive but slow
+            # (a starved host): dropping the connection would only add a handshake to
+            # its load, so it is kept and the caller retries later.
             await self._abort_connections(peer)
         return None
 
@@ -1051,13 +1066,14 @@ def parse_peer_id(peer_id: str) -> ID:
     return pid
 
 
-def _socket_stream_of(conn: Any) -> trio.SocketStream | None:
-    """The TCP socket under a swarm connection (SwarmConn -> Yamux -> SecureSession ->
-    NoiseTransportReadWriter -> RawConnection -> TrioTCPStream -> trio.SocketStream), or
-    None if the layers differ (another transport or libp2p version)."""
+def _layer_of(conn: Any, cls: type) -> Any:
+    """The first object of type ``cls`` down the layers of a swarm connection (SwarmConn
+    -> Yamux -> SecureSession -> NoiseTransportReadWriter -> RawConnection ->
+    TrioTCPStream -> trio.SocketStream), or None if the layers differ (another
+    transport or libp2p version)."""
     obj = conn
     for _ in range(10):
-        if isinstance(obj, trio.SocketStream):
+        if isinstance(obj, cls):
             return obj
         for attr in ("muxed_conn", "secured_conn", "conn", "stream"):
             nxt = getattr(obj, attr, None)
@@ -1067,6 +1083,26 @@ def _socket_stream_of(conn: Any) -> trio.SocketStream | None:
         else:
             return None
     return None
+
+
+def _socket_stream_of(conn: Any) -> trio.SocketStream | None:
+    """The TCP socket under a swarm connection, or None (see :func:`_layer_of`)."""
+    sock: trio.SocketStream | None = _layer_of(conn, trio.SocketStream)
+    return sock
+
+
+def _received_since(network: Any, pid: ID, since: float) -> bool:
+    """Whether bytes arrived from ``pid`` on a live connection at or after ``since``
+    (``trio.current_time()``)."""
+    try:
+        conns = [c for c in network.get_connections(pid) if not c.is_closed]
+    except Exception:
+        return False
+    for conn in conns:
+        at = tcpread.last_received(_layer_of(conn, TrioTCPStream))
+        if at is not None and at >= since:
+            return True
+    return False
 
 
 def _has_live_connection(network: Any, pid: ID) -> bool:

@@ -11,6 +11,10 @@ so are the errors. It applies to every TCP connection of the process.
 
 This is a patch of the library's class, done once at host creation, in place of
 changing the installed package: upstream, it belongs in ``TrioTCPStream`` itself.
+
+Each stream also remembers when bytes last arrived (:func:`last_received`): a peer that
+is slow to answer one request but still sends on the connection is alive, and its
+connection is worth keeping (see ``LibP2PTransport._open_stream``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import trio
 from libp2p.io.exceptions import ConnectionClosedError
 from libp2p.io.trio import TrioTCPStream
 
-__all__ = ["CHUNK", "install"]
+__all__ = ["CHUNK", "install", "last_received"]
 
 #: Bytes asked of the socket per receive.
 CHUNK = 64 * 1024
@@ -48,6 +52,8 @@ async def _buffered_read(self: Any, n: int | None = None) -> bytes:
             ) from error
         except trio.ClosedResourceError:
             return b""  # closed locally: end of stream, as the library does
+        if data:
+            self._raftd_rx_at = trio.current_time()
         if n is None or len(data) <= n:
             return data
         if buf is None:
@@ -55,6 +61,13 @@ async def _buffered_read(self: Any, n: int | None = None) -> bytes:
         else:
             buf.extend(data[n:])
         return data[:n]
+
+
+def last_received(stream: Any) -> float | None:
+    """``trio.current_time()`` when ``stream`` (a ``TrioTCPStream``) last received bytes;
+    None if never, or if the stream is not read through :func:`install`'s buffer."""
+    at = getattr(stream, "_raftd_rx_at", None)
+    return at if isinstance(at, float) else None
 
 
 def install() -> None:
