@@ -160,10 +160,15 @@ class FrameReader:
         return self._frames.pop()
 
 
+#: How many dial timeouts a stream negotiation may take on a connection that keeps
+#: receiving (the bound doubles per such timeout, back to one on success).
+_MAX_OPEN_PATIENCE = 4
+
+
 class _Peer:
     """Outbound state for one peer (owned by its sender task)."""
 
-    __slots__ = ("addrs", "failures", "id", "pid", "scope", "started")
+    __slots__ = ("addrs", "failures", "id", "open_timeout", "pid", "scope", "started")
 
     def __init__(self, peer_id: str, pid: ID) -> None:
         self.id = peer_id
@@ -172,6 +177,9 @@ class _Peer:
         self.scope = trio.CancelScope()
         self.started = False
         self.failures = 0  # consecutive failed dials (for log levels)
+        #: Bound on opening a stream over an existing connection; 0: the dial timeout.
+        #: Grows while the peer proves alive but slow (see ``_open_stream``).
+        self.open_timeout = 0.0
 
 
 class Libp2pTransport:
@@ -587,7 +595,10 @@ class Libp2pTransport:
         network = self._host.get_network()
         connected = _has_live_connection(network, peer.pid)
         started = trio.current_time()
-        with trio.move_on_after(self.config.dial_timeout):
+        bound = self.config.dial_timeout
+        if connected and peer.open_timeout > bound:
+            bound = peer.open_timeout
+        with trio.move_on_after(bound):
             try:
                 if not connected:
                     # Deliberate redial: our own backoff paces dials, so the swarm's
@@ -602,7 +613,9 @@ class Libp2pTransport:
                     # Dial explicitly: new_stream() does not dial while the swarm still
                     # lists a dead connection to the peer ("No valid connections").
                     await network.dial_peer(peer.pid)
-                return await self._host.new_stream(peer.pid, [proto])
+                stream = await self._host.new_stream(peer.pid, [proto])
+                peer.open_timeout = 0.0
+                return stream
             except Exception as exc:
                 log.log(level, "cannot open %s to %s: %s", proto, peer.id, _describe(exc))
                 return None
@@ -612,7 +625,7 @@ class Libp2pTransport:
             "opening %s to %s timed out after %.1fs%s",
             proto,
             peer.id,
-            self.config.dial_timeout,
+            bound,
             (
                 (
                     " on a connection still receiving: keeping it"
@@ -623,12 +636,17 @@ class Libp2pTransport:
                 else ""
             ),
         )
-        if connected and not alive:
+        if alive:
+            # A peer that kept sending is alive but slow (a starved host): dropping the
+            # connection would only add a handshake to its load. Keep it, and give the
+            # next attempt more time (up to _MAX_OPEN_PATIENCE dial timeouts), or a
+            # peer that always needs a little longer than the bound is never reached.
+            peer.open_timeout = min(bound * 2, self.config.dial_timeout * _MAX_OPEN_PATIENCE)
+        elif connected:
             # Negotiation hung on a connection that looks alive and on which nothing
             # arrived meanwhile: a frozen peer, or one corrupted by a cancelled write.
-            # Redial from scratch next time. A peer that kept sending is alive but slow
-            # (a starved host): dropping the connection would only add a handshake to
-            # its load, so it is kept and the caller retries later.
+            # Redial from scratch next time.
+            peer.open_timeout = 0.0
             await self._abort_connections(peer)
         return None
 
