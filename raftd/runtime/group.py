@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Any
 import outcome
 import trio
 
-from raftd.app.presets import Preset
 from raftd.core import (
     NONE,
     ConfChange,
@@ -58,6 +57,7 @@ from raftd.core import (
     StateType,
 )
 from raftd.kv.machine import ApplyResult, KVStateMachine
+from raftd.runtime.presets import Preset
 from raftd.runtime.rtt import RttEstimator
 from raftd.runtime.starvation import CpuStarvation
 from raftd.storage.base import StorageWriteError
@@ -395,6 +395,11 @@ class Group:
             "members": [{"id": v, "voter": True} for v in cs.voters]
             + [{"id": v, "voter": False} for v in cs.learners],
         }
+
+    @property
+    def running(self) -> bool:
+        """True while the Raft node is open (from :meth:`run` on)."""
+        return self.node is not None
 
     @property
     def is_leader(self) -> bool:
