@@ -120,12 +120,13 @@ def test_unknown_package_and_harness_import(tmp_path: Path) -> None:
     assert run(root2) == ["raftd/top/f.py:1: top imports harness (module level): outside the wheel"]
 
 
-def test_temporary_exception_is_skipped_and_must_match(tmp_path: Path) -> None:
+def test_temporary_exception_is_skipped_and_stale_ones_named(tmp_path: Path) -> None:
     root = tree(tmp_path, {**CLEAN, "low/a.py": "import raftd.mid.b\n"})
     r = check(root, layers=TABLE, exceptions={("raftd/low/a.py", "mid"): "why"})
     assert r.ok and [e.site for e in r.excepted] == ["raftd/low/a.py:1"]
+    assert not r.cycles and not r.layers
     r = check(root, layers=TABLE, exceptions={("raftd/low/gone.py", "mid"): "why"})
-    assert not r.ok
+    assert not r.ok and r.cycles  # the real edge is checked again
     assert r.stale_exceptions == [
         "raftd/low/gone.py: temporary exception for importing mid matches no import: remove it"
     ]
