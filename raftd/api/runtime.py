@@ -3,9 +3,9 @@
 ``/raftd/1<ns>/cmd``) and a :class:`LeaseClock`; then one :class:`ApiServer` for the
 local socket (and optional TCP listener).
 
-``Daemon._serve`` starts it with ``await nursery.start(serve_api, daemon)`` once its
-groups run. Configuration comes from the daemon's :class:`DaemonConfig`: ``socket_path``,
-``api_tcp``, ``api_token_file``.
+The app builds it from narrow inputs (the groups and their transports, the libp2p host,
+the envelope, a config slice: :class:`ApiSettings`) and starts it with
+``await nursery.start(api.run)`` once its groups run.
 """
 
 from __future__ import annotations
@@ -13,28 +13,30 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from raftd.api.server import ApiConfigError, ApiServer, ApiServerConfig
 from raftd.api.service import NamespaceService
 from raftd.runtime.forward import (
-    PLAIN,
     CmdHandler,
     CmdSecurity,
     EnvelopeSecurity,
     ForwardConfig,
     Forwarder,
 )
+from raftd.runtime.group import Group
+from raftd.runtime.presets import Preset
+from raftd.security.envelope import Envelope
+from raftd.transport.libp2p import Libp2pTransport
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
-    from raftd.app.daemon import Daemon
-
-__all__ = ["ApiRuntime", "load_token", "serve_api"]
+__all__ = ["ApiRuntime", "ApiSettings", "load_token"]
 
 log = logging.getLogger("raftd.api")
 
@@ -54,35 +56,66 @@ def load_token(path: Path) -> str:
     return token
 
 
-class ApiRuntime:
-    """The API side of one daemon (see the module doc)."""
+class ApiSettings(Protocol):
+    """The slice of the daemon's configuration the API reads (``DaemonConfig`` has it)."""
 
-    def __init__(self, daemon: Daemon, *, security: CmdSecurity | None = None) -> None:
-        self.daemon = daemon
-        if security is None:
-            # Seal cmd frames like the Raft streams: the daemon's envelope (a keyed one
-            # when --key-file is set; the null one writes a 1-byte header and passes
-            # frames through, so keyed and unkeyed nodes refuse each other clearly).
-            env = getattr(daemon, "envelope", None)
-            security = EnvelopeSecurity(env) if env is not None else PLAIN
-        self.security = security
+    @property
+    def timing(self) -> Preset: ...
+
+    @property
+    def socket_path(self) -> Path: ...
+
+    @property
+    def api_tcp(self) -> str | None: ...
+
+    @property
+    def api_token_file(self) -> Path | None: ...
+
+
+class ApiRuntime:
+    """The API side of one daemon (see the module doc). ``groups`` and ``transports``
+    (by namespace) are read when :meth:`run` starts; ``local_addrs`` gives this node's
+    listen addresses when asked. A bad API setting raises :class:`ApiConfigError` from
+    :meth:`run` before it reports started."""
+
+    def __init__(
+        self,
+        *,
+        settings: ApiSettings,
+        host: Any,
+        peer_id: str,
+        groups: Mapping[str, Group],
+        transports: Mapping[str, Libp2pTransport],
+        local_addrs: Callable[[], list[str]],
+        envelope: Envelope,
+        security: CmdSecurity | None = None,
+    ) -> None:
+        self.settings = settings
+        self.host = host
+        self.peer_id = peer_id
+        self.groups = groups
+        self.transports = transports
+        self.local_addrs = local_addrs
+        # Seal cmd frames like the Raft streams: the daemon's envelope (a keyed one when
+        # --key-file is set; the null one writes a 1-byte header and passes frames
+        # through, so keyed and unkeyed nodes refuse each other clearly).
+        self.security = security if security is not None else EnvelopeSecurity(envelope)
         self.services: dict[str, NamespaceService] = {}
         self.forwarders: dict[str, Forwarder] = {}
         self.handlers: dict[str, CmdHandler] = {}
         self.server: ApiServer | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        d = self.daemon
-        cfg = d.cfg
+        cfg = self.settings
         fcfg = ForwardConfig(dial_timeout=cfg.timing.dial_timeout_s)
         token = load_token(cfg.api_token_file) if cfg.api_token_file is not None else None
         async with trio.open_nursery() as nursery:
-            for ns, group in d.groups.items():
-                transport = d.transports[ns]
+            for ns, group in self.groups.items():
+                transport = self.transports[ns]
                 fwd = Forwarder(
-                    d.host,
+                    self.host,
                     ns,
-                    local_peer=d.peer_id,
+                    local_peer=self.peer_id,
                     peer_addrs=transport.peer_addrs,
                     security=self.security,
                     config=fcfg,
@@ -91,13 +124,13 @@ class ApiRuntime:
                     group,
                     transport=transport,
                     forwarder=fwd,
-                    local_addrs=lambda: list(d.addrs),
+                    local_addrs=self.local_addrs,
                     preset=cfg.timing,
                 )
                 handler = CmdHandler(
-                    d.host,
+                    self.host,
                     ns,
-                    local_peer=d.peer_id,
+                    local_peer=self.peer_id,
                     execute=svc.handle_forwarded,
                     is_member=_member_check(svc),
                     security=self.security,
@@ -123,18 +156,3 @@ def _member_check(svc: NamespaceService) -> Any:
         return peer in cs.voters or peer in cs.learners
 
     return is_member
-
-
-async def serve_api(
-    daemon: Daemon, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Run the API side of ``daemon`` until cancelled (``nursery.start`` it). A bad API
-    configuration raises :class:`raftd.app.daemon.DaemonError`."""
-    from raftd.app.daemon import DaemonError
-
-    rt = ApiRuntime(daemon)
-    daemon.api = rt  # type: ignore[attr-defined]
-    try:
-        await rt.run(task_status=task_status)
-    except ApiConfigError as exc:
-        raise DaemonError(str(exc)) from exc

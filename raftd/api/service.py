@@ -50,9 +50,8 @@ import trio
 
 from raftd.api.errors import ApiError
 from raftd.api.leases import LeaseClock, min_lease_ttl
-from raftd.app.backup import write_backup
-from raftd.app.presets import Preset
 from raftd.core import NONE, TRANSIENT_REFUSALS, ConfChange, ConfChangeType, ConfState, NodeId
+from raftd.kv.backupfile import write_backup
 from raftd.kv.machine import RestoreInProgressError
 from raftd.kv.watch import PUT, KeyEvent
 from raftd.runtime.forward import Forwarder, ForwardError
@@ -66,6 +65,7 @@ from raftd.runtime.group import (
     ProposalRejected,
     ProposalsIgnored,
 )
+from raftd.runtime.presets import Preset
 from raftd.transport.libp2p import parse_peer_id
 from raftd.wire.pb import api_pb2 as apb
 from raftd.wire.pb import kv_pb2 as kpb
@@ -778,7 +778,7 @@ class NamespaceService:
     ) -> None:
         """Stream a consistent backup (``raftd snapshot save``): a linearizable read
         point first, so it holds every write acknowledged before the request; then the
-        backup file (see :mod:`raftd.app.backup`) in chunks, never whole in memory."""
+        backup file (see :mod:`raftd.kv.backupfile`) in chunks, never whole in memory."""
         deadline = trio.current_time() + self.timeout_of(req)
         await self.barrier(deadline)
         sm = self.group.sm

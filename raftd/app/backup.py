@@ -1,6 +1,7 @@
 """Backups: ``raftd snapshot save FILE`` and ``raftd snapshot restore FILE``.
 
-A backup file is self-contained and checksummed::
+A backup file (written by :func:`raftd.kv.backupfile.write_backup`, which the API's
+``snapshot save`` streams) is self-contained and checksummed::
 
     b"RAFTDBAK1\\n"
     one JSON line: {"namespace": ..., "index": ..., "revision": ..., "created": ...}
@@ -24,71 +25,32 @@ import hashlib
 import io
 import json
 import os
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from raftd.core import ConfState, Snapshot, SnapshotMetadata
 from raftd.etcd.snapfile import payload_size
+from raftd.kv.backupfile import MAGIC, BackupInfo, write_backup
 from raftd.kv.machine import KVStateMachine
 from raftd.storage.leveldb import LevelDB
 from raftd.storage.snapshots import finish_pending_install
 from raftd.transport.host import load_or_create_identity, peer_id_of
 
-MAGIC = b"RAFTDBAK1\n"
+__all__ = [
+    "MAGIC",
+    "BackupError",
+    "BackupInfo",
+    "restore_backup",
+    "verify_backup",
+    "write_backup",
+]
+
 _CHUNK = 256 * 1024
 
 
 class BackupError(Exception):
     """The backup cannot be written or restored; the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class BackupInfo:
-    namespace: str
-    index: int
-    revision: int
-    size: int
-
-
-class _HashingWriter:
-    """Writes through to ``out`` while hashing, and counts bytes."""
-
-    def __init__(self, write: Callable[[bytes], object]) -> None:
-        self._write = write
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes, /) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        self._write(data)
-        return len(data)
-
-
-def write_backup(
-    sm: KVStateMachine, namespace: str, write: Callable[[bytes], object]
-) -> BackupInfo:
-    """Stream a backup of ``sm`` through ``write`` (call after a read barrier)."""
-    view = sm.snapshot_view()
-    try:
-        w = _HashingWriter(write)
-        header = {
-            "namespace": namespace,
-            "index": view.index,
-            "revision": sm.revision(),
-            "created": time.time(),
-        }
-        w.write(MAGIC)
-        w.write(json.dumps(header, sort_keys=True).encode() + b"\n")
-        view.write(w)
-        digest = w.sha.digest()
-        write(digest)
-        return BackupInfo(namespace, view.index, sm.revision(), w.size + len(digest))
-    finally:
-        view.close()
 
 
 def _size(path: Path) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from raftd.app.presets import PRESETS, Preset
+from raftd.runtime.presets import PRESETS, Preset
 
 DEFAULT_PORT = 7420
 DEFAULT_LISTEN = f"/ip4/0.0.0.0/tcp/{DEFAULT_PORT}"

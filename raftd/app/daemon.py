@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,11 @@ from raftd.transport.libp2p import Libp2pTransport, Libp2pTransportConfig
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
+
+    from raftd.api.runtime import ApiRuntime
+    from raftd.formation.service import Formation
+    from raftd.ops.server import OpsServer
+    from raftd.ops.source import OpsSource
 
 log = logging.getLogger("raftd.daemon")
 
@@ -62,8 +67,11 @@ class Daemon:
     envelope: Envelope = field(default_factory=NullEnvelope)
     _stop: trio.Event = field(default_factory=trio.Event)
     _started_hooks: list[Callable[[Daemon], None]] = field(default_factory=list)
-    # raftd.formation.service.Formation when discovery runs the groups
-    formation: Any = None
+    #: The services the daemon composes, set as ``run()`` starts them: formation only
+    #: when discovery runs the groups, ops only with ``--metrics``.
+    formation: Formation | None = None
+    api: ApiRuntime | None = None
+    ops: OpsServer | None = None
     watchdog: LoopWatchdog = field(default_factory=LoopWatchdog)
 
     #: What the daemon is doing, for logs (the shutdown guard reports it).
@@ -147,12 +155,29 @@ class Daemon:
             if formation_on:
                 from raftd.formation.service import Formation
 
-                self.formation = Formation(self)
+                self.formation = Formation(
+                    settings=cfg,
+                    host=host,
+                    peer_id=self.peer_id,
+                    groups=self.groups,
+                    transports=self.transports,
+                    db=db,
+                    envelope=self.envelope,
+                )
                 await nursery.start(self.formation.run)
             # The local API server and leader forwarding.
-            from raftd.api.runtime import serve_api
+            from raftd.api.runtime import ApiRuntime
 
-            await nursery.start(serve_api, self)
+            self.api = ApiRuntime(
+                settings=cfg,
+                host=host,
+                peer_id=self.peer_id,
+                groups=self.groups,
+                transports=self.transports,
+                local_addrs=lambda: list(self.addrs),
+                envelope=self.envelope,
+            )
+            await nursery.start(_serve_api, self.api)
             # The etcd v3 endpoint, when --etcd-listen is set.
             if cfg.etcd_listen is not None:
                 from raftd.app.etcd import serve_etcd
@@ -160,9 +185,7 @@ class Daemon:
                 await nursery.start(serve_etcd, self)
             # /healthz, /readyz, /metrics when --metrics is set.
             if cfg.metrics:
-                from raftd.ops.server import serve_ops
-
-                await nursery.start(serve_ops, self)
+                await nursery.start(self._serve_ops, cfg.metrics)
             for hook in self._started_hooks:
                 hook(self)
             task_status.started()
@@ -176,6 +199,53 @@ class Daemon:
             await self._graceful_shutdown()
             self.phase = "stopping tasks and closing storage"
             nursery.cancel_scope.cancel()
+
+    def ops_source(self) -> OpsSource:
+        """What the ops endpoints read: this daemon's groups, transports and watchdog,
+        and the counters its API and formation keep."""
+        from raftd.ops.source import OpsSource
+
+        def forwarded_calls(ns: str) -> int:
+            fwd = self.api.forwarders.get(ns) if self.api is not None else None
+            return fwd.stats["calls"] if fwd is not None else 0
+
+        def discovery_peers(ns: str) -> int:
+            f = self.formation
+            return f.hub.peers_seen.get(ns, 0) if f is not None else 0
+
+        def formation_events(ns: str) -> Mapping[str, int]:
+            nf = self.formation.namespaces.get(ns) if self.formation is not None else None
+            return nf.stats.as_dict() if nf is not None else {}
+
+        return OpsSource(
+            peer_id=self.peer_id,
+            namespaces=self.cfg.namespaces,
+            groups=self.groups,
+            transports=self.transports,
+            watchdog=self.watchdog,
+            stopping=self._stop.is_set,
+            forwarded_calls=forwarded_calls,
+            discovery_peers=discovery_peers,
+            formation_events=formation_events,
+        )
+
+    async def _serve_ops(
+        self, addr: str, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the ops listener on ``addr`` (sets :attr:`ops`). A bad address or a failed
+        bind raises :class:`DaemonError` from ``start``."""
+        from raftd.ops.server import OpsServer, parse_listen_addr
+
+        try:
+            host, port = parse_listen_addr(addr)
+        except ValueError as exc:
+            raise DaemonError(f"metrics: {exc}") from None
+        self.ops = server = OpsServer(self.ops_source(), host, port)
+        try:
+            listeners = await server.bind()
+        except OSError as exc:
+            raise DaemonError(f"metrics: cannot listen on {addr}: {exc.strerror or exc}") from None
+        await server.serve(listeners, task_status=task_status)
 
     async def _watch_signals(self, signals: Any) -> None:
         async for signum in signals:
@@ -219,6 +289,18 @@ class Daemon:
             async with trio.open_nursery() as n:
                 for g in self.groups.values():
                     n.start_soon(_hand_over, g)
+
+
+async def _serve_api(
+    api: ApiRuntime, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the API side until cancelled; a bad API setting raises :class:`DaemonError`."""
+    from raftd.api.server import ApiConfigError
+
+    try:
+        await api.run(task_status=task_status)
+    except ApiConfigError as exc:
+        raise DaemonError(str(exc)) from exc
 
 
 async def run_group(

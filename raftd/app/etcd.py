@@ -43,8 +43,9 @@ class _ClusterId:
     def __call__(self) -> int:
         if self._fixed is not None:
             return self._fixed
-        nf = self.daemon.formation.namespaces.get(self.ns)
-        rec = getattr(nf, "record", None)
+        f = self.daemon.formation
+        nf = f.namespaces.get(self.ns) if f is not None else None
+        rec = nf.record if nf is not None else None
         if rec is None:
             return cluster_id(self.ns)
         self._fixed = cluster_id(self.ns, str(rec.id))
@@ -68,7 +69,8 @@ async def serve_etcd(
             tls = load_tls(cfg.etcd_cert_file, cfg.etcd_key_file, cfg.etcd_trusted_ca_file)
     except EndpointError as exc:
         raise DaemonError(f"etcd endpoint: {exc}") from None
-    svc = daemon.api.services[ns]  # type: ignore[attr-defined]
+    assert daemon.api is not None, "serve_etcd starts after the API"
+    svc = daemon.api.services[ns]
     scheme = "https" if tls is not None else "http"
     service = EtcdService(
         svc,

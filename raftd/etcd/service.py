@@ -97,7 +97,7 @@ class EtcdService:
     # -- common ----------------------------------------------------------------------------
     def term(self) -> int:
         node = self.group.node
-        return int(node.raft.term) if node is not None else 0
+        return node.term if node is not None else 0
 
     @property
     def cluster_id(self) -> int:

@@ -13,10 +13,25 @@ it.)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
-from raftd.app.config import DaemonConfig
+from raftd.runtime.presets import Preset
 
-__all__ = ["FormationConfig"]
+__all__ = ["FormationConfig", "FormationSettings"]
+
+
+class FormationSettings(Protocol):
+    """The slice of the daemon's configuration formation reads (``DaemonConfig`` has
+    it)."""
+
+    @property
+    def timing(self) -> Preset: ...
+
+    @property
+    def expect(self) -> int: ...
+
+    @property
+    def voter_cap(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +54,7 @@ class FormationConfig:
     backoff_cap_s: float  # longest pause between dials to an unreachable peer
 
     @classmethod
-    def of(cls, cfg: DaemonConfig) -> FormationConfig:
+    def of(cls, cfg: FormationSettings) -> FormationConfig:
         p = cfg.timing
         hb = min(5.0, max(1.0, p.bootstrap_window_s / 2))
         stale = 3.5 * hb

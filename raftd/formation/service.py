@@ -1,8 +1,10 @@
 """The daemon-level formation service: discovery plus one
 :class:`raftd.formation.node.NamespaceFormation` per namespace, and the status file.
 
-The daemon creates it when discovery is configured (``--discovery`` not ``none``, or
-``--bootstrap`` given), hands it its groups unstarted, and starts it with
+The app creates it when discovery is configured (``--discovery`` not ``none``, or
+``--bootstrap`` given) from narrow inputs (the groups, unstarted, and their transports,
+the host, the database, the envelope and a config slice: :class:`FormationSettings`),
+and starts it with
 ``await nursery.start(formation.run)``: from then on the formation decides when each
 group bootstraps, joins, runs, or dissolves.
 
@@ -20,22 +22,26 @@ import logging
 import os
 import random
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from raftd.discovery.hub import DiscoveryHub
 from raftd.formation.config import FormationConfig
+from raftd.formation.config import FormationSettings as TimingSettings
 from raftd.formation.node import NamespaceFormation
+from raftd.runtime.group import Group
+from raftd.security.envelope import Envelope
+from raftd.storage.leveldb import LevelDB
 from raftd.transport.host import listen_addrs_of
+from raftd.transport.libp2p import Libp2pTransport
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
-    from raftd.app.daemon import Daemon
-
-__all__ = ["STATUS_FILE", "Formation", "formation_enabled"]
+__all__ = ["STATUS_FILE", "Formation", "FormationSettings", "formation_enabled"]
 
 log = logging.getLogger("raftd.formation")
 
@@ -48,21 +54,45 @@ def formation_enabled(discovery: list[str], bootstrap: list[str]) -> bool:
     return bool(discovery) or bool(bootstrap)
 
 
+class FormationSettings(TimingSettings, Protocol):
+    """The slice of the daemon's configuration formation reads (``DaemonConfig`` has
+    it)."""
+
+    @property
+    def data_dir(self) -> Path: ...
+
+    @property
+    def discovery(self) -> Sequence[str]: ...
+
+    @property
+    def bootstrap(self) -> Sequence[str]: ...
+
+
 class Formation:
     """Discovery and formation for every namespace of one daemon (module docstring)."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        cfg = daemon.cfg
-        self.daemon = daemon
+    def __init__(
+        self,
+        *,
+        settings: FormationSettings,
+        host: Any,
+        peer_id: str,
+        groups: Mapping[str, Group],
+        transports: Mapping[str, Libp2pTransport],
+        db: LevelDB,
+        envelope: Envelope,
+    ) -> None:
+        cfg = settings
+        self.peer_id = peer_id
         self.config = FormationConfig.of(cfg)
         self._rng = random.Random(os.urandom(8))
         self.hub = DiscoveryHub(
-            daemon.host,
-            daemon.peer_id,
-            list(daemon.groups),
+            host,
+            peer_id,
+            list(groups),
             kinds=list(cfg.discovery),
             bootstrap=list(cfg.bootstrap),
-            listen_addrs=listen_addrs_of(daemon.host),
+            listen_addrs=listen_addrs_of(host),
             heartbeat_s=self.config.heartbeat_s,
             dial_timeout=self.config.dial_timeout_s,
             presence_payload=self._presence_payload,
@@ -70,16 +100,15 @@ class Formation:
             rng=self._rng,
         )
         self.namespaces: dict[str, NamespaceFormation] = {}
-        assert daemon.db is not None
-        for ns, group in daemon.groups.items():
+        for ns, group in groups.items():
             self.namespaces[ns] = NamespaceFormation(
                 namespace=ns,
                 group=group,
-                transport=daemon.transports[ns],
+                transport=transports[ns],
                 hub=self.hub,
-                db=daemon.db,
+                db=db,
                 data_dir=cfg.data_dir,
-                envelope=daemon.envelope,
+                envelope=envelope,
                 config=self.config,
                 rng=self._rng,
                 on_change=self._mark_dirty,
@@ -168,7 +197,7 @@ class Formation:
 
     def status(self) -> dict[str, Any]:
         return {
-            "peer_id": self.daemon.peer_id,
+            "peer_id": self.peer_id,
             "addrs": list(self.hub.addrs),
             "pid": os.getpid(),
             "namespaces": {ns: self.namespace_status(ns) for ns in self.namespaces},

@@ -16,10 +16,12 @@ quorum is alive (restarting it would not help) but not ready.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from raftd.core import NONE
+from raftd.ops.source import ObservedGroup
 
 __all__ = ["DEFAULT_MAX_LAG", "NamespaceReadiness", "Readiness", "readiness"]
 
@@ -71,7 +73,7 @@ class Readiness:
         }
 
 
-def _group_readiness(ns: str, group: Any, max_lag: int) -> NamespaceReadiness:
+def _group_readiness(ns: str, group: ObservedGroup, max_lag: int) -> NamespaceReadiness:
     try:
         st = group.status()
     except Exception as exc:  # a group in a bad state must not break the probe
@@ -85,9 +87,9 @@ def _group_readiness(ns: str, group: Any, max_lag: int) -> NamespaceReadiness:
     def out(ready: bool, reason: str) -> NamespaceReadiness:
         return NamespaceReadiness(ns, ready, reason, role, term, leader, commit, applied)
 
-    if getattr(group, "failed", None) is not None:
+    if group.failed is not None:
         return out(False, f"storage failed: {group.failed}")
-    if role == "stopped" or getattr(group, "node", None) is None:
+    if role == "stopped" or not group.running:
         return out(False, "group not running")
     if leader == NONE:
         return out(False, "no leader known")
@@ -98,12 +100,15 @@ def _group_readiness(ns: str, group: Any, max_lag: int) -> NamespaceReadiness:
     return out(True, "ok")
 
 
-def readiness(daemon: Any, max_lag: int = DEFAULT_MAX_LAG) -> Readiness:
-    """Evaluate readiness of ``daemon`` (a :class:`raftd.app.daemon.Daemon`) now.
+def readiness(
+    namespaces: Sequence[str],
+    groups: Mapping[str, ObservedGroup],
+    max_lag: int = DEFAULT_MAX_LAG,
+) -> Readiness:
+    """Evaluate readiness now of the configured ``namespaces``, whose running groups are
+    ``groups`` (a namespace without one is not ready).
 
     Reads only in-memory state (no I/O, never blocks): call it on the trio thread."""
-    namespaces: list[str] = list(getattr(daemon.cfg, "namespaces", []))
-    groups: dict[str, Any] = dict(getattr(daemon, "groups", {}))
     results: list[NamespaceReadiness] = []
     for ns in namespaces:
         g = groups.get(ns)

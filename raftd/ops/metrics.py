@@ -12,30 +12,24 @@ runtime already hands each apply and fsync duration to a list (``GroupStats``'s
 those lists for :class:`ObservedSamples`, a ``list`` that also counts each appended
 value into cumulative histogram buckets (one ``bisect`` per Ready, not per entry).
 
-Every series carries a ``namespace`` label (except ``raftd_info``). The metric list,
-with types and labels, is :data:`METRICS`.
+Every series carries a ``namespace`` label (except ``raftd_info`` and the event-loop
+series). The metric list, with types and labels, is :data:`METRICS`.
 
-Inputs owned by other components, read defensively (a missing attribute reads as 0 or
-no series):
-
-- ``daemon.api.forwarders[ns].stats["calls"]``: requests forwarded to the leader.
-- ``daemon.discovery``: an object (or its ``.stats``) with ``peers_seen`` and
-  ``namespace_conflicts``, each an int, a sized collection (its length counts), or a
-  mapping from namespace to either; or a ``DiscoveryHub`` (``tables[ns]``: its peers),
-  also found as ``daemon.formation.hub``.
-- ``daemon.formation.namespaces[ns].stats.as_dict()`` (``FormationStats``): the
-  ``raftd_formation_events_total`` counters and the ``conflict`` gauge
-  (``raftd_discovery_namespace_conflicts``).
-- ``group.peer_rtt`` (:attr:`raftd.runtime.group.Group.peer_rtt`): a mapping peer id ->
-  smoothed heartbeat round-trip seconds, measured only while the group leads (empty on
-  followers, so they expose no ``raftd_peer_rtt_seconds`` series).
+What it reads is an :class:`~raftd.ops.source.OpsSource`, typed, built by the app: the
+groups (status, :class:`~raftd.runtime.group.GroupStats`, ``peer_rtt``: smoothed
+heartbeat round-trip seconds per peer, measured only while the group leads, so followers
+expose no ``raftd_peer_rtt_seconds`` series), the transports' ``TransportStats``, the
+event-loop watchdog, and three per-namespace counters other components keep: requests
+the API forwarded to the leader by command, peers discovery saw, and the formation
+counters (``raftd_formation_events_total``, and ``conflict`` as
+``raftd_discovery_namespace_conflicts``).
 """
 
 from __future__ import annotations
 
 import bisect
 import importlib.metadata
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -50,6 +44,9 @@ from prometheus_client.registry import Collector
 
 from raftd.core import NONE
 from raftd.ops.health import DEFAULT_MAX_LAG, readiness
+from raftd.ops.source import OpsSource
+from raftd.runtime.group import GroupStats
+from raftd.transport.base import TransportStats
 
 __all__ = [
     "LATENCY_BUCKETS",
@@ -230,91 +227,13 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
-def install_histograms(group: Any) -> None:
-    """Make ``group.stats.apply_seconds`` / ``fsync_seconds`` :class:`ObservedSamples`
-    (keeping the samples already there). Idempotent; a group without them is left alone."""
-    st = getattr(group, "stats", None)
-    if st is None:
-        return
-    for attr in ("apply_seconds", "fsync_seconds"):
-        cur = getattr(st, attr, None)
-        if isinstance(cur, list) and not isinstance(cur, ObservedSamples):
-            setattr(st, attr, ObservedSamples(cur))
-
-
-def _as_count(value: Any, namespace: str) -> float:
-    """An int-like reading from a defensive source: ints, sized collections (their
-    length), or a mapping keyed by namespace (that namespace's entry)."""
-    if isinstance(value, Mapping):
-        return _as_count(value.get(namespace, 0), namespace)
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, int | float):
-        return float(value)
-    if hasattr(value, "__len__"):
-        try:
-            return float(len(value))
-        except TypeError:
-            return 0.0
-    return 0.0
-
-
-def _discovery_value(daemon: Any, namespace: str, attr: str) -> float:
-    disc = getattr(daemon, "discovery", None)
-    if disc is None:  # the formation service owns the DiscoveryHub
-        disc = getattr(getattr(daemon, "formation", None), "hub", None)
-    if disc is None:
-        return 0.0
-    for src in (getattr(disc, "stats", None), disc):
-        if src is None:
-            continue
-        value = src.get(attr) if isinstance(src, Mapping) else getattr(src, attr, None)
-        if value is not None:
-            return _as_count(value, namespace)
-    if attr == "peers_seen":  # a DiscoveryHub: one peer table per namespace
-        tables = getattr(disc, "tables", None)
-        if isinstance(tables, Mapping):
-            return _as_count(tables.get(namespace, 0), namespace)
-    return 0.0
-
-
-def _formation_stats(daemon: Any, namespace: str) -> dict[str, float]:
-    """The namespace's formation counters (``FormationStats.as_dict()``), if the daemon
-    exposes its formation nodes as ``daemon.formation`` (or ``formations``): a mapping
-    from namespace to node, or an object with such a mapping in ``namespaces`` or
-    ``nodes`` (``raftd.formation.service.Formation``)."""
-    for name in ("formation", "formations"):
-        holder = getattr(daemon, name, None)
-        if holder is None:
-            continue
-        nodes = holder
-        for attr in ("namespaces", "nodes"):
-            if not isinstance(nodes, Mapping):
-                nodes = getattr(holder, attr, None)
-        node = nodes.get(namespace) if isinstance(nodes, Mapping) else None
-        stats = getattr(node, "stats", None)
-        as_dict = getattr(stats, "as_dict", None)
-        if callable(as_dict):
-            raw = as_dict()
-            if isinstance(raw, Mapping):
-                return {
-                    str(k): float(v)
-                    for k, v in raw.items()
-                    if isinstance(v, int | float) and not isinstance(v, bool)
-                }
-    return {}
-
-
-def _forwarded(daemon: Any, namespace: str) -> float:
-    """Writes proposed to the leader in PROP messages plus requests sent by command."""
-    group = getattr(daemon, "groups", {}).get(namespace)
-    n = float(getattr(getattr(group, "stats", None), "proposals_forwarded", 0))
-    api = getattr(daemon, "api", None)
-    fwd = getattr(api, "forwarders", {}).get(namespace) if api is not None else None
-    stats = getattr(fwd, "stats", None)
-    if isinstance(stats, Mapping):
-        n += float(stats.get("calls", 0))
-    return n
+def install_histograms(stats: GroupStats) -> None:
+    """Make ``stats.apply_seconds`` / ``fsync_seconds`` :class:`ObservedSamples`
+    (keeping the samples already there). Idempotent."""
+    if not isinstance(stats.apply_seconds, ObservedSamples):
+        stats.apply_seconds = ObservedSamples(stats.apply_seconds)
+    if not isinstance(stats.fsync_seconds, ObservedSamples):
+        stats.fsync_seconds = ObservedSamples(stats.fsync_seconds)
 
 
 def _version() -> str:
@@ -325,26 +244,25 @@ def _version() -> str:
 
 
 class RaftdCollector(Collector):
-    """Reads ``daemon`` (a :class:`raftd.app.daemon.Daemon`) on every ``collect()``.
+    """Reads ``source`` on every ``collect()``.
 
     Must be called on the thread that runs the daemon (the ops HTTP server does so on
     the trio thread); it never blocks and never raises for a group in a bad state."""
 
-    def __init__(self, daemon: Any, *, max_lag: int = DEFAULT_MAX_LAG) -> None:
-        self.daemon = daemon
+    def __init__(self, source: OpsSource, *, max_lag: int = DEFAULT_MAX_LAG) -> None:
+        self.source = source
         self.max_lag = max_lag
         self.version = _version()
-        for g in list(getattr(daemon, "groups", {}).values()):
-            install_histograms(g)
+        for g in list(source.groups.values()):
+            install_histograms(g.stats)
 
     def describe(self) -> list[Metric]:
         # Names are only known per scrape; returning [] skips duplicate checks at register.
         return []
 
     def collect(self) -> Iterator[Metric]:
-        d = self.daemon
-        groups: dict[str, Any] = dict(getattr(d, "groups", {}))
-        transports: dict[str, Any] = dict(getattr(d, "transports", {}))
+        src = self.source
+        groups = dict(src.groups)
 
         def fam(name: str) -> Any:
             kind, labels, doc = METRICS[name]
@@ -360,13 +278,17 @@ class RaftdCollector(Collector):
             return cls(short, doc, labels=list(labels))
 
         info = fam("raftd_info")
-        info.add_metric([str(getattr(d, "peer_id", "") or ""), self.version], {})
+        info.add_metric([src.peer_id, self.version], {})
         yield info
 
         f: dict[str, Any] = {name: fam(name) for name in METRICS if name != "raftd_info"}
-        ready = {r.namespace: r.ready for r in readiness(d, self.max_lag).namespaces}
+        ready = {
+            r.namespace: r.ready
+            for r in readiness(src.namespaces, src.groups, self.max_lag).namespaces
+        }
         for ns, g in groups.items():
-            install_histograms(g)
+            gs = g.stats
+            install_histograms(gs)
             try:
                 st: dict[str, Any] = g.status()
             except Exception:
@@ -384,80 +306,69 @@ class RaftdCollector(Collector):
             f["raftd_members"].add_metric([ns, "voter"], float(voters))
             f["raftd_members"].add_metric([ns, "learner"], float(len(members) - voters))
 
-            gs = getattr(g, "stats", None)
-            f["raftd_leader_changes_total"].add_metric(
-                [ns], float(getattr(gs, "leader_changes", 0))
-            )
-            f["raftd_slow_persists_total"].add_metric([ns], float(getattr(gs, "slow_persists", 0)))
+            f["raftd_leader_changes_total"].add_metric([ns], float(gs.leader_changes))
+            f["raftd_slow_persists_total"].add_metric([ns], float(gs.slow_persists))
             f["raftd_stuck_persist_handovers_total"].add_metric(
-                [ns], float(getattr(gs, "stuck_persist_handovers", 0))
+                [ns], float(gs.stuck_persist_handovers)
             )
-            f["raftd_proposals_total"].add_metric([ns, "ok"], float(getattr(gs, "proposals_ok", 0)))
-            f["raftd_proposals_total"].add_metric(
-                [ns, "failed"], float(getattr(gs, "proposals_failed", 0))
-            )
-            f["raftd_forwarded_requests_total"].add_metric([ns], _forwarded(d, ns))
-            for attr, name in (
-                ("apply_seconds", "raftd_apply_duration_seconds"),
-                ("fsync_seconds", "raftd_fsync_duration_seconds"),
+            f["raftd_proposals_total"].add_metric([ns, "ok"], float(gs.proposals_ok))
+            f["raftd_proposals_total"].add_metric([ns, "failed"], float(gs.proposals_failed))
+            # Writes proposed to the leader in PROP messages plus requests sent by command.
+            forwarded = gs.proposals_forwarded + src.forwarded_calls(ns)
+            f["raftd_forwarded_requests_total"].add_metric([ns], float(forwarded))
+            for samples, name in (
+                (gs.apply_seconds, "raftd_apply_duration_seconds"),
+                (gs.fsync_seconds, "raftd_fsync_duration_seconds"),
             ):
-                samples = getattr(gs, attr, None)
                 if isinstance(samples, ObservedSamples):
                     f[name].add_metric([ns], samples.buckets(), samples.total)
-            for kind in ("taken", "installed", "sent"):
-                f["raftd_snapshots_total"].add_metric(
-                    [ns, kind], float(getattr(gs, f"snapshots_{kind}", 0))
-                )
+            for kind, n in (
+                ("taken", gs.snapshots_taken),
+                ("installed", gs.snapshots_installed),
+                ("sent", gs.snapshots_sent),
+            ):
+                f["raftd_snapshots_total"].add_metric([ns, kind], float(n))
 
-            t = transports.get(ns)
-            ts = getattr(t, "stats", None)
-            f["raftd_transport_messages_total"].add_metric(
-                [ns, "sent"], float(getattr(ts, "sent", 0))
-            )
-            f["raftd_transport_messages_total"].add_metric(
-                [ns, "received"], float(getattr(ts, "received", 0))
-            )
-            for direction in ("sent", "received"):
-                f["raftd_transport_frames_total"].add_metric(
-                    [ns, direction], float(getattr(ts, f"frames_{direction}", 0))
-                )
-                f["raftd_transport_bytes_total"].add_metric(
-                    [ns, direction], float(getattr(ts, f"bytes_{direction}", 0))
-                )
-            for reason in ("queue_full", "unreachable", "fault", "invalid"):
-                f["raftd_transport_dropped_total"].add_metric(
-                    [ns, reason], float(getattr(ts, f"dropped_{reason}", 0))
-                )
-            by_peer = getattr(ts, "dropped_by_peer", None)
-            if isinstance(by_peer, Mapping):
-                for peer, n in sorted(by_peer.items()):
-                    f["raftd_send_queue_dropped_total"].add_metric([ns, str(peer)], float(n))
-            rtt = getattr(g, "peer_rtt", None)  # measured by the group while it leads
-            if isinstance(rtt, Mapping):
-                for peer, secs in sorted(rtt.items()):
-                    f["raftd_peer_rtt_seconds"].add_metric([ns, str(peer)], float(secs))
+            t = src.transports.get(ns)
+            ts = t.stats if t is not None else TransportStats()
+            for direction, msgs, frames, nbytes in (
+                ("sent", ts.sent, ts.frames_sent, ts.bytes_sent),
+                ("received", ts.received, ts.frames_received, ts.bytes_received),
+            ):
+                f["raftd_transport_messages_total"].add_metric([ns, direction], float(msgs))
+                f["raftd_transport_frames_total"].add_metric([ns, direction], float(frames))
+                f["raftd_transport_bytes_total"].add_metric([ns, direction], float(nbytes))
+            for reason, n in (
+                ("queue_full", ts.dropped_queue_full),
+                ("unreachable", ts.dropped_unreachable),
+                ("fault", ts.dropped_fault),
+                ("invalid", ts.dropped_invalid),
+            ):
+                f["raftd_transport_dropped_total"].add_metric([ns, reason], float(n))
+            for peer, n in sorted(ts.dropped_by_peer.items()):
+                f["raftd_send_queue_dropped_total"].add_metric([ns, peer], float(n))
+            for peer, secs in sorted(g.peer_rtt.items()):
+                f["raftd_peer_rtt_seconds"].add_metric([ns, peer], float(secs))
 
-            f["raftd_discovery_peers_seen"].add_metric([ns], _discovery_value(d, ns, "peers_seen"))
-            formation = _formation_stats(d, ns)
-            conflict = formation.pop("conflict", None)
-            if conflict is None:
-                conflict = _discovery_value(d, ns, "namespace_conflicts")
-            f["raftd_discovery_namespace_conflicts"].add_metric([ns], conflict)
-            for event, n in sorted(formation.items()):
-                f["raftd_formation_events_total"].add_metric([ns, event], n)
-        wd = getattr(d, "watchdog", None)
-        f["raftd_event_loop_stalls_total"].add_metric([], float(getattr(wd, "stalls", 0)))
+            f["raftd_discovery_peers_seen"].add_metric([ns], float(src.discovery_peers(ns)))
+            events = dict(src.formation_events(ns))
+            conflict = events.pop("conflict", 0)
+            f["raftd_discovery_namespace_conflicts"].add_metric([ns], float(conflict))
+            for event, n in sorted(events.items()):
+                f["raftd_formation_events_total"].add_metric([ns, event], float(n))
+        wd = src.watchdog
+        f["raftd_event_loop_stalls_total"].add_metric([], float(wd.stalls if wd else 0))
         f["raftd_event_loop_longest_stall_seconds"].add_metric(
-            [], float(getattr(wd, "longest_s", 0.0))
+            [], float(wd.longest_s if wd else 0.0)
         )
         yield from f.values()
 
 
-def make_registry(daemon: Any, *, max_lag: int = DEFAULT_MAX_LAG) -> CollectorRegistry:
-    """A fresh registry with :class:`RaftdCollector` for ``daemon`` plus the process,
+def make_registry(source: OpsSource, *, max_lag: int = DEFAULT_MAX_LAG) -> CollectorRegistry:
+    """A fresh registry with :class:`RaftdCollector` for ``source`` plus the process,
     platform and GC collectors (``process_*``, ``python_info``, ``python_gc_*``)."""
     reg = CollectorRegistry()
-    reg.register(RaftdCollector(daemon, max_lag=max_lag))
+    reg.register(RaftdCollector(source, max_lag=max_lag))
     ProcessCollector(registry=reg)
     PlatformCollector(registry=reg)
     GCCollector(registry=reg)

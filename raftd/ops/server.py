@@ -1,9 +1,11 @@
 """The daemon's operations listener: ``/healthz``, ``/readyz`` and ``/metrics``.
 
-Started by ``Daemon._serve`` when ``cfg.metrics`` (``--metrics HOST:PORT``, env
-``RAFTD_METRICS``) is set::
+Started by the app when ``--metrics HOST:PORT`` (env ``RAFTD_METRICS``) is set, reading
+an :class:`~raftd.ops.source.OpsSource` the app builds::
 
-    await nursery.start(serve_ops, daemon)
+    ops = OpsServer(source, *parse_listen_addr(addr))
+    listeners = await ops.bind()  # OSError if the address cannot be bound
+    await nursery.start(ops.serve, listeners)
 
 Endpoints (``GET`` or ``HEAD``; anything else is 405, unknown paths 404):
 
@@ -13,7 +15,7 @@ Endpoints (``GET`` or ``HEAD``; anything else is 405, unknown paths 404):
   JSON shape saying why not (also while shutting down). ``?max_lag=N`` overrides the
   bound for one probe. See :mod:`raftd.ops.health`.
 - ``/metrics``: Prometheus text format 0.0.4 (OpenMetrics if the ``Accept`` header asks
-  for it) from the daemon's own registry (:mod:`raftd.ops.metrics`).
+  for it) from the server's own registry (:mod:`raftd.ops.metrics`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 from prometheus_client import CollectorRegistry
@@ -30,11 +32,12 @@ from prometheus_client.exposition import choose_encoder
 from raftd.ops.health import DEFAULT_MAX_LAG, Readiness, readiness
 from raftd.ops.http import HttpLimits, HttpServer, Request, Response
 from raftd.ops.metrics import make_registry
+from raftd.ops.source import OpsSource
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
-__all__ = ["DEFAULT_METRICS_PORT", "OpsServer", "parse_listen_addr", "serve_ops"]
+__all__ = ["DEFAULT_METRICS_PORT", "OpsServer", "parse_listen_addr"]
 
 log = logging.getLogger("raftd.ops")
 
@@ -71,7 +74,7 @@ class OpsServer:
     ``run()`` returns through ``task_status`` once bound; :attr:`port` is then the bound
     port (useful with port 0)."""
 
-    daemon: Any
+    source: OpsSource
     host: str
     port: int
     max_lag: int = DEFAULT_MAX_LAG
@@ -94,7 +97,7 @@ class OpsServer:
     async def bind(self) -> list[trio.SocketListener]:
         """Build the registry and open the listening sockets; sets :attr:`port`.
         A bind failure raises OSError from here."""
-        self.registry = make_registry(self.daemon, max_lag=self.max_lag)
+        self.registry = make_registry(self.source, max_lag=self.max_lag)
         self.http = HttpServer(self.host, self.port, self.handle, self.limits)
         listeners = await self.http.bind()
         self.port = self.http.port
@@ -112,9 +115,9 @@ class OpsServer:
 
     def readiness(self, max_lag: int | None = None) -> Readiness:
         """Readiness now; never ready while the daemon is shutting down."""
-        r = readiness(self.daemon, self.max_lag if max_lag is None else max_lag)
-        stop = getattr(self.daemon, "_stop", None)
-        if isinstance(stop, trio.Event) and stop.is_set():
+        src = self.source
+        r = readiness(src.namespaces, src.groups, self.max_lag if max_lag is None else max_lag)
+        if src.stopping():
             return Readiness(False, "shutting down", r.max_lag, r.namespaces)
         return r
 
@@ -143,26 +146,3 @@ class OpsServer:
         if path == "/":
             return Response(200, b"raftd: /healthz /readyz /metrics\n")
         return Response(404, b"Not Found\n")
-
-
-async def serve_ops(
-    daemon: Any, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Run the ops listener of ``daemon`` on ``daemon.cfg.metrics`` until cancelled
-    (``nursery.start`` it once the groups exist). Sets ``daemon.ops`` to the
-    :class:`OpsServer`. A bad address or a failed bind raises
-    :class:`raftd.app.daemon.DaemonError` from ``start``."""
-    from raftd.app.daemon import DaemonError
-
-    addr = str(daemon.cfg.metrics)
-    try:
-        host, port = parse_listen_addr(addr)
-    except ValueError as exc:
-        raise DaemonError(f"metrics: {exc}") from None
-    server = OpsServer(daemon, host, port)
-    daemon.ops = server
-    try:
-        listeners = await server.bind()
-    except OSError as exc:
-        raise DaemonError(f"metrics: cannot listen on {addr}: {exc.strerror or exc}") from None
-    await server.serve(listeners, task_status=task_status)

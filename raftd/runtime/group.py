@@ -34,12 +34,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic
 
 import outcome
 import trio
+from typing_extensions import TypeVar
 
-from raftd.app.presets import Preset
 from raftd.core import (
     NONE,
     ConfChange,
@@ -58,9 +58,11 @@ from raftd.core import (
     StateType,
 )
 from raftd.kv.machine import ApplyResult, KVStateMachine
+from raftd.runtime.contracts import GroupStateMachine
+from raftd.runtime.presets import Preset
 from raftd.runtime.rtt import RttEstimator
 from raftd.runtime.starvation import CpuStarvation
-from raftd.storage.base import StorageWriteError
+from raftd.storage.base import GroupStorage, RaftStorage, StorageWriteError
 from raftd.storage.leveldb import LevelDBStorage
 from raftd.storage.snapshots import (
     SnapshotPolicy,
@@ -121,7 +123,7 @@ class MetaOnlyStorage:
     runtime streams the file itself, so the data is never loaded whole into memory.
     """
 
-    def __init__(self, inner: LevelDBStorage) -> None:
+    def __init__(self, inner: RaftStorage) -> None:
         self.inner = inner
 
     def initial_state(self) -> Any:
@@ -215,16 +217,26 @@ class GroupStats:
     fsync_seconds: list[float] = field(default_factory=list)
 
 
-class Group:
-    """One namespace's Raft group on this daemon. See the module docstring."""
+#: The group's storage (:mod:`raftd.runtime.contracts`); the daemon's is LevelDB.
+ST = TypeVar("ST", bound=GroupStorage, default=LevelDBStorage)
+#: The group's state machine; the daemon's is the key-value store.
+SM = TypeVar("SM", bound=GroupStateMachine, default=KVStateMachine)
+
+
+class Group(Generic[ST, SM]):
+    """One namespace's Raft group on this daemon. See the module docstring.
+
+    Typed against its parts' contracts (:mod:`raftd.runtime.contracts`): the daemon runs
+    it on LevelDB, the key-value state machine and libp2p; tests run whole clusters of
+    it on the in-memory twins and :class:`~raftd.transport.memory.MemoryTransport`."""
 
     def __init__(
         self,
         *,
         namespace: str,
         node_id: NodeId,
-        storage: LevelDBStorage,
-        sm: KVStateMachine,
+        storage: ST,
+        sm: SM,
         transport: Transport,
         preset: Preset,
         rng: random.Random | None = None,
@@ -354,8 +366,7 @@ class Group:
         """A verified snapshot file arrived: adopt it into the store, then let the core
         decide (it may be stale). The file must be consumed before we return."""
         try:
-            dest = self.storage.snapshot_store.path(meta.term, meta.index)
-            await trio.to_thread.run_sync(os.replace, path, dest)
+            await trio.to_thread.run_sync(self.storage.snapshot_store.adopt_file, meta, path)
         except OSError as exc:
             log.warning("%s: cannot adopt snapshot from %s: %s", self.namespace, peer, exc)
             return
@@ -395,6 +406,11 @@ class Group:
             "members": [{"id": v, "voter": True} for v in cs.voters]
             + [{"id": v, "voter": False} for v in cs.learners],
         }
+
+    @property
+    def running(self) -> bool:
+        """True while the Raft node is open (from :meth:`run` on)."""
+        return self.node is not None
 
     @property
     def is_leader(self) -> bool:
@@ -1010,8 +1026,8 @@ class Group:
         meta = m.snapshot.metadata
         ok = False
         try:
-            path = self.storage.snapshot_store.path(meta.term, meta.index)
-            ok = await self.transport.send_snapshot(m.to, meta, str(path), message=m)
+            source = self.storage.snapshot_store.source(meta.term, meta.index)
+            ok = await self.transport.send_snapshot(m.to, meta, source, message=m)
             if ok:
                 self.stats.snapshots_sent += 1
         except Exception as exc:

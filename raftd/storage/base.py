@@ -27,18 +27,24 @@ Error model:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterable, Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from raftd.core.storage import Storage, StorageError
 from raftd.core.types import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
 
+if TYPE_CHECKING:
+    import outcome
+
 __all__ = [
     "CorruptionError",
     "FaultHook",
+    "GroupStorage",
     "RaftStorage",
     "Readable",
+    "SnapshotFiles",
     "StorageClosedError",
     "StorageWriteError",
     "Writable",
@@ -139,9 +145,9 @@ class RaftStorage(Storage, Protocol):
         point are skipped; then ``hard_state`` (``None``: unchanged).
 
         Snapshot data: the bytes in ``snapshot.data`` are written to the snapshot store.
-        A snapshot with *empty* data whose file is already in the store (put there by
-        ``snapshot_store.write`` or streamed there by the transport) is recorded from
-        that file, verified and fsynced, without rewriting it (LevelDB only).
+        A snapshot with *empty* data whose image is already in the store (put there by
+        ``snapshot_store.write`` or taken over from the transport) is recorded from that
+        image (LevelDB: verified and fsynced, without rewriting the file).
 
         Raises :class:`~raftd.core.storage.UnavailableError` if ``entries`` would leave a
         gap, :class:`ValueError` if they are not contiguous or their terms go down, and
@@ -228,6 +234,51 @@ class RaftStorage(Storage, Protocol):
 
     def close(self) -> None:
         """Release resources. Further writes raise :class:`StorageClosedError`."""
+        ...
+
+
+class SnapshotFiles(Protocol):
+    """The snapshot images of one group as the runtime moves them: written from the
+    state machine, streamed to a peer, taken over from a peer.
+
+    Implementations: :class:`raftd.storage.snapshots.SnapshotStore` (files) and
+    :class:`raftd.storage.memory.MemorySnapshotFiles` (bytes in memory)."""
+
+    def write(self, meta: SnapshotMetadata, produce: Callable[[Writable], object]) -> object:
+        """Store a complete image for ``meta``; ``produce(w)`` writes it in chunks. Durable
+        on return. Recording it as the current snapshot is a separate step:
+        ``storage.save(None, (), Snapshot(metadata=meta))`` with empty data."""
+        ...
+
+    def source(self, term: int, index: int) -> str | AsyncIterable[bytes]:
+        """The stored image of ``(term, index)`` for a transport to stream: a file path
+        or an async iterator of chunks."""
+        ...
+
+    def adopt_file(self, meta: SnapshotMetadata, path: Path) -> None:
+        """Take over the image a transport received at ``path`` (verified in transit) as
+        the image of ``meta``; ``path`` may be gone afterwards. Blocking: run it in a
+        thread. The storage verifies it when it is recorded (``save``)."""
+        ...
+
+
+class GroupStorage(RaftStorage, Protocol):
+    """What the group runtime (:class:`raftd.runtime.group.Group`) needs of its storage:
+    the Raft storage contract, the snapshot images, and a save that completes later."""
+
+    @property
+    def snapshot_store(self) -> SnapshotFiles: ...
+
+    def save_submit(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        on_done: Callable[[outcome.Outcome[None]], None],
+    ) -> None:
+        """Start a durable :meth:`save` of entries and hard state and return at once;
+        ``on_done`` runs on the event loop's thread once the caches show the write (or
+        with the write's error). No other write may start until then. An implementation
+        may complete it before returning (``on_done`` is then called from here)."""
         ...
 
 

@@ -9,9 +9,11 @@ Nothing here is durable: "durable" means "visible to later reads of this object"
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 
+import outcome
 import trio
 
 from raftd.core.storage import CompactedError, MemoryStorage, UnavailableError
@@ -25,7 +27,32 @@ from raftd.storage.base import (
     check_entries,
 )
 
-__all__ = ["MemoryRaftStorage"]
+__all__ = ["MemoryRaftStorage", "MemorySnapshotFiles"]
+
+
+class MemorySnapshotFiles:
+    """Snapshot images in memory, by ``(term, index)``: the twin of
+    :class:`raftd.storage.snapshots.SnapshotStore` (see
+    :class:`raftd.storage.base.SnapshotFiles`)."""
+
+    def __init__(self) -> None:
+        self.images: dict[tuple[int, int], bytes] = {}
+
+    def write(self, meta: SnapshotMetadata, produce: Callable[[Writable], object]) -> None:
+        buf = io.BytesIO()
+        produce(buf)
+        self.images[(meta.term, meta.index)] = buf.getvalue()
+
+    def source(self, term: int, index: int) -> AsyncIterator[bytes]:
+        data = self.images[(term, index)]
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield data
+
+        return chunks()
+
+    def adopt_file(self, meta: SnapshotMetadata, path: Path) -> None:
+        self.images[(meta.term, meta.index)] = Path(path).read_bytes()
 
 
 class MemoryRaftStorage(MemoryStorage):
@@ -39,6 +66,7 @@ class MemoryRaftStorage(MemoryStorage):
         self._closed = False
         self._conf_state: ConfState | None = None
         self._install: SnapshotMetadata | None = None
+        self._files = MemorySnapshotFiles()
 
     # -- status ------------------------------------------------------------------------
     @property
@@ -48,6 +76,10 @@ class MemoryRaftStorage(MemoryStorage):
     @property
     def failed(self) -> StorageWriteError | None:
         return self._failed
+
+    @property
+    def snapshot_store(self) -> MemorySnapshotFiles:
+        return self._files
 
     def close(self) -> None:
         self._closed = True
@@ -103,6 +135,12 @@ class MemoryRaftStorage(MemoryStorage):
     ) -> None:
         self._check_writable()
         check_entries(entries)
+        if snapshot is not None and not snapshot.data:
+            # Recorded from the image already in the store, as the LevelDB storage does.
+            meta = snapshot.metadata
+            image = self._files.images.get((meta.term, meta.index))
+            if image is not None:
+                snapshot = Snapshot(metadata=meta, data=image)
         new_snap = (
             snapshot
             if snapshot is not None and snapshot.metadata.index > self.snap.metadata.index
@@ -149,6 +187,16 @@ class MemoryRaftStorage(MemoryStorage):
         await trio.lowlevel.checkpoint()
         self.save(hard_state, entries, snapshot, sync=sync)
 
+    def save_submit(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        on_done: Callable[[outcome.Outcome[None]], None],
+    ) -> None:
+        """Memory writes never block: the save completes, and ``on_done`` runs, before
+        this returns."""
+        on_done(outcome.capture(self.save, hard_state, entries, None))
+
     def apply_snapshot(self, snap: Snapshot) -> None:
         self.save(None, (), snap)
 
@@ -175,6 +223,7 @@ class MemoryRaftStorage(MemoryStorage):
         cs = conf_state if conf_state is not None else self._current_conf()
         meta = SnapshotMetadata(index=index, term=self.term(index), conf_state=cs)
         self.snap = Snapshot(metadata=meta, data=data)
+        self._files.images[(meta.term, meta.index)] = data
         return self.snap
 
     def create_snapshot_streaming(

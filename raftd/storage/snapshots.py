@@ -226,6 +226,15 @@ class SnapshotStore:
             raise StorageWriteError(f"making snapshot {p} durable", cause=e) from e
         return True
 
+    def source(self, term: int, index: int) -> str:
+        """The file of ``(term, index)``, for a transport to stream."""
+        return str(self.path(term, index))
+
+    def adopt_file(self, meta: SnapshotMetadata, path: Path) -> None:
+        """Rename a file a transport received into the store as the image of ``meta``
+        (verified and fsynced later, by :meth:`adopt`, when the storage records it)."""
+        os.replace(path, self.path(meta.term, meta.index))
+
     def write_bytes(self, meta: SnapshotMetadata, data: bytes) -> Path:
         def produce(w: Writable) -> None:
             for i in range(0, len(data), _CHUNK):

@@ -34,7 +34,8 @@ async def test_forwarding_over_sealed_cmd_streams(tmp_path: Path) -> None:
             leader = await c.leader()
             follower = next(n for n in c.nodes if n is not leader)
             assert follower.daemon is not None
-            rt = follower.daemon.api  # type: ignore[attr-defined]
+            rt = follower.daemon.api
+            assert rt is not None
             assert isinstance(rt.security, EnvelopeSecurity)
             assert rt.security.envelope.encrypted
             sock = str(follower.daemon.cfg.socket_path)
@@ -48,7 +49,8 @@ async def test_forwarding_over_sealed_cmd_streams(tmp_path: Path) -> None:
             assert follower.group().stats.proposals_forwarded >= 2
             assert rt.forwarders[NS].stats["calls"] >= 1
             assert leader.daemon is not None
-            assert leader.daemon.api.handlers[NS].stats["requests"] >= 1  # type: ignore[attr-defined]
+            assert leader.daemon.api is not None
+            assert leader.daemon.api.handlers[NS].stats["requests"] >= 1
 
             # A host that is not a member (and holds another key) is refused.
             other = _key(tmp_path / "other")
@@ -72,4 +74,4 @@ async def test_forwarding_over_sealed_cmd_streams(tmp_path: Path) -> None:
                     pass
                 n.cancel_scope.cancel()
             assert leader.group().sm.get(b"intruder") is None
-            assert leader.daemon.api.handlers[NS].stats["refused"] >= 1  # type: ignore[attr-defined]
+            assert leader.daemon.api.handlers[NS].stats["refused"] >= 1

@@ -49,7 +49,8 @@ async def test_follower_write_is_proposed_by_raft_and_answered_after_local_apply
             follower = next(n for n in c.nodes if n is not leader)
             assert follower.daemon is not None
             sock = str(follower.daemon.cfg.socket_path)
-            calls_before = follower.daemon.api.forwarders[NS].stats["calls"]  # type: ignore[attr-defined]
+            assert follower.daemon.api is not None
+            calls_before = follower.daemon.api.forwarders[NS].stats["calls"]
             async with open_client(sock, namespace=NS) as cl:
                 for i in range(20):
                     r = await cl.put(f"k{i}", f"v{i}")
@@ -60,7 +61,7 @@ async def test_follower_write_is_proposed_by_raft_and_answered_after_local_apply
             g = follower.group()
             assert g.stats.proposals_forwarded >= 20
             # No write went over the command stream.
-            assert follower.daemon.api.forwarders[NS].stats["calls"] == calls_before  # type: ignore[attr-defined]
+            assert follower.daemon.api.forwarders[NS].stats["calls"] == calls_before
             assert leader.group().sm.get(b"k19") is not None
 
 
@@ -78,7 +79,8 @@ async def test_lost_proposals_are_proposed_again_and_applied_once(tmp_path: Path
                 assert dropped[0] == 2
                 assert follower.group().stats.proposals_resent >= 2
                 # Re-proposed by the group, not sent by command.
-                assert follower.daemon.api.forwarders[NS].stats["calls"] == 0  # type: ignore[attr-defined]
+                assert follower.daemon.api is not None
+                assert follower.daemon.api.forwarders[NS].stats["calls"] == 0
                 # Each write applied once: one revision each, no more.
                 assert r2.revision == r1.revision + 1
                 kv = leader.group().sm.get(b"once")
@@ -95,7 +97,8 @@ async def test_leader_without_prop_support_gets_writes_by_command(
                 leader = await c.leader()
                 follower = next(n for n in c.nodes if n is not leader)
                 assert follower.daemon is not None
-                api = follower.daemon.api  # type: ignore[attr-defined]
+                api = follower.daemon.api
+                assert api is not None
                 sock = str(follower.daemon.cfg.socket_path)
                 async with open_client(sock, namespace=NS) as cl:
                     t0 = trio.current_time()

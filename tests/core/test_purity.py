@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from raftd.testing.layers import core_violations, file_violations
+from harness.layers import core_violations, file_violations
 
 ROOT = Path(__file__).resolve().parents[2]
 

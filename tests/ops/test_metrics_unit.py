@@ -1,17 +1,17 @@
-"""The collector against stand-in objects: every input it reads, including the ones
-other components expose (forwarders, discovery, formation, peer RTT), read defensively."""
+"""The collector against stand-in parts: every input of its typed source, including the
+counters other components keep (forwarders, discovery, formation) and peer RTT."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from prometheus_client import generate_latest
 
-from raftd.app.config import DaemonConfig
 from raftd.ops.metrics import METRICS, ObservedSamples, install_histograms, make_registry
+from raftd.ops.source import OpsSource
 from raftd.runtime.group import GroupStats
 from raftd.transport.base import TransportStats
 
@@ -24,7 +24,7 @@ NS = "/raft/x"
 class FakeGroup:
     st: dict[str, Any]
     stats: GroupStats = field(default_factory=GroupStats)
-    node: object = object()
+    running: bool = True
     failed: BaseException | None = None
     peer_rtt: dict[str, float] = field(default_factory=dict)  # Group.peer_rtt
 
@@ -32,7 +32,18 @@ class FakeGroup:
         return self.st
 
 
-def _daemon(**extra: Any) -> SimpleNamespace:
+@dataclass
+class FakeTransport:
+    stats: TransportStats
+
+
+@dataclass
+class FakeWatchdog:
+    stalls: int
+    longest_s: float
+
+
+def _source(**extra: Any) -> OpsSource:
     group = FakeGroup(
         {
             "role": "follower",
@@ -51,29 +62,27 @@ def _daemon(**extra: Any) -> SimpleNamespace:
     ts.count_queue_drop("peerB")
     ts.count_queue_drop("peerB")
     group.peer_rtt["peerB"] = 0.012  # measured by the group (leader), not the transport
-    transport = SimpleNamespace(stats=ts)
-    return SimpleNamespace(
-        cfg=DaemonConfig(data_dir=Path("/nonexistent"), namespaces=[NS]),
+    return OpsSource(
         peer_id="me",
+        namespaces=[NS],
         groups={NS: group},
-        transports={NS: transport},
-        _stop=None,
+        transports={NS: FakeTransport(ts)},
         **extra,
     )
 
 
 def test_collector_reads_every_input() -> None:
-    formation_stats = SimpleNamespace(as_dict=lambda: {"bootstraps": 1, "joins": 2, "conflict": 1})
-    # The shapes of raftd.api.runtime.ApiRuntime and raftd.formation.service.Formation.
-    d = _daemon(
-        api=SimpleNamespace(forwarders={NS: SimpleNamespace(stats={"calls": 4})}),
-        formation=SimpleNamespace(
-            hub=SimpleNamespace(tables={NS: ["p1", "p2", "p3"]}),
-            namespaces={NS: SimpleNamespace(stats=formation_stats)},
-        ),
+    def formation(ns: str) -> Mapping[str, int]:
+        return {"bootstraps": 1, "joins": 2, "conflict": 1} if ns == NS else {}
+
+    src = _source(
+        watchdog=FakeWatchdog(stalls=2, longest_s=1.5),
+        forwarded_calls=lambda ns: 4 if ns == NS else 0,
+        discovery_peers=lambda ns: 3 if ns == NS else 0,
+        formation_events=formation,
     )
-    reg = make_registry(d)
-    g = d.groups[NS]
+    reg = make_registry(src)
+    g = src.groups[NS]
     g.stats.apply_seconds.append(0.5)  # observed after the swap
     g.stats.fsync_seconds.append(0.002)
     m = parse_metrics(generate_latest(reg).decode())
@@ -104,6 +113,10 @@ def test_collector_reads_every_input() -> None:
     assert sample(m, "raftd_discovery_peers_seen", namespace=NS) == 3
     assert sample(m, "raftd_discovery_namespace_conflicts", namespace=NS) == 1
     assert sample(m, "raftd_formation_events_total", namespace=NS, event="joins") == 2
+    # ``conflict`` is a gauge of its own, not an event.
+    assert not any(dict(k).get("event") == "conflict" for k in m["raftd_formation_events_total"])
+    assert sample(m, "raftd_event_loop_stalls_total") == 2
+    assert sample(m, "raftd_event_loop_longest_stall_seconds") == 1.5
     assert "process_cpu_seconds_total" in m and "python_info" in m
     # Every family in METRICS is exposed (the docs list is the truth).
     exposed = {n.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum") for n in m}
@@ -117,18 +130,35 @@ def _version(m: Any) -> str:
 
 def test_collector_without_optional_inputs() -> None:
     """No API, discovery, formation or RTT: zeros, and no series for per-peer metrics."""
-    d = _daemon()
-    d.transports[NS] = SimpleNamespace(stats=TransportStats())
-    d.groups[NS].st = {}  # a group that reports nothing useful
-    d.groups[NS].peer_rtt.clear()  # a follower measures no RTT
-    m = parse_metrics(generate_latest(make_registry(d)).decode())
+    src = replace(_source(), transports={})  # and no transport: its counters read 0
+    g = src.groups[NS]
+    assert isinstance(g, FakeGroup)
+    g.st = {}  # a group that reports nothing useful
+    g.peer_rtt.clear()  # a follower measures no RTT
+    m = parse_metrics(generate_latest(make_registry(src)).decode())
     assert sample(m, "raftd_forwarded_requests_total", namespace=NS) == 0
     assert sample(m, "raftd_discovery_peers_seen", namespace=NS) == 0
     assert sample(m, "raftd_discovery_namespace_conflicts", namespace=NS) == 0
+    assert sample(m, "raftd_transport_messages_total", namespace=NS, direction="sent") == 0
+    assert sample(m, "raftd_event_loop_stalls_total") == 0
     assert sample(m, "raftd_role", namespace=NS, role="stopped") == 1
     assert sample(m, "raftd_ready", namespace=NS) == 0
     assert "raftd_peer_rtt_seconds" not in m
     assert "raftd_send_queue_dropped_total" not in m
+
+
+def test_readiness_of_a_stopped_or_failed_group() -> None:
+    src = _source()
+    g = src.groups[NS]
+    assert isinstance(g, FakeGroup)
+    m = parse_metrics(generate_latest(make_registry(src)).decode())
+    assert sample(m, "raftd_ready", namespace=NS) == 1
+    g.running = False
+    m = parse_metrics(generate_latest(make_registry(src)).decode())
+    assert sample(m, "raftd_ready", namespace=NS) == 0
+    g.running, g.failed = True, OSError("disk full")
+    m = parse_metrics(generate_latest(make_registry(src)).decode())
+    assert sample(m, "raftd_ready", namespace=NS) == 0
 
 
 def test_observed_samples_stay_monotonic_when_trimmed() -> None:
@@ -143,13 +173,12 @@ def test_observed_samples_stay_monotonic_when_trimmed() -> None:
 
 
 def test_install_histograms_is_idempotent() -> None:
-    g = SimpleNamespace(stats=GroupStats(apply_seconds=[0.1]))
-    install_histograms(g)
-    first = g.stats.apply_seconds
-    install_histograms(g)
-    assert g.stats.apply_seconds is first and isinstance(first, ObservedSamples)
+    stats = GroupStats(apply_seconds=[0.1])
+    install_histograms(stats)
+    first = stats.apply_seconds
+    install_histograms(stats)
+    assert stats.apply_seconds is first and isinstance(first, ObservedSamples)
     assert first.observations == 1
-    install_histograms(SimpleNamespace())  # no stats: left alone
 
 
 def test_metric_list_is_documented() -> None:

@@ -19,7 +19,6 @@ from raftd.app.daemon import Daemon
 from raftd.client import open_client
 from raftd.core import Message
 from raftd.kv import commands
-from raftd.ops.server import OpsServer
 from raftd.runtime.group import Group, LeadershipLost, NotLeader
 from raftd.transport.host import load_or_create_identity, peer_id_of
 
@@ -46,7 +45,8 @@ class Node:
     @property
     def ops_port(self) -> int:
         assert self.daemon is not None
-        ops: OpsServer = self.daemon.ops  # type: ignore[attr-defined]
+        ops = self.daemon.ops
+        assert ops is not None
         return ops.port
 
     async def readyz(self) -> tuple[int, dict[str, Any]]:
@@ -253,7 +253,8 @@ async def test_readyz_lag_bound(tmp_path: Path) -> None:
             # While shutting down, never ready (checked before the daemon gets to run on:
             # its shutdown closes the listener).
             assert n0.daemon is not None
-            ops: OpsServer = n0.daemon.ops  # type: ignore[attr-defined]
+            ops = n0.daemon.ops
+            assert ops is not None
             assert ops.readiness().ready
             n0.daemon.stop()
             now = ops.readiness()

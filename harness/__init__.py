@@ -1,0 +1,1 @@
+"""Harnesses and checks that run against a raftd checkout; not part of the wheel."""
