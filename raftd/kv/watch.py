@@ -29,6 +29,8 @@ DELETE = 1
 
 DEFAULT_MAX_EVENTS = 50_000
 DEFAULT_MAX_BYTES = 32 << 20
+#: Dropped events kept in the list before it is compacted, at least.
+_COMPACT_MIN = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +117,10 @@ class EventHistory:
                 self._bytes -= evs[self._head].size()
                 self._head += 1
             self.floor = dropped_rev + 1
-        if self._head > 4096 and self._head * 2 > len(evs):
+        # Dropped events stay referenced by the list until it is compacted: compact once
+        # they are an eighth of it, so the list holds at most ~8/7 of the bound (moving
+        # the pointers costs about eight per event appended, amortized).
+        if self._head >= _COMPACT_MIN and self._head * 8 >= len(evs):
             del evs[: self._head]
             self._head = 0
 

@@ -256,6 +256,10 @@ class Group:
         self._reads_ready: list[tuple[int, list[_Waiter]]] = []
         self._transfers: list[NodeId] = []
         self._ticks = 0
+        # Ticks counted while the loop slept, each of which only advanced timers (see
+        # _ticker): stepped, before anything else, when the loop next wakes.
+        self._quiet_ticks = 0
+        self._idle = False  # the loop waits for input in _loop
         self._wake = trio.Event()
         self._applied_event = trio.Event()
         self._leader_event = trio.Event()
@@ -547,8 +551,24 @@ class Group:
             now = trio.current_time()
             if nxt < now:  # we fell behind (a starved CPU): don't burst ticks
                 nxt = now + interval
-            self._ticks += 1
             self._ticks_total += 1
+            # An idle loop is not woken for a tick that would only advance the timers (most
+            # ticks: between heartbeats, before an election timeout): it would step the
+            # tick at once, alone, with nothing else queued; stepping it first at the next
+            # wake-up is the same. A loop that is busy, or already woken, counts the tick
+            # as usual (one stall is not many ticks: MAX_TICKS_AT_ONCE).
+            node = self.node
+            if (
+                self._idle
+                and not self._wake.is_set()
+                and not self._ticks
+                and not self._commands
+                and node is not None
+                and node.ticks_are_quiet(self._quiet_ticks + 1)
+            ):
+                self._quiet_ticks += 1
+                continue
+            self._ticks += 1
             self._wake.set()
 
     async def _loop(self) -> None:
@@ -556,7 +576,13 @@ class Group:
         assert node is not None
         while True:
             if not self._has_input() and not node.has_ready():
-                await self._wake.wait()
+                self._idle = True
+                try:
+                    await self._wake.wait()
+                finally:
+                    self._idle = False
+                # Before anything else: nothing was stepped since these were counted.
+                self._step_quiet_ticks(node)
             if self._ticks and node.timeout_due():
                 # Before a timeout fires, let the transport read what is queued in the
                 # sockets: after a stall, the heartbeats are there, not missing.
@@ -580,8 +606,10 @@ class Group:
                     raise GroupUnavailable(f"{self.namespace}: storage failed: {exc}") from exc
                 node.advance(rd)
             await self._maybe_snapshot(node)
-            # Let other tasks (API handlers, transport) run between batches.
-            await trio.lowlevel.checkpoint()
+            if self._has_input() or node.has_ready():
+                # Let other tasks (API handlers, transport) run between batches. With
+                # nothing queued, waiting for input (above) lets them run anyway.
+                await trio.lowlevel.checkpoint()
 
     def _has_input(self) -> bool:
         return bool(
@@ -593,9 +621,16 @@ class Group:
             or self._ticks
         )
 
+    def _step_quiet_ticks(self, node: RawNode) -> None:
+        """Step the ticks counted while the loop slept (see :meth:`_ticker`)."""
+        n, self._quiet_ticks = self._quiet_ticks, 0
+        for _ in range(n):
+            node.tick()
+
     def _take_inputs(self, node: RawNode) -> None:
         # Messages before ticks: a heartbeat that queued up while this loop was held up
         # resets the election timer before the ticks of that wait are counted.
+        self._step_quiet_ticks(node)
         inbox = self._inbox
         while inbox:
             m = inbox.popleft()
