@@ -4,7 +4,7 @@ released (the list is compacted), and reads stay exact across compactions."""
 from __future__ import annotations
 
 from raftd.kv.backend import KeyRecord
-from raftd.kv.watch import PUT, EventHistory, KeyEvent
+from raftd.kv.watch import DELETE, PUT, EventHistory, KeyEvent
 
 
 def _ev(rev: int) -> KeyEvent:
@@ -31,3 +31,16 @@ def test_dropped_events_are_released_and_reads_stay_exact() -> None:
     # The list never holds much more than the window: an eighth over it at most (or
     # the fixed minimum of dropped events before a compaction).
     assert held_max <= bound + max(1024, bound // 7) + 1, held_max
+
+
+def test_event_keeps_what_it_was_given() -> None:
+    old = KeyRecord(b"old", 3, 5, 2, 9)
+    new = KeyRecord(b"new", 3, 8, 3, 0)
+    e = KeyEvent(8, PUT, b"k", new, old)
+    assert (e.revision, e.type, e.key, e.record, e.prev) == (8, PUT, b"k", new, old)
+    assert e == KeyEvent(8, PUT, b"k", KeyRecord(b"new", 3, 8, 3, 0), old)
+    assert e != KeyEvent(8, PUT, b"k", KeyRecord(b"new", 3, 8, 4, 0), old)
+    assert e.size() == 64 + 1 + 3 + 3
+    d = KeyEvent(9, DELETE, b"k", None, new)
+    assert d.record is None and d.prev == new and d.size() == 64 + 1 + 3
+    assert "record=None" in repr(d)
