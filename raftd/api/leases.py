@@ -10,11 +10,16 @@ clock:
   time after a leader change, but never expires early because of one;
 - a keepalive (forwarded to the leader) sets ``now + ttl`` again; keepalives are not
   logged;
-- every ``check_interval`` the leader proposes ``LeaseRevoke(id, expired=true)`` for each
-  lease past its deadline. Applying that entry deletes the lease and its keys on every
-  replica, at the same log position, so apply stays deterministic.
+- at each lease's deadline the leader proposes ``LeaseRevoke(id, expired=true)``.
+  Applying that entry deletes the lease and its keys on every replica, at the same log
+  position, so apply stays deterministic. A revocation that fails is proposed again
+  ``check_interval`` later, while still leader.
 
 Losing leadership drops all deadlines; followers keep none.
+
+The timer task sleeps until the earliest deadline, and is woken when the lease table
+changes (an applied grant or revoke, a restore) or the leader changes: an idle node
+(no leases, or a follower) does not wake up for leases at all.
 """
 
 from __future__ import annotations
@@ -59,12 +64,20 @@ class LeaseClock:
         self.clock = clock
         self._deadlines: dict[int, float] = {}
         self._revoking: set[int] = set()
+        self._tried: dict[int, float] = {}  # lease id -> when its revocation was proposed
+        self._wake = trio.Event()
         self.expired = 0  # revocations proposed because a TTL ran out
         group.add_leader_listener(self._on_leader_change)
+        group.sm.add_lease_listener(self._poke)
+
+    def _poke(self) -> None:
+        self._wake.set()
 
     def _on_leader_change(self, leader: NodeId) -> None:
         # Any change of leader restarts the timers (full TTL for a new term).
         self._deadlines.clear()
+        self._tried.clear()
+        self._poke()
 
     def _sync(self, now: float) -> None:
         leases = self.group.sm.leases()
@@ -74,6 +87,7 @@ class LeaseClock:
         if len(self._deadlines) > len(leases):
             for lid in [i for i in self._deadlines if i not in leases]:
                 del self._deadlines[lid]
+                self._tried.pop(lid, None)
 
     def keepalive(self, lease_id: int) -> int:
         """Leader only: restart the lease's timer; return its TTL. Raises KeyError if
@@ -97,16 +111,28 @@ class LeaseClock:
         async with trio.open_nursery() as nursery:
             task_status.started()
             while True:
-                await trio.sleep(self.check_interval)
+                self._wake = trio.Event()
                 if not self.group.is_leader:
                     self._deadlines.clear()
+                    self._tried.clear()
+                    await self._wake.wait()
                     continue
                 now = self.clock()
                 self._sync(now)
+                nxt = math.inf
                 for lid, deadline in list(self._deadlines.items()):
-                    if deadline <= now and lid not in self._revoking:
+                    if lid in self._revoking:
+                        continue  # its task pokes when it ends
+                    due = max(deadline, self._tried.get(lid, -math.inf) + self.check_interval)
+                    if due <= now:
                         self._revoking.add(lid)
+                        self._tried[lid] = now
                         nursery.start_soon(self._revoke, lid)
+                    else:
+                        nxt = min(nxt, due)
+                # The deadlines are on ``self.clock``; trio's clock runs at the same rate.
+                with trio.move_on_after(nxt - now if nxt < math.inf else math.inf):
+                    await self._wake.wait()
 
     async def _revoke(self, lease_id: int) -> None:
         cmd = kpb.Command(lease_revoke=kpb.LeaseRevokeRequest(id=lease_id, expired=True))
@@ -124,6 +150,7 @@ class LeaseClock:
         except GroupError as exc:
             log.debug("%s: revoking lease %d: %s", self.group.namespace, lease_id, exc)
         finally:
-            # On failure the deadline stays: the next check proposes again (if still
-            # leader); on success _sync drops it with the lease.
+            # On failure the deadline stays: proposed again check_interval after this
+            # try (if still leader); on success _sync drops it with the lease.
             self._revoking.discard(lease_id)
+            self._poke()

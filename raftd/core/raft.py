@@ -354,6 +354,19 @@ class Raft:
         else:
             self._tick_election()
 
+    def ticks_are_quiet(self, n: int) -> bool:
+        """Whether the next ``n`` ticks (n >= 1) would only advance this node's timers:
+        no heartbeat, election, check-quorum or transfer timeout among them, so they may
+        be counted later, together, as long as nothing is stepped in between."""
+        if self.state == StateType.LEADER:
+            return (
+                self.heartbeat_elapsed + n < self.heartbeat_timeout
+                and self.election_elapsed + n < self.election_timeout
+            )
+        if not self.promotable():
+            return True
+        return self.election_elapsed + n < self.randomized_election_timeout
+
     def past_election_timeout(self) -> bool:
         return self.election_elapsed >= self.randomized_election_timeout
 

@@ -187,6 +187,12 @@ class RawNode:
         """The result of sending a snapshot to ``node``."""
         self.raft.step(Message(MessageType.SNAP_STATUS, frm=node, reject=not ok))
 
+    def ticks_are_quiet(self, n: int) -> bool:
+        """Whether the next ``n`` ticks would only advance timers (see
+        :meth:`Raft.ticks_are_quiet`): a runtime may then count them later, all at once,
+        provided it steps nothing else first."""
+        return self.raft.ticks_are_quiet(n)
+
     def timeout_due(self) -> bool:
         """Whether the next tick ends an election timeout: a follower or candidate would
         campaign, a leader would check that a quorum was heard from. A runtime that was

@@ -421,6 +421,7 @@ class KVStateMachine:
         self._leases: dict[int, LeaseRecord] = {} if m.restoring else dict(backend.scan_leases())
         self._history = EventHistory(m.revision)
         self._listeners: list[Callable[[], None]] = []
+        self._lease_listeners: list[Callable[[], None]] = []
 
     @classmethod
     def memory(cls) -> KVStateMachine:
@@ -464,8 +465,13 @@ class KVStateMachine:
         if fn in self._listeners:
             self._listeners.remove(fn)
 
-    def _notify(self) -> None:
-        for fn in list(self._listeners):
+    def add_lease_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` after every apply batch that changed the lease table, and after a
+        restore. ``fn`` must not block nor raise."""
+        self._lease_listeners.append(fn)
+
+    def _notify(self, listeners: list[Callable[[], None]] | None = None) -> None:
+        for fn in list(self._listeners if listeners is None else listeners):
             try:
                 fn()
             except Exception:  # pragma: no cover - listeners must not raise
@@ -522,6 +528,8 @@ class KVStateMachine:
                     self._leases.pop(lid, None)
                 else:
                     self._leases[lid] = lrec
+            if tx.leases:
+                self._notify(self._lease_listeners)
             if events:
                 self._history.append(events)
                 self._notify()
@@ -645,6 +653,7 @@ class KVStateMachine:
         self._leases = dict(self._b.scan_leases())
         self._history.reset(meta.revision)
         self._notify()
+        self._notify(self._lease_listeners)
 
 
 def prefix_end(prefix: bytes) -> bytes:

@@ -213,6 +213,10 @@ class GroupStats:
     slow_persists: int = 0
     #: Leadership hand-overs by a leader whose own persist was stuck.
     stuck_persist_handovers: int = 0
+    #: Ticks counted, and how often the ticker woke to count them (an idle group
+    #: sleeps through the ticks that only advance its timers).
+    ticks: int = 0
+    ticker_wakeups: int = 0
     apply_seconds: list[float] = field(default_factory=list)
     fsync_seconds: list[float] = field(default_factory=list)
 
@@ -268,6 +272,13 @@ class Group(Generic[ST, SM]):
         self._reads_ready: list[tuple[int, list[_Waiter]]] = []
         self._transfers: list[NodeId] = []
         self._ticks = 0
+        # The ticker (see _ticker): the time of the next tick boundary not counted yet;
+        # how many boundaries from there on it sleeps through as quiet (0: it wakes at
+        # each); quiet ticks counted but not stepped yet (stepped before anything else).
+        self._next_tick = 0.0
+        self._planned = 0
+        self._quiet_ticks = 0
+        self._tick_scope: trio.CancelScope | None = None
         self._wake = trio.Event()
         self._applied_event = trio.Event()
         self._leader_event = trio.Event()
@@ -555,24 +566,79 @@ class Group(Generic[ST, SM]):
             self._fail_all(GroupUnavailable(f"{self.namespace}: group stopped"))
 
     async def _ticker(self) -> None:
+        """Counts ticks. Busy, the loop has it wake at every tick boundary. While the loop
+        sleeps, the ticker sleeps through the ticks that would only advance the timers
+        (between heartbeats, before an election timeout: :meth:`RawNode.ticks_are_quiet`)
+        and wakes at the first one that acts (:meth:`_plan_ticks`); the quiet ones are
+        then counted together and stepped before anything else (:meth:`_count_ticks`)."""
         interval = self.preset.tick_s
-        nxt = trio.current_time() + interval
+        self._next_tick = trio.current_time() + interval
         while True:
-            await trio.sleep_until(nxt)
-            nxt += interval
-            now = trio.current_time()
-            if nxt < now:  # we fell behind (a starved CPU): don't burst ticks
-                nxt = now + interval
+            with trio.CancelScope(deadline=self._next_tick + self._planned * interval) as sc:
+                self._tick_scope = sc
+                await trio.sleep_forever()
+            self.stats.ticker_wakeups += 1
+            self._count_ticks(trio.current_time())
+            self.stats.ticks = self._ticks_total
+
+    def _count_ticks(self, now: float) -> None:
+        """Count the tick boundaries passed by ``now``, by the plan (see :meth:`_ticker`).
+
+        The tick that acts (or, without a plan, the next one) has passed: count it and the
+        planned quiet ones before it, and wake the loop. More than a tick late, the
+        process was held up (a starved CPU): count one tick for the whole wait and start
+        again from now, as a ticker woken at every tick would (it does not burst ticks).
+        Only quiet ticks passed (an input woke the loop first): count those. Either way
+        the ticker wakes at every tick boundary again until the loop plans anew."""
+        if self._tick_scope is None:
+            return  # the ticker has not started
+        interval = self.preset.tick_s
+        planned = self._planned
+        due = self._next_tick + planned * interval
+        if now >= due:
+            self._planned = 0
+            if now - due > interval:
+                self._ticks_total += 1
+                self._next_tick = now + interval
+            else:
+                self._ticks_total += planned + 1
+                self._quiet_ticks += planned
+                self._next_tick = due + interval
             self._ticks += 1
-            self._ticks_total += 1
             self._wake.set()
+        elif planned:
+            passed = 0
+            if now >= self._next_tick:
+                passed = min(planned, int((now - self._next_tick) / interval) + 1)
+            self._planned = 0
+            self._next_tick += passed * interval
+            self._ticks_total += passed
+            self._quiet_ticks += passed
+        else:
+            return
+        self._tick_scope.deadline = self._next_tick
+
+    def _plan_ticks(self, node: RawNode) -> None:
+        """The loop is about to sleep: let the ticker sleep through the quiet ticks."""
+        if self._ticks or self._commands or self._planned or self._tick_scope is None:
+            return
+        q = 0
+        while q < self.MAX_QUIET_TICKS and node.ticks_are_quiet(q + 1):
+            q += 1
+        if q:
+            self._planned = q
+            self._tick_scope.deadline = self._next_tick + q * self.preset.tick_s
 
     async def _loop(self) -> None:
         node = self.node
         assert node is not None
         while True:
             if not self._has_input() and not node.has_ready():
+                self._plan_ticks(node)
                 await self._wake.wait()
+                # Before anything else: nothing was stepped since these ticks passed.
+                self._count_ticks(trio.current_time())
+                self._step_quiet_ticks(node)
             if self._ticks and node.timeout_due():
                 # Before a timeout fires, let the transport read what is queued in the
                 # sockets: after a stall, the heartbeats are there, not missing.
@@ -596,8 +662,10 @@ class Group(Generic[ST, SM]):
                     raise GroupUnavailable(f"{self.namespace}: storage failed: {exc}") from exc
                 node.advance(rd)
             await self._maybe_snapshot(node)
-            # Let other tasks (API handlers, transport) run between batches.
-            await trio.lowlevel.checkpoint()
+            if self._has_input() or node.has_ready():
+                # Let other tasks (API handlers, transport) run between batches. With
+                # nothing queued, waiting for input (above) lets them run anyway.
+                await trio.lowlevel.checkpoint()
 
     def _has_input(self) -> bool:
         return bool(
@@ -609,9 +677,16 @@ class Group(Generic[ST, SM]):
             or self._ticks
         )
 
+    def _step_quiet_ticks(self, node: RawNode) -> None:
+        """Step the ticks counted while the loop slept (see :meth:`_ticker`)."""
+        n, self._quiet_ticks = self._quiet_ticks, 0
+        for _ in range(n):
+            node.tick()
+
     def _take_inputs(self, node: RawNode) -> None:
         # Messages before ticks: a heartbeat that queued up while this loop was held up
         # resets the election timer before the ticks of that wait are counted.
+        self._step_quiet_ticks(node)
         inbox = self._inbox
         while inbox:
             m = inbox.popleft()
@@ -742,6 +817,9 @@ class Group(Generic[ST, SM]):
     #: Ticks counted at most per loop wake-up: a stall of this process (a slow disk, a
     #: starved CPU) must not turn into an election timeout of its own making.
     MAX_TICKS_AT_ONCE = 2
+
+    #: Quiet ticks the ticker sleeps through at most, at once.
+    MAX_QUIET_TICKS = 64
 
     #: Election timeouts without an apply, in one leader's term, before a forwarded
     #: command fails with ProposalsIgnored.

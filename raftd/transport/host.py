@@ -46,7 +46,7 @@ from libp2p.peer.id import ID
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
-from raftd.transport import tcpread
+from raftd.transport import tcpread, yamuxwin
 
 __all__ = [
     "IDENTITY_FILE",
@@ -157,6 +157,8 @@ def create_host(
     # consumed. The library reads the variable at every read; an operator's own setting
     # wins.
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+    # Even so, the library grants credit after almost every small read: see yamuxwin.
+    yamuxwin.install()
     tcpread.install()
     host: Any = new_host(  # Any: libp2p's interfaces lack the attributes set below
         key_pair=key_pair,

@@ -1,0 +1,46 @@
+"""EventHistory keeps its bound in memory too: events dropped from the window are
+released (the list is compacted), and reads stay exact across compactions."""
+
+from __future__ import annotations
+
+from raftd.kv.backend import KeyRecord
+from raftd.kv.watch import DELETE, PUT, EventHistory, KeyEvent
+
+
+def _ev(rev: int) -> KeyEvent:
+    key = b"k%d" % (rev % 7)
+    return KeyEvent(rev, PUT, key, KeyRecord(b"v%d" % rev, rev, rev, 1), None)
+
+
+def test_dropped_events_are_released_and_reads_stay_exact() -> None:
+    bound = 3000
+    h = EventHistory(0, max_events=bound)
+    held_max = 0
+    for rev in range(1, 40_001):
+        h.append([_ev(rev)])
+        held_max = max(held_max, len(h._events))
+        if rev % 997 == 0 or rev == 40_000:
+            assert len(h) == min(rev, bound)
+            assert h.floor == max(1, rev - bound + 1)
+            evs, nxt = h.read(h.floor, b"", None, limit=10 * bound)
+            assert [e.revision for e in evs] == list(range(h.floor, rev + 1))
+            assert nxt == rev + 1
+            # A key range reads the same events as a filter of the whole window.
+            evs_k1, _ = h.read(h.floor, b"k1", b"k2", limit=10 * bound)
+            assert evs_k1 == [e for e in evs if e.key == b"k1"]
+    # The list never holds much more than the window: an eighth over it at most (or
+    # the fixed minimum of dropped events before a compaction).
+    assert held_max <= bound + max(1024, bound // 7) + 1, held_max
+
+
+def test_event_keeps_what_it_was_given() -> None:
+    old = KeyRecord(b"old", 3, 5, 2, 9)
+    new = KeyRecord(b"new", 3, 8, 3, 0)
+    e = KeyEvent(8, PUT, b"k", new, old)
+    assert (e.revision, e.type, e.key, e.record, e.prev) == (8, PUT, b"k", new, old)
+    assert e == KeyEvent(8, PUT, b"k", KeyRecord(b"new", 3, 8, 3, 0), old)
+    assert e != KeyEvent(8, PUT, b"k", KeyRecord(b"new", 3, 8, 4, 0), old)
+    assert e.size() == 64 + 1 + 3 + 3
+    d = KeyEvent(9, DELETE, b"k", None, new)
+    assert d.record is None and d.prev == new and d.size() == 64 + 1 + 3
+    assert "record=None" in repr(d)
