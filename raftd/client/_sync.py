@@ -14,7 +14,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
 from raftd.client import _proto as P
-from raftd.client._core import MARGIN, WATCH_BUFFER, Connection, Pending, prepare, wait_for
+from raftd.client._core import MARGIN, Connection, Pending, prepare, wait_for
 from raftd.client._ops import Call, Operations, SyncRunner
 from raftd.client._proto import Compacted, ConnectionLost, RaftdError
 from raftd.client._watch import (
@@ -350,28 +350,13 @@ class Watch(WatchState):
     ``revision`` is the revision of the last event delivered (or the start point);
     ``buffer``: how many responses may wait unread (see :meth:`Client.watch`)."""
 
-    def __init__(
-        self,
-        client: Client,
-        key: bytes,
-        range_end: bytes,
-        start_revision: int,
-        prev_kv: bool,
-        resume: bool,
-        resume_timeout: float,
-        buffer: int = WATCH_BUFFER,
-    ) -> None:
-        super().__init__(key, range_end, start_revision, prev_kv, resume)
-        self.client = client
-        self.resume_timeout = resume_timeout
-        self._bufsize = buffer
-        self._conn: _Conn | None = None
-        self._p: Pending | None = None
+    client: Client
+    _conn: _Conn | None = None
 
     def start(self) -> None:
         conn = self.client._connection()
-        p = conn.stream(self.request(self.client.namespace), limit=self._bufsize)
-        self._conn, self._p = conn, p
+        p = conn.stream(self.request(self.client.namespace), limit=self.buffer)
+        self._conn, self.stream = conn, p
         first = conn.take(p, self.client.connect_timeout + 10.0)
         if first is None:
             raise TimeoutError("no watch event within the timeout")
@@ -391,9 +376,9 @@ class Watch(WatchState):
         while not self.events:
             if self.done:
                 return None
-            assert self._conn is not None and self._p is not None
+            assert self._conn is not None and self.stream is not None
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            item = self._conn.take(self._p, left)
+            item = self._conn.take(self.stream, left)
             if item is None:
                 raise TimeoutError("no watch event within the timeout")
             lost = self.absorb(item)
@@ -421,7 +406,7 @@ class Watch(WatchState):
         if self.done:
             return
         self.done = True
-        conn, p = self._conn, self._p
+        conn, p = self._conn, self.stream
         if conn is not None and p is not None:
             conn.cancel_watch(p)
 

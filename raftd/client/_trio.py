@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import trio
 
 from raftd.client import _proto as P
-from raftd.client._core import MARGIN, WATCH_BUFFER, Connection, Pending, prepare, wait_for
+from raftd.client._core import MARGIN, Connection, Pending, prepare, wait_for
 from raftd.client._ops import AsyncRunner, Call, Operations
 from raftd.client._proto import Compacted, ConnectionLost, RaftdError
 from raftd.client._watch import (
@@ -252,34 +252,19 @@ class AsyncClient(Operations, AsyncRunner):
 class AsyncWatch(WatchState):
     """An open watch of :class:`AsyncClient`: ``async for`` yields :class:`Event`."""
 
-    def __init__(
-        self,
-        client: AsyncClient,
-        key: bytes,
-        range_end: bytes,
-        start_revision: int,
-        prev_kv: bool,
-        resume: bool,
-        resume_timeout: float,
-        buffer: int = WATCH_BUFFER,
-    ) -> None:
-        super().__init__(key, range_end, start_revision, prev_kv, resume)
-        self.client = client
-        self.resume_timeout = resume_timeout
-        self._bufsize = buffer
-        self._conn: _AsyncConn | None = None
-        self._p: Pending | None = None
+    client: AsyncClient
+    _conn: _AsyncConn | None = None
 
     async def start(self) -> None:
         conn = await self.client._connection()
-        p = conn.stream_request(self.request(self.client.namespace), self._bufsize)
-        self._conn, self._p = conn, p
+        p = conn.stream_request(self.request(self.client.namespace), self.buffer)
+        self._conn, self.stream = conn, p
         self.started(await self._take(self.client.connect_timeout + 10.0))
 
     async def _take(self, timeout: float = math.inf) -> apb.Response | ConnectionLost:
-        assert self._conn is not None and self._p is not None
+        assert self._conn is not None and self.stream is not None
         with trio.move_on_after(timeout):
-            return await self._conn.take(self._p)
+            return await self._conn.take(self.stream)
         raise TimeoutError("no watch response within the timeout")
 
     def __aiter__(self) -> AsyncWatch:
@@ -322,7 +307,7 @@ class AsyncWatch(WatchState):
         if self.done:
             return
         self.done = True
-        conn, p = self._conn, self._p
+        conn, p = self._conn, self.stream
         if conn is not None and p is not None:
             conn.cancel_watch(p)
 

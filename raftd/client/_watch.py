@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
+from raftd.client._core import WATCH_BUFFER, Pending
 from raftd.client._proto import (
     ConnectionLost,
     Event,
@@ -39,19 +41,33 @@ def watch_range(key: bytes | str, range_end: bytes | str, prefix: bool) -> tuple
 class WatchState:
     """The watch's position: ``revision`` is the revision of the last event delivered
     (or the start point), ``next_revision`` the one to (re)start from. The clients'
-    watch classes extend it with the waiting."""
+    watch classes extend it with the waiting; ``client`` is theirs."""
 
     def __init__(
-        self, key: bytes, range_end: bytes, start_revision: int, prev_kv: bool, resume: bool
+        self,
+        client: Any,
+        key: bytes,
+        range_end: bytes,
+        start_revision: int,
+        prev_kv: bool,
+        resume: bool,
+        resume_timeout: float,
+        buffer: int = WATCH_BUFFER,
     ) -> None:
+        self.client = client
         self.key = key
         self.range_end = range_end
         self.next_revision = start_revision
         self.prev_kv = prev_kv
         self.resume = resume
+        self.resume_timeout = resume_timeout
         self.revision = start_revision - 1 if start_revision > 0 else 0
         self.events: deque[Event] = deque()
         self.done = False
+        #: How many responses may wait unread (see :mod:`raftd.client._core`).
+        self.buffer = buffer
+        #: The connection entry of the stream being read (the clients set it).
+        self.stream: Pending | None = None
 
     def request(self, namespace: str) -> apb.Request:
         """The watch request that (re)starts the watch where it stands."""

@@ -64,7 +64,7 @@ class WatchDriver:
 
     @property
     def stream(self) -> Pending | None:
-        return self.w._p
+        return self.w.stream
 
     @property
     def revision(self) -> int:
