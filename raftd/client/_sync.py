@@ -107,8 +107,11 @@ class _Conn:
                 return
             try:
                 self.sock.sendall(data)
+                return
             except OSError as exc:
-                self._fail(f"send failed: {exc}")
+                reason = f"send failed: {exc}"
+        # Outside the send lock: waking the callers runs their futures' callbacks.
+        self._fail(reason)
 
     def take(self, p: Pending, timeout: float | None) -> apb.Response | ConnectionLost | None:
         """The next item of stream ``p`` (see ``Connection.take``); None after
