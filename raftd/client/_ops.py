@@ -12,6 +12,7 @@ each client. Streams (watch, snapshot) are the clients' own.
 from __future__ import annotations
 
 import functools
+import inspect
 import types
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -67,6 +68,25 @@ class AsyncRunner:
         raise NotImplementedError
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _like(fn: F, build: Callable[..., Any]) -> F:
+    """``fn`` with the name, docstring and signature of the method ``build`` makes:
+    ``self``, then the builder's parameters, returning what the call's parser does."""
+    functools.update_wrapper(fn, build)
+    del fn.__wrapped__  # type: ignore[attr-defined]
+    sig = inspect.signature(build)
+    ret = sig.return_annotation
+    if isinstance(ret, str) and ret.startswith("Call[") and ret.endswith("]"):
+        ret = ret[len("Call[") : -1]
+    me = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
+    fn.__signature__ = sig.replace(  # type: ignore[attr-defined]
+        parameters=[me, *sig.parameters.values()], return_annotation=ret
+    )
+    return fn
+
+
 class Op(Generic[Ps, T]):
     """A builder bound as a method of both clients (see the module doc). The bound
     method is cached in the instance, so a lookup costs what a plain method's does."""
@@ -81,8 +101,8 @@ class Op(Generic[Ps, T]):
         async def run_async(client: AsyncRunner, /, *args: Ps.args, **kwargs: Ps.kwargs) -> T:
             return await client._run(build(*args, **kwargs))
 
-        self.sync = functools.update_wrapper(run, build)
-        self.async_ = functools.update_wrapper(run_async, build)
+        self.sync = _like(run, build)
+        self.async_ = _like(run_async, build)
 
     def __set_name__(self, owner: type[Any], name: str) -> None:
         self.name = name
@@ -91,7 +111,7 @@ class Op(Generic[Ps, T]):
             fn.__qualname__ = f"{owner.__qualname__}.{name}"
 
     @overload
-    def __get__(self, obj: None, owner: type[Any] | None = None) -> Op[Ps, T]: ...
+    def __get__(self, obj: None, owner: type[Any] | None = None) -> Callable[..., Any]: ...
     @overload
     def __get__(self, obj: SyncRunner, owner: type[Any] | None = None) -> Callable[Ps, T]: ...
     @overload
@@ -99,8 +119,9 @@ class Op(Generic[Ps, T]):
         self, obj: AsyncRunner, owner: type[Any] | None = None
     ) -> Callable[Ps, Coroutine[Any, Any, T]]: ...
     def __get__(self, obj: object, owner: type[Any] | None = None) -> Any:
-        if obj is None:
-            return self
+        if obj is None:  # looked up on the class: the plain function, for help()
+            is_async = owner is not None and issubclass(owner, AsyncRunner)
+            return self.async_ if is_async else self.sync
         fn = self.async_ if isinstance(obj, AsyncRunner) else self.sync
         bound = types.MethodType(fn, obj)
         obj.__dict__[self.name] = bound

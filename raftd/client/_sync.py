@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from raftd.client import _proto as P
 from raftd.client._core import MARGIN, Connection, Pending, prepare, wait_for
 from raftd.client._ops import Call, Operations, SyncRunner
-from raftd.client._proto import Compacted, ConnectionLost, RaftdError
+from raftd.client._proto import Compacted, ConnectionLost, Event, RaftdError
 from raftd.client._watch import (
     RESUME_FIRST_DELAY,
     RESUME_MAX_DELAY,
@@ -358,36 +358,36 @@ class Watch(WatchState):
 
     def start(self) -> None:
         conn = self.client._connection()
-        p = conn.stream(self.request(self.client.namespace), limit=self.buffer)
-        self._conn, self.stream = conn, p
+        p = conn.stream(self._request(self.client.namespace), limit=self.buffer)
+        self._conn, self._stream = conn, p
         first = conn.take(p, self.client.connect_timeout + 10.0)
         if first is None:
             raise TimeoutError("no watch event within the timeout")
-        self.started(first)
+        self._started(first)
 
-    def __iter__(self) -> Iterator[P.Event]:
+    def __iter__(self) -> Iterator[Event]:
         while True:
             ev = self.next()
             if ev is None:
                 return
             yield ev
 
-    def next(self, timeout: float | None = None) -> P.Event | None:
+    def next(self, timeout: float | None = None) -> Event | None:
         """The next event; None once the watch is cancelled. Raises ``TimeoutError``
         after ``timeout`` seconds without one."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.events:
-            if self.done:
+        while not self._events:
+            if self._done:
                 return None
-            assert self._conn is not None and self.stream is not None
+            assert self._conn is not None and self._stream is not None
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            item = self._conn.take(self.stream, left)
+            item = self._conn.take(self._stream, left)
             if item is None:
                 raise TimeoutError("no watch event within the timeout")
-            lost = self.absorb(item)
+            lost = self._absorb(item)
             if lost is not None:
                 self._reconnect(lost)
-        return self.events.popleft()
+        return self._events.popleft()
 
     def _reconnect(self, cause: ConnectionLost) -> None:
         deadline = time.monotonic() + self.resume_timeout
@@ -406,10 +406,10 @@ class Watch(WatchState):
 
     def cancel(self) -> None:
         """Stop the watch (the daemon confirms; pending events are dropped)."""
-        if self.done:
+        if self._done:
             return
-        self.done = True
-        conn, p = self._conn, self.stream
+        self._done = True
+        conn, p = self._conn, self._stream
         if conn is not None and p is not None:
             conn.cancel_watch(p)
 

@@ -25,7 +25,7 @@ import trio
 from raftd.client import _proto as P
 from raftd.client._core import MARGIN, Connection, Pending, prepare, wait_for
 from raftd.client._ops import AsyncRunner, Call, Operations
-from raftd.client._proto import Compacted, ConnectionLost, RaftdError
+from raftd.client._proto import Compacted, ConnectionLost, Event, RaftdError
 from raftd.client._watch import (
     RESUME_FIRST_DELAY,
     RESUME_MAX_DELAY,
@@ -257,35 +257,35 @@ class AsyncWatch(WatchState):
 
     async def start(self) -> None:
         conn = await self.client._connection()
-        p = conn.stream_request(self.request(self.client.namespace), self.buffer)
-        self._conn, self.stream = conn, p
-        self.started(await self._take(self.client.connect_timeout + 10.0))
+        p = conn.stream_request(self._request(self.client.namespace), self.buffer)
+        self._conn, self._stream = conn, p
+        self._started(await self._take(self.client.connect_timeout + 10.0))
 
     async def _take(self, timeout: float = math.inf) -> apb.Response | ConnectionLost:
-        assert self._conn is not None and self.stream is not None
+        assert self._conn is not None and self._stream is not None
         with trio.move_on_after(timeout):
-            return await self._conn.take(self.stream)
+            return await self._conn.take(self._stream)
         raise TimeoutError("no watch response within the timeout")
 
     def __aiter__(self) -> AsyncWatch:
         return self
 
-    async def __anext__(self) -> P.Event:
+    async def __anext__(self) -> Event:
         ev = await self.next()
         if ev is None:
             raise StopAsyncIteration
         return ev
 
-    async def next(self) -> P.Event | None:
+    async def next(self) -> Event | None:
         """The next event; None once the watch is cancelled (bound it with trio's
         timeouts)."""
-        while not self.events:
-            if self.done:
+        while not self._events:
+            if self._done:
                 return None
-            lost = self.absorb(await self._take())
+            lost = self._absorb(await self._take())
             if lost is not None:
                 await self._reconnect(lost)
-        return self.events.popleft()
+        return self._events.popleft()
 
     async def _reconnect(self, cause: ConnectionLost) -> None:
         delay = RESUME_FIRST_DELAY
@@ -304,10 +304,10 @@ class AsyncWatch(WatchState):
         raise resume_failed(last) from cause
 
     async def cancel(self) -> None:
-        if self.done:
+        if self._done:
             return
-        self.done = True
-        conn, p = self._conn, self.stream
+        self._done = True
+        conn, p = self._conn, self._stream
         if conn is not None and p is not None:
             conn.cancel_watch(p)
 

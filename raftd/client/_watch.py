@@ -62,14 +62,14 @@ class WatchState:
         self.resume = resume
         self.resume_timeout = resume_timeout
         self.revision = start_revision - 1 if start_revision > 0 else 0
-        self.events: deque[Event] = deque()
-        self.done = False
+        self._events: deque[Event] = deque()
+        self._done = False
         #: How many responses may wait unread (see :mod:`raftd.client._core`).
         self.buffer = buffer
         #: The connection entry of the stream being read (the clients set it).
-        self.stream: Pending | None = None
+        self._stream: Pending | None = None
 
-    def request(self, namespace: str) -> apb.Request:
+    def _request(self, namespace: str) -> apb.Request:
         """The watch request that (re)starts the watch where it stands."""
         req = req_watch(
             self.key, self.range_end, start_revision=self.next_revision, prev_kv=self.prev_kv
@@ -77,8 +77,8 @@ class WatchState:
         req.namespace = namespace
         return req
 
-    def started(self, first: apb.Response | ConnectionLost) -> None:
-        """The first answer to :meth:`request`: raises its error; a watch from "now"
+    def _started(self, first: apb.Response | ConnectionLost) -> None:
+        """The first answer to :meth:`_request`: raises its error; a watch from "now"
         learns the revision it starts after."""
         if isinstance(first, BaseException):
             raise first
@@ -87,9 +87,9 @@ class WatchState:
             self.next_revision = first.watch.header_revision + 1
             self.revision = first.watch.header_revision
 
-    def absorb(self, item: apb.Response | ConnectionLost) -> ConnectionLost | None:
-        """Take one item of the watch's stream: events go to :attr:`events`; a cancel
-        sets :attr:`done`; errors are raised. Returns the error when the connection (or
+    def _absorb(self, item: apb.Response | ConnectionLost) -> ConnectionLost | None:
+        """Take one item of the watch's stream: events go to :attr:`_events`; a cancel
+        sets :attr:`_done`; errors are raised. Returns the error when the connection (or
         the watch, see :mod:`raftd.client._core`) was lost and the watch should resume;
         raises it instead without ``resume``."""
         if isinstance(item, ConnectionLost):
@@ -97,7 +97,7 @@ class WatchState:
                 raise item
             return item
         if item.watch.canceled:
-            self.done = True
+            self._done = True
             if item.error.code != apb.Error.OK:
                 raise error_from_pb(item.error)
             return None
@@ -107,7 +107,7 @@ class WatchState:
         if evs:
             self.revision = evs[-1].revision
             self.next_revision = self.revision + 1
-            self.events.extend(evs)
+            self._events.extend(evs)
         return None
 
 

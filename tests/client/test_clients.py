@@ -64,7 +64,7 @@ class WatchDriver:
 
     @property
     def stream(self) -> Pending | None:
-        return self.w.stream
+        return self.w._stream
 
     @property
     def revision(self) -> int:

@@ -265,19 +265,19 @@ def test_watch_state_tracks_revisions_and_resumes_after_the_last_event() -> None
     created = apb.Response(id=1)
     created.watch.created = True
     created.watch.header_revision = 41
-    st_.started(created)
+    st_._started(created)
     assert (st_.revision, st_.next_revision) == (41, 42)
-    assert st_.absorb(watch_resp(1, 42, 43)) is None
-    assert [e.revision for e in st_.events] == [42, 43]
+    assert st_._absorb(watch_resp(1, 42, 43)) is None
+    assert [e.revision for e in st_._events] == [42, 43]
     assert (st_.revision, st_.next_revision) == (43, 44)
     lost = ConnectionLost("gone")
-    assert st_.absorb(lost) is lost  # resume...
-    req = st_.request("/raft/ns")
+    assert st_._absorb(lost) is lost  # resume...
+    req = st_._request("/raft/ns")
     assert req.watch.start_revision == 44 and req.watch.prev_kv and req.namespace == "/raft/ns"
     no_resume = WatchState(None, b"k", b"", 5, False, False, 30.0)
     assert no_resume.revision == 4
     with pytest.raises(ConnectionLost):
-        no_resume.absorb(lost)
+        no_resume._absorb(lost)
 
 
 def test_watch_state_raises_errors_and_ends_on_cancel() -> None:
@@ -287,13 +287,13 @@ def test_watch_state_raises_errors_and_ends_on_cancel() -> None:
         apb.Error(code=C.FAILED_PRECONDITION, message="compacted", compact_revision=9)
     )
     with pytest.raises(Compacted) as exc:
-        st_.started(compacted)
+        st_._started(compacted)
     assert exc.value.compact_revision == 9
     with pytest.raises(ConnectionLost):
-        st_.started(ConnectionLost("no"))
+        st_._started(ConnectionLost("no"))
     end = apb.Response(id=1)
     end.watch.canceled = True
-    assert st_.absorb(end) is None and st_.done
+    assert st_._absorb(end) is None and st_._done
 
 
 def test_watch_range() -> None:
@@ -314,12 +314,12 @@ def test_both_clients_have_every_operation_with_one_signature() -> None:
     names = shared_methods()
     assert len(names) == 22
     for name in names:
-        sync, trio_ = getattr(Client, name), getattr(AsyncClient, name)
-        assert sync is trio_  # one descriptor
-        assert inspect.signature(sync.sync) == inspect.signature(sync.async_)
-        assert inspect.iscoroutinefunction(sync.async_)
-        assert not inspect.iscoroutinefunction(sync.sync)
-        assert sync.sync.__doc__ and sync.sync.__name__ == name
+        op = vars(O.Operations)[name]
+        sync, async_ = getattr(Client, name), getattr(AsyncClient, name)
+        assert (sync, async_) == (op.sync, op.async_)  # one builder behind both
+        assert inspect.signature(sync) == inspect.signature(async_)
+        assert inspect.iscoroutinefunction(async_) and not inspect.iscoroutinefunction(sync)
+        assert sync.__doc__ and sync.__name__ == name
 
 
 def test_operations_build_the_same_requests_as_the_protocol_helpers() -> None:
