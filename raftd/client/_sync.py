@@ -348,12 +348,11 @@ class Client(Operations, SyncRunner):
         return w
 
 
-class Watch(WatchState):
+class Watch(WatchState[Client]):
     """An open watch: iterate for :class:`Event` objects; :meth:`cancel` to stop.
     ``revision`` is the revision of the last event delivered (or the start point);
     ``buffer``: how many responses may wait unread (see :meth:`Client.watch`)."""
 
-    client: Client
     _conn: _Conn | None = None
 
     def start(self) -> None:

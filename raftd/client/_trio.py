@@ -249,10 +249,9 @@ class AsyncClient(Operations, AsyncRunner):
                 await w.cancel()
 
 
-class AsyncWatch(WatchState):
+class AsyncWatch(WatchState[AsyncClient]):
     """An open watch of :class:`AsyncClient`: ``async for`` yields :class:`Event`."""
 
-    client: AsyncClient
     _conn: _AsyncConn | None = None
 
     async def start(self) -> None:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Generic, TypeVar
 
 from raftd.client._core import WATCH_BUFFER, Pending
 from raftd.client._proto import (
@@ -38,14 +38,17 @@ def watch_range(key: bytes | str, range_end: bytes | str, prefix: bool) -> tuple
     return k, end
 
 
-class WatchState:
+C = TypeVar("C")
+
+
+class WatchState(Generic[C]):
     """The watch's position: ``revision`` is the revision of the last event delivered
     (or the start point), ``next_revision`` the one to (re)start from. The clients'
     watch classes extend it with the waiting; ``client`` is theirs."""
 
     def __init__(
         self,
-        client: Any,
+        client: C,
         key: bytes,
         range_end: bytes,
         start_revision: int,

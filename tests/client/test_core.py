@@ -261,7 +261,7 @@ def test_cancel_watch_forgets_and_tells_the_daemon() -> None:
 
 
 def test_watch_state_tracks_revisions_and_resumes_after_the_last_event() -> None:
-    st_ = WatchState(None, b"k", b"", 0, True, True, 30.0)
+    st_ = WatchState[None](None, b"k", b"", 0, True, True, 30.0)
     created = apb.Response(id=1)
     created.watch.created = True
     created.watch.header_revision = 41
@@ -274,14 +274,14 @@ def test_watch_state_tracks_revisions_and_resumes_after_the_last_event() -> None
     assert st_._absorb(lost) is lost  # resume...
     req = st_._request("/raft/ns")
     assert req.watch.start_revision == 44 and req.watch.prev_kv and req.namespace == "/raft/ns"
-    no_resume = WatchState(None, b"k", b"", 5, False, False, 30.0)
+    no_resume = WatchState[None](None, b"k", b"", 5, False, False, 30.0)
     assert no_resume.revision == 4
     with pytest.raises(ConnectionLost):
         no_resume._absorb(lost)
 
 
 def test_watch_state_raises_errors_and_ends_on_cancel() -> None:
-    st_ = WatchState(None, b"k", b"", 3, False, True, 30.0)
+    st_ = WatchState[None](None, b"k", b"", 3, False, True, 30.0)
     compacted = apb.Response(id=1)
     compacted.error.CopyFrom(
         apb.Error(code=C.FAILED_PRECONDITION, message="compacted", compact_revision=9)
