@@ -1,5 +1,6 @@
-"""The trio client: one connection per client, reused and pipelined (a writer task batches
-queued requests into one write, a reader task routes responses by id).
+"""The trio client: one connection per client, reused and pipelined. The protocol state
+is :class:`raftd.client._core.Connection`; a writer task sends what it queued (many
+requests in one write), a reader task feeds it and wakes the waiting tasks.
 
 Use it as an async context manager, which owns the background tasks::
 
@@ -14,84 +15,71 @@ Use it as an async context manager, which owns the background tasks::
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import trio
 
 from raftd.client import _proto as P
-from raftd.client._proto import (
-    CasResult,
-    Compacted,
-    ConnectionLost,
-    DeadlineExceeded,
-    DeleteResult,
-    Event,
-    GroupStatus,
-    KeyValue,
-    Lease,
-    LeaseInfo,
-    LeaseTTL,
-    Member,
-    PutResult,
-    RaftdError,
-    RangeResult,
-    TxnResult,
+from raftd.client._core import MARGIN, Connection, Pending, prepare, wait_for
+from raftd.client._ops import AsyncRunner, Call, Operations
+from raftd.client._proto import Compacted, ConnectionLost, Event, RaftdError
+from raftd.client._watch import (
+    RESUME_FIRST_DELAY,
+    RESUME_MAX_DELAY,
+    WatchState,
+    resume_failed,
+    watch_range,
 )
-from raftd.wire.framing import FrameDecoder, FrameError, encode_frame
 from raftd.wire.pb import api_pb2 as apb
-from raftd.wire.pb import kv_pb2 as kpb
 
 __all__ = ["AsyncClient", "AsyncWatch", "open_client"]
 
 T = TypeVar("T")
-_MARGIN = 2.0
 
 
-class _Slot:
-    __slots__ = ("error", "event", "response", "write")
-
-    def __init__(self, write: bool) -> None:
-        self.event = trio.Event()
-        self.response: apb.Response | None = None
-        self.error: RaftdError | None = None
-        self.write = write
+def _wake(ready: list[Pending]) -> None:
+    for p in ready:
+        if p.waker is not None:
+            p.waker.set()
 
 
 class _AsyncConn:
+    """One stream to the daemon; :meth:`run` is its reader and writer."""
+
     def __init__(self, stream: trio.abc.Stream, max_frame_size: int) -> None:
         self.stream = stream
-        self.pending: dict[int, _Slot | trio.MemorySendChannel[Any]] = {}
-        self.writes: dict[int, bool] = {}
-        self.namespaces: dict[int, str] = {}  # of watches, to cancel them
-        self.ids = itertools.count(1)
-        self.outq: list[bytes] = []
-        self.wake = trio.Event()
-        self.closed = False
-        self.error = ""
-        self.max_frame_size = max_frame_size
+        self.core = Connection(max_frame_size)
+        self.wake = trio.Event()  # the writer's: frames are queued
         self.done = trio.Event()
 
-    def register(self, req: apb.Request, sink: _Slot | trio.MemorySendChannel[Any]) -> int:
-        if self.closed:
-            raise ConnectionLost(self.error or "connection closed")
-        rid = next(self.ids)
-        req.id = rid
-        self.pending[rid] = sink
-        self.writes[rid] = P.is_write(req)
-        if req.WhichOneof("op") == "watch":
-            self.namespaces[rid] = req.namespace
-        self.outq.append(encode_frame(req.SerializeToString()))
-        self.wake.set()
-        return rid
+    @property
+    def closed(self) -> bool:
+        return self.core.closed
 
-    def forget(self, rid: int) -> None:
-        self.pending.pop(rid, None)
-        self.writes.pop(rid, None)
-        self.namespaces.pop(rid, None)
+    def request(self, req: apb.Request) -> Pending:
+        """Queue ``req``; wait on the entry's ``waker``, then read it."""
+        p = self.core.request(req, trio.Event())
+        self.wake.set()
+        return p
+
+    def stream_request(self, req: apb.Request, limit: int | None) -> Pending:
+        p = self.core.stream(req, None, limit=limit)
+        self.wake.set()
+        return p
+
+    async def take(self, p: Pending) -> apb.Response | ConnectionLost:
+        """The next item of stream ``p`` (see ``Connection.take``)."""
+        while (item := self.core.take(p)) is None:
+            p.waker = trio.Event()
+            await p.waker.wait()
+        return item
+
+    def cancel_watch(self, p: Pending) -> None:
+        self.core.cancel_watch(p)
+        self.wake.set()
 
     async def run(self) -> None:
         try:
@@ -100,85 +88,37 @@ class _AsyncConn:
                 await self._reader()
                 n.cancel_scope.cancel()
         except Exception as exc:
-            self.error = self.error or f"connection failed: {exc!r}"
+            self._fail(f"connection failed: {exc!r}")
         finally:
-            self._fail(self.error or "connection closed by the daemon")
+            self._fail("connection closed by the daemon")
             with contextlib.suppress(Exception):
                 await trio.aclose_forcefully(self.stream)
             self.done.set()
 
     async def _writer(self) -> None:
+        core = self.core
         while True:
-            while not self.outq:
+            while not core.has_output:
                 self.wake = trio.Event()
                 await self.wake.wait()
-                if self.closed:
+                if core.closed:
                     return
-            data, self.outq = b"".join(self.outq), []
-            await self.stream.send_all(data)
+            await self.stream.send_all(core.data_to_send())
 
     async def _reader(self) -> None:
-        decoder = FrameDecoder(self.max_frame_size)
-        while True:
+        core = self.core
+        while not core.closed:
             try:
                 data = await self.stream.receive_some(65536)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                self.error = f"connection failed: {exc!r}"
+                self._fail(f"connection failed: {exc!r}")
                 return
-            if not data:
-                return
-            try:
-                frames = decoder.feed(data)
-            except FrameError as exc:
-                self.error = f"bad frame from the daemon: {exc}"
-                return
-            for frame in frames:
-                resp = apb.Response.FromString(frame)
-                sink = self.pending.get(resp.id)
-                if sink is None:
-                    if resp.id == 0 and resp.error.code != apb.Error.OK:
-                        self.error = f"{apb.Error.Code.Name(resp.error.code)}: {resp.error.message}"
-                    continue
-                if isinstance(sink, _Slot):
-                    self.forget(resp.id)
-                    sink.response = resp
-                    sink.event.set()
-                else:
-                    try:
-                        sink.send_nowait(resp)
-                    except trio.WouldBlock:
-                        # A watcher that does not keep up: end its watch; it resumes from
-                        # its last revision if it asked to.
-                        ns = self.namespaces.get(resp.id, "")
-                        self.forget(resp.id)
-                        with contextlib.suppress(Exception):
-                            sink.close()
-                        cancel = apb.Request(
-                            namespace=ns,
-                            watch_cancel=apb.WatchCancelRequest(watch_id=resp.id),
-                        )
-                        with contextlib.suppress(RaftdError):
-                            self.register(cancel, _Slot(False))
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        self.forget(resp.id)
+            _wake(core.receive_data(data))
+            if core.has_output:  # a watch that overflowed queued its cancel
+                self.wake.set()
 
     def _fail(self, reason: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.error = self.error or reason
-        pending, self.pending = self.pending, {}
-        writes, self.writes = self.writes, {}
-        for rid, sink in pending.items():
-            err = ConnectionLost(self.error, indeterminate=writes.get(rid, False))
-            if isinstance(sink, _Slot):
-                sink.error = err
-                sink.event.set()
-            else:
-                with contextlib.suppress(Exception):
-                    sink.send_nowait(err)
-                with contextlib.suppress(Exception):
-                    sink.close()
+        _wake(self.core.fail(reason))
         self.wake.set()
 
 
@@ -193,7 +133,7 @@ async def _open_unix(path: str) -> trio.SocketStream:
             delay = min(delay * 2, 0.1)
 
 
-class AsyncClient:
+class AsyncClient(Operations, AsyncRunner):
     """A trio raftd client; create it with :func:`open_client`. Same methods and
     semantics as :class:`raftd.client.Client`, as coroutines."""
 
@@ -239,16 +179,15 @@ class AsyncClient:
         conn = _AsyncConn(stream, self.max_frame_size)
         self._nursery.start_soon(conn.run)
         if self.token is not None:
-            slot = _Slot(False)
-            conn.register(apb.Request(auth=apb.AuthRequest(token=self.token)), slot)
-            with trio.move_on_after(self.connect_timeout + _MARGIN):
-                await slot.event.wait()
-            if slot.error is not None:
-                raise slot.error
-            if slot.response is None:
+            p = conn.request(apb.Request(auth=apb.AuthRequest(token=self.token)))
+            with trio.move_on_after(self.connect_timeout + MARGIN):
+                await p.waker.wait()
+            if p.error is not None:
+                raise p.error
+            if p.response is None:
                 conn._fail("no answer to auth")
                 raise ConnectionLost("no answer to auth")
-            P.check(slot.response)
+            P.check(p.response)
         return conn
 
     async def _connection(self) -> _AsyncConn:
@@ -260,204 +199,30 @@ class AsyncClient:
                 self._conn = await self._connect()
             return self._conn
 
-    def _prepare(self, req: apb.Request, timeout: float | None) -> float | None:
-        req.namespace = self.namespace
-        t = self.timeout if timeout is None else timeout
-        if t is not None:
-            req.timeout_ms = max(1, int(t * 1000))
-        return t
-
     async def call(
         self, req: apb.Request, parse: Callable[[apb.Response], T], timeout: float | None = None
     ) -> T:
         """Send ``req``, wait for its response, parse it (raising its error)."""
-        t = self._prepare(req, timeout)
-        conn = await self._connection()
-        slot = _Slot(P.is_write(req))
-        rid = conn.register(req, slot)
-        wait = (t if t is not None else 30.0) + _MARGIN
+        return await self._run(Call(req, parse, timeout))
+
+    async def _run(self, call: Call[T]) -> T:
+        t = prepare(call.request, self.namespace, self.timeout, call.timeout)
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = await self._connection()
+        p = conn.request(call.request)
+        wait = wait_for(t)
         try:
             with trio.move_on_after(wait):
-                await slot.event.wait()
+                await p.waker.wait()
         finally:
-            if not slot.event.is_set():
-                conn.forget(rid)
-        if slot.error is not None:
-            raise slot.error
-        if slot.response is None:
-            raise DeadlineExceeded(f"no response within {wait:.1f}s", indeterminate=slot.write)
-        return parse(slot.response)
-
-    # -- key-value ---------------------------------------------------------------------
-    async def put(
-        self,
-        key: bytes | str,
-        value: bytes | str,
-        *,
-        lease: int = 0,
-        prev_kv: bool = False,
-        timeout: float | None = None,
-    ) -> PutResult:
-        req = P.req_put(key, value, lease=lease, prev_kv=prev_kv)
-        return await self.call(req, P.parse_put, timeout)
-
-    async def get(
-        self,
-        key: bytes | str,
-        *,
-        stale: bool = False,
-        min_revision: int = 0,
-        timeout: float | None = None,
-    ) -> KeyValue | None:
-        req = P.req_get(key, stale=stale, min_revision=min_revision)
-        return await self.call(req, P.parse_get, timeout)
-
-    async def range(
-        self,
-        key: bytes | str,
-        range_end: bytes | str = b"",
-        *,
-        limit: int = 0,
-        keys_only: bool = False,
-        stale: bool = False,
-        min_revision: int = 0,
-        timeout: float | None = None,
-    ) -> RangeResult:
-        req = P.req_range(
-            key, range_end, limit=limit, keys_only=keys_only, stale=stale, min_revision=min_revision
-        )
-        return await self.call(req, P.parse_range, timeout)
-
-    async def get_prefix(
-        self,
-        prefix: bytes | str,
-        *,
-        limit: int = 0,
-        keys_only: bool = False,
-        stale: bool = False,
-        timeout: float | None = None,
-    ) -> RangeResult:
-        p = P.to_bytes(prefix)
-        end = P.prefix_end(p) if p else b"\x00"
-        return await self.range(
-            p or b"\x00", end, limit=limit, keys_only=keys_only, stale=stale, timeout=timeout
-        )
-
-    async def delete(
-        self, key: bytes | str, *, prev_kv: bool = False, timeout: float | None = None
-    ) -> DeleteResult:
-        return await self.call(P.req_delete(key, prev_kv=prev_kv), P.parse_delete, timeout)
-
-    async def delete_range(
-        self,
-        key: bytes | str,
-        range_end: bytes | str,
-        *,
-        prev_kv: bool = False,
-        timeout: float | None = None,
-    ) -> DeleteResult:
-        req = P.req_delete_range(key, range_end, prev_kv=prev_kv)
-        return await self.call(req, P.parse_delete_range, timeout)
-
-    async def delete_prefix(
-        self, prefix: bytes | str, *, timeout: float | None = None
-    ) -> DeleteResult:
-        p = P.to_bytes(prefix)
-        return await self.delete_range(p or b"\x00", P.prefix_end(p), timeout=timeout)
-
-    async def cas(
-        self,
-        key: bytes | str,
-        new_value: bytes | str,
-        *,
-        value: bytes | str | None = None,
-        mod_revision: int | None = None,
-        absent: bool = False,
-        timeout: float | None = None,
-    ) -> CasResult:
-        req = P.req_cas(key, new_value, value=value, mod_revision=mod_revision, absent=absent)
-        return await self.call(req, P.parse_cas, timeout)
-
-    async def txn(
-        self,
-        compares: Iterable[kpb.Compare],
-        success: Iterable[kpb.RequestOp] = (),
-        failure: Iterable[kpb.RequestOp] = (),
-        *,
-        timeout: float | None = None,
-    ) -> TxnResult:
-        return await self.call(P.req_txn(compares, success, failure), P.parse_txn, timeout)
-
-    async def barrier(self, *, timeout: float | None = None) -> int:
-        req = apb.Request(barrier=apb.BarrierRequest())
-        return await self.call(req, P.parse_revision, timeout)
-
-    # -- cluster -----------------------------------------------------------------------
-    async def status(
-        self,
-        *,
-        all_namespaces: bool = False,
-        leader_commit: bool = False,
-        timeout: float | None = None,
-    ) -> list[GroupStatus]:
-        """See :meth:`raftd.client.Client.status`."""
-        req = apb.Request(
-            status=apb.StatusRequest(all_namespaces=all_namespaces, leader_commit=leader_commit)
-        )
-        return await self.call(req, P.parse_status, timeout)
-
-    async def members(self, *, timeout: float | None = None) -> list[Member]:
-        req = apb.Request(members=apb.MembersRequest())
-        return await self.call(req, P.parse_members, timeout)
-
-    async def add_voter(
-        self, peer_id: str, addrs: Iterable[str] = (), *, timeout: float | None = None
-    ) -> list[Member]:
-        req = P.req_member("add_voter", peer_id, addrs)
-        return await self.call(req, P.parse_members, timeout)
-
-    async def add_learner(
-        self, peer_id: str, addrs: Iterable[str] = (), *, timeout: float | None = None
-    ) -> list[Member]:
-        req = P.req_member("add_learner", peer_id, addrs)
-        return await self.call(req, P.parse_members, timeout)
-
-    async def promote(self, peer_id: str, *, timeout: float | None = None) -> list[Member]:
-        req = P.req_member("promote", peer_id, ())
-        return await self.call(req, P.parse_members, timeout)
-
-    async def remove(self, peer_id: str, *, timeout: float | None = None) -> list[Member]:
-        req = P.req_member("remove", peer_id, ())
-        return await self.call(req, P.parse_members, timeout)
-
-    async def transfer_leader(self, target: str = "", *, timeout: float | None = None) -> str:
-        req = apb.Request(transfer_leader=apb.TransferLeaderRequest(target=target))
-        return await self.call(req, P.parse_transfer, timeout)
-
-    # -- leases ------------------------------------------------------------------------
-    async def lease_grant(
-        self, ttl: int, *, lease_id: int = 0, timeout: float | None = None
-    ) -> Lease:
-        req = apb.Request(lease_grant=kpb.LeaseGrantRequest(ttl=ttl, id=lease_id))
-        return await self.call(req, P.parse_lease, timeout)
-
-    async def lease_revoke(self, lease_id: int, *, timeout: float | None = None) -> int:
-        req = apb.Request(lease_revoke=kpb.LeaseRevokeRequest(id=lease_id))
-        return await self.call(req, P.parse_revoke, timeout)
-
-    async def lease_keepalive(self, lease_id: int, *, timeout: float | None = None) -> int:
-        req = apb.Request(lease_keepalive=apb.LeaseKeepAliveRequest(id=lease_id))
-        return await self.call(req, P.parse_keepalive, timeout)
-
-    async def lease_ttl(
-        self, lease_id: int, *, keys: bool = False, timeout: float | None = None
-    ) -> LeaseTTL:
-        req = apb.Request(lease_ttl=apb.LeaseTimeToLiveRequest(id=lease_id, keys=keys))
-        return await self.call(req, P.parse_lease_ttl, timeout)
-
-    async def leases(self, *, timeout: float | None = None) -> list[LeaseInfo]:
-        req = apb.Request(lease_list=apb.LeaseListRequest())
-        return await self.call(req, P.parse_leases, timeout)
+            if not p.done:  # timed out or cancelled: a late answer is dropped
+                conn.core.forget(p)
+        if p.error is not None:
+            raise p.error
+        if p.response is None:
+            raise conn.core.timed_out(p, wait)
+        return call.parse(p.response)
 
     # -- watch -------------------------------------------------------------------------
     @asynccontextmanager
@@ -474,11 +239,7 @@ class AsyncClient:
     ) -> AsyncIterator[AsyncWatch]:
         """``async with client.watch(...) as w: async for ev in w: ...`` (see
         :meth:`raftd.client.Client.watch`). Leaving the block cancels the watch."""
-        k = P.to_bytes(key)
-        end = P.to_bytes(range_end)
-        if prefix:
-            end = P.prefix_end(k) if k else b"\x00"
-            k = k or b"\x00"
+        k, end = watch_range(key, range_end, prefix)
         w = AsyncWatch(self, k, end, start_revision, prev_kv, resume, resume_timeout)
         await w.start()
         try:
@@ -488,61 +249,21 @@ class AsyncClient:
                 await w.cancel()
 
 
-class AsyncWatch:
+class AsyncWatch(WatchState[AsyncClient]):
     """An open watch of :class:`AsyncClient`: ``async for`` yields :class:`Event`."""
 
-    def __init__(
-        self,
-        client: AsyncClient,
-        key: bytes,
-        range_end: bytes,
-        start_revision: int,
-        prev_kv: bool,
-        resume: bool,
-        resume_timeout: float,
-        buffer: int = 1024,
-    ) -> None:
-        self.client = client
-        self.key = key
-        self.range_end = range_end
-        self.next_revision = start_revision
-        self.prev_kv = prev_kv
-        self.resume = resume
-        self.resume_timeout = resume_timeout
-        self.revision = start_revision - 1 if start_revision > 0 else 0
-        self._bufsize = buffer
-        self._recv: trio.MemoryReceiveChannel[Any] | None = None
-        self._conn: _AsyncConn | None = None
-        self._rid = 0
-        self._events: list[Event] = []
-        self._done = False
+    _conn: _AsyncConn | None = None
 
     async def start(self) -> None:
         conn = await self.client._connection()
-        send, recv = trio.open_memory_channel[Any](self._bufsize)
-        req = P.req_watch(
-            self.key, self.range_end, start_revision=self.next_revision, prev_kv=self.prev_kv
-        )
-        req.namespace = self.client.namespace
-        self._rid = conn.register(req, send)
-        self._conn = conn
-        self._recv = recv
-        first = await self._take(self.client.connect_timeout + 10.0)
-        if isinstance(first, BaseException):
-            raise first
-        P.check(first)
-        if first.watch.created and self.next_revision <= 0:
-            self.next_revision = first.watch.header_revision + 1
-            self.revision = first.watch.header_revision
+        p = conn.stream_request(self._request(self.client.namespace), self.buffer)
+        self._conn, self._stream = conn, p
+        self._started(await self._take(self.client.connect_timeout + 10.0))
 
-    async def _take(self, timeout: float = math.inf) -> apb.Response | BaseException:
-        assert self._recv is not None
+    async def _take(self, timeout: float = math.inf) -> apb.Response | ConnectionLost:
+        assert self._conn is not None and self._stream is not None
         with trio.move_on_after(timeout):
-            try:
-                item: apb.Response | BaseException = await self._recv.receive()
-            except trio.EndOfChannel:
-                return ConnectionLost("watch dropped: the client did not keep up")
-            return item
+            return await self._conn.take(self._stream)
         raise TimeoutError("no watch response within the timeout")
 
     def __aiter__(self) -> AsyncWatch:
@@ -560,30 +281,14 @@ class AsyncWatch:
         while not self._events:
             if self._done:
                 return None
-            item = await self._take()
-            if isinstance(item, ConnectionLost):
-                if not self.resume:
-                    raise item
-                await self._reconnect(item)
-                continue
-            if isinstance(item, BaseException):
-                raise item
-            if item.watch.canceled:
-                self._done = True
-                if item.error.code != apb.Error.OK:
-                    raise P.error_from_pb(item.error)
-                return None
-            if item.error.code != apb.Error.OK:
-                raise P.error_from_pb(item.error)
-            evs = P.events_of(item)
-            if evs:
-                self.revision = evs[-1].revision
-                self.next_revision = self.revision + 1
-            self._events.extend(evs)
-        return self._events.pop(0)
+            lost = self._absorb(await self._take())
+            if lost is not None:
+                await self._reconnect(lost)
+        return self._events.popleft()
 
     async def _reconnect(self, cause: ConnectionLost) -> None:
-        delay = 0.05
+        delay = RESUME_FIRST_DELAY
+        last: RaftdError | TimeoutError | None = None
         with trio.move_on_after(self.resume_timeout):
             while True:
                 try:
@@ -591,24 +296,19 @@ class AsyncWatch:
                     return
                 except Compacted:
                     raise
-                except (RaftdError, TimeoutError):
-                    pass
+                except (RaftdError, TimeoutError) as exc:
+                    last = exc
                 await trio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        raise ConnectionLost("watch could not resume") from cause
+                delay = min(delay * 2, RESUME_MAX_DELAY)
+        raise resume_failed(last) from cause
 
     async def cancel(self) -> None:
         if self._done:
             return
         self._done = True
-        conn = self._conn
-        if conn is None or conn.closed:
-            return
-        req = apb.Request(watch_cancel=apb.WatchCancelRequest(watch_id=self._rid))
-        req.namespace = self.client.namespace
-        with contextlib.suppress(RaftdError):
-            conn.register(req, _Slot(False))
-        conn.forget(self._rid)
+        conn, p = self._conn, self._stream
+        if conn is not None and p is not None:
+            conn.cancel_watch(p)
 
 
 @asynccontextmanager
