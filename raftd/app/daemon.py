@@ -20,6 +20,7 @@ import trio
 
 from raftd.app.config import DaemonConfig
 from raftd.app.keys import load_ring
+from raftd.app.shutdown import GRACE_S
 from raftd.core import NONE, NodeId, StateType
 from raftd.kv.machine import KVStateMachine
 from raftd.runtime.group import Group, GroupUnavailable, default_rng
@@ -281,9 +282,11 @@ class Daemon:
 
     async def _graceful_shutdown(self) -> None:
         """Hand leadership over before leaving (bounded by two election timeouts)."""
-        # --leave-on-shutdown leaves every cluster first (bounded).
+        # --leave-on-shutdown leaves every cluster first, within half the grace the
+        # shutdown bound leaves beyond the hand-over: the rest is for flushing and
+        # closing. (Every node stopped at once cannot leave: nobody is left to remove it.)
         if self.cfg.leave_on_shutdown and self.formation is not None:
-            await self.formation.leave_all(self.cfg.timing.request_timeout_s)
+            await self.formation.leave_all(min(self.cfg.timing.request_timeout_s, GRACE_S / 2))
         timeout = 2 * self.cfg.timing.election_s
         with trio.move_on_after(timeout):
             async with trio.open_nursery() as n:

@@ -65,6 +65,7 @@ class PeerExchange:
         if info.id != remote or info.ns != self.node.ns:
             return  # a peer speaks only for itself
         self.node.table.observe_info(remote, info.to_dict(), "direct")
+        self.node.note_direct_info(remote, info)
         if not self.node.hub.pex:
             return
         for e in msg.peers:

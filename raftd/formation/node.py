@@ -179,6 +179,10 @@ class NamespaceFormation:
         self._candidates: frozenset[str] = frozenset()
         self._candidates_changed = -math.inf
         self._removed_at_start = False
+        #: Started with state that lists us as a member: until our cluster's leader
+        #: announces its membership, we cannot tell whether we were removed meanwhile.
+        self._confirm_membership = False
+        self._rejoin_cluster = ""  # the cluster to ask back into, when we have no record
         self._info: NodeInfo = NodeInfo(id=self.id, ns=namespace)
         self._info_json: bytes = b""
         self._parsed: dict[str, tuple[dict[str, Any], NodeInfo]] = {}
@@ -488,6 +492,7 @@ class NamespaceFormation:
                 self._removed_at_start = (
                     self.record is not None and self.id not in cs.voters + cs.learners
                 )
+                self._confirm_membership = not self._removed_at_start
             self._info = self._compute_info()
             nursery.start_soon(self._control_loop)
             nursery.start_soon(self.ticker.run)
@@ -519,6 +524,8 @@ class NamespaceFormation:
             self._dissolve_into = None
             self._accepted = False
             self._removed_at_start = False
+            self._confirm_membership = False
+            self._rejoin_cluster = ""
             self.record = None
             self.writes = False
 
@@ -648,20 +655,58 @@ class NamespaceFormation:
                     await self._rejoin_own_cluster()
             await self.sleep_or_kick(self.cfg.tick_s)
 
+    def note_direct_info(self, peer: str, info: NodeInfo) -> None:
+        """``peer`` told us its announcement itself (a peer exchange, either way).
+
+        Started with state that lists us, the first such announcement from our
+        cluster's leader says whether that is still true. A node can be removed without
+        ever applying its own removal: while it was down, or when it left on shutdown
+        and exited before the commit reached it (the leader no longer replicates to a
+        removed node). Its own configuration then lists it forever, and without this
+        check it would wait for a leader that never contacts it again. Only the
+        leader's own words count: a relayed or gossiped copy may predate the removal.
+        Our cluster is the one of our record, or, before the record is applied (a node
+        stopped right after joining), the one whose leader our configuration lists."""
+        if not self._confirm_membership:
+            return
+        if self.group.is_leader:
+            self._confirm_membership = False  # elected: we are in the membership
+            return
+        if info.leader != peer or info.state != MEMBER or not info.cluster:
+            return
+        rec = self.record
+        if rec is not None:
+            if info.cluster != rec.id:
+                return
+        else:
+            cs = self.group.conf
+            if peer not in cs.voters + cs.learners:
+                return
+        self._confirm_membership = False
+        if self.id not in info.voters + info.learners:
+            log.info(
+                "%s: the leader %s does not list us: removed while we were away", self.ns, peer
+            )
+            self._rejoin_cluster = info.cluster
+            self._removed_at_start = True
+            self.kick()
+
     async def _rejoin_own_cluster(self) -> None:
         """Started with state, but no longer in our cluster's membership (removed while
-        down): ask to be added back (our log is a prefix of the cluster's history)."""
-        cs = self.group.conf
+        down): ask to be added back (our log is a prefix of the cluster's history). A
+        join from a member is answered "already a member": asking is always safe."""
         rec = self.record
-        if rec is None or self.id in cs.voters + cs.learners:
+        cid = rec.id if rec is not None else self._rejoin_cluster
+        if not cid:
             self._removed_at_start = False
             return
         if self.now() < self._next_join:
             return
         self._next_join = self.now() + self.cfg.heartbeat_s
-        own = summarize_clusters(i for i in self.fresh_infos() if i.cluster == rec.id).get(rec.id)
+        own = summarize_clusters(i for i in self.fresh_infos() if i.cluster == cid).get(cid)
         if own is not None and await self._join(own, empty=False):
-            log.info("%s: removed while down; added back to cluster %s", self.ns, rec.id)
+            self._removed_at_start = False
+            log.info("%s: removed while down; added back to cluster %s", self.ns, cid)
 
     # -- tick: announcement, addresses, conflicts -------------------------------------------
     def refresh_state(self) -> None:

@@ -122,6 +122,40 @@ def test_wipe_and_rejoin_under_the_same_peer_id(make_fleet: MakeFleet) -> None:
     wait_for(lambda: value_on(victim, "wipe/k") == b"v1", 30, what="data back on the wiped node")
 
 
+def out_of(node: FleetNode, others: list[FleetNode]) -> bool:
+    """Every node of ``others`` knows a leader and does not list ``node`` as a member."""
+    for n in others:
+        s = n.status()
+        if s is None or not s["leader"] or node.peer_id in {m["id"] for m in s["members"]}:
+            return False
+    return True
+
+
+def test_a_node_removed_while_down_rejoins_when_restarted(make_fleet: MakeFleet) -> None:
+    """Its own data still lists it as a member (it never saw its removal): the leader's
+    announcement tells it otherwise, and it asks to be added back."""
+    fleet = make_fleet(4)
+    fleet.start_all()
+    cid = fleet.wait_one_cluster(timeout=40)
+    leader = leader_of(fleet)
+    gone = next(n for n in fleet if n is not leader)
+    gone.kill()
+    cmd = ["member", "remove", gone.peer_id, "--socket", str(leader.socket), "-n", "/raft/x"]
+    out = subprocess.run(
+        [sys.executable, "-m", "raftd", *cmd],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    rest = [n for n in fleet if n is not gone]
+    wait_for(lambda: out_of(gone, rest), 30, what="removed", explain=fleet.explain)
+    gone.start()
+    assert fleet.wait_one_cluster(timeout=60) == cid
+    st = gone.status()
+    assert st is not None and st["formation"]["bootstraps"] == 0
+
+
 def test_leave_command_and_leave_on_shutdown(make_fleet: MakeFleet) -> None:
     fleet = make_fleet(4, extra_args=["--leave-on-shutdown"])
     fleet.start_all()
@@ -136,14 +170,6 @@ def test_leave_command_and_leave_on_shutdown(make_fleet: MakeFleet) -> None:
     )
     assert out.returncode == 0, out.stderr
     rest = [n for n in fleet if n is not leader]
-
-    def out_of(node: FleetNode, others: list[FleetNode]) -> bool:
-        for n in others:
-            s = n.status()
-            if s is None or not s["leader"] or node.peer_id in {m["id"] for m in s["members"]}:
-                return False
-        return True
-
     wait_for(lambda: out_of(leader, rest), 30, what="leader left", explain=fleet.explain)
     # SIGTERM with --leave-on-shutdown: removed before it exits.
     quitter = rest[0]
