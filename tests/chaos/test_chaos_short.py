@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from raftd.testing.chaos.cli import run_campaign
-from raftd.testing.chaos.nemesis import KINDS, NemesisTiming
-from raftd.testing.chaos.runner import RunConfig
-from raftd.testing.netns import netns_or_skip
+from harness.chaos.cli import run_campaign
+from harness.chaos.nemesis import KINDS, NemesisTiming
+from harness.chaos.runner import RunConfig
+from harness.netns import netns_or_skip
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from raftd.testing.chaos.cli import run_campaign
-from raftd.testing.chaos.nemesis import NemesisTiming
-from raftd.testing.chaos.runner import RunConfig
-from raftd.testing.netns import netns_or_skip
-from raftd.testing.slowfs import fuse_or_skip, is_mounted
+from harness.chaos.cli import run_campaign
+from harness.chaos.nemesis import NemesisTiming
+from harness.chaos.runner import RunConfig
+from harness.netns import netns_or_skip
+from harness.slowfs import fuse_or_skip, is_mounted
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from raftd.testing.netns import Topology, netns_or_skip
+from harness.compose.runner import ComposeRunner, wait_until
+from harness.compose.specs import REPO, Compose, Mount, Service, load_compose, load_dockerfile
+from harness.netns import Topology, netns_or_skip
 from tests.ops.helpers import parse_metrics
-
-from .runner import ComposeRunner, wait_until
-from .specs import REPO, Compose, Mount, Service, load_compose, load_dockerfile
 
 COMPOSE_3 = REPO / "daemon" / "docker-compose.yml"
 COMPOSE_5 = REPO / "daemon" / "docker-compose.5.yml"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from raftd.testing.bench import REQUIRED_KEYS
+from harness.bench.load import REQUIRED_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -112,7 +112,7 @@ def test_bench_single_op_still_works() -> None:
 
 
 def test_profile_table_parses_pyspy_raw_stacks() -> None:
-    from raftd.testing.profile import parse_collapsed
+    from harness.profile import parse_collapsed
 
     raw = (
         "thread (0x1);run (trio/_core/_run.py:10);loop (raftd/runtime/group.py:5) 30\n"

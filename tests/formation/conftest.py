@@ -1,6 +1,6 @@
 """Fixtures for the formation tests in network namespaces.
 
-Policy (raftd.testing.netns): without root/netns support these tests skip with the
+Policy (harness.netns): without root/netns support these tests skip with the
 reason; with ``RAFTD_REQUIRE_NETNS=1`` they fail instead.
 
 ``RAFTD_FORMATION_TRIALS`` (default 3) sets how many trials each randomized or timing
@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from raftd.formation.fleet import Fleet
-from raftd.testing.netns import Topology, cleanup_stale, netns_or_skip
+from harness.fleet import Fleet
+from harness.netns import Topology, cleanup_stale, netns_or_skip
 
 TRIALS = int(os.environ.get("RAFTD_FORMATION_TRIALS", "3"))
 BASE_SEED = int(

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from raftd.formation.fleet import wait_for
+from harness.fleet import wait_for
 
 from .conftest import BASE_SEED, TRIALS, MakeFleet
 

@@ -20,7 +20,7 @@ from functools import partial
 
 import pytest
 
-from raftd.formation.fleet import Fleet, FleetNode, wait_for
+from harness.fleet import Fleet, FleetNode, wait_for
 
 from .conftest import MakeFleet
 

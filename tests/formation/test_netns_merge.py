@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
-from raftd.formation.fleet import Fleet, FleetNode, wait_for
+from harness.fleet import Fleet, FleetNode, wait_for
 
 from .conftest import MakeFleet
 

@@ -1,8 +1,8 @@
-"""Fixtures for tests that need Linux network namespaces (see raftd.testing.netns).
+"""Fixtures for tests that need Linux network namespaces (see harness.netns).
 
 Policy: without root/netns support these tests skip with the reason; with
 ``RAFTD_REQUIRE_NETNS=1`` (CI) they fail instead. Other test packages get the same policy
-by calling :func:`raftd.testing.netns.netns_or_skip` (or by copying these fixtures).
+by calling :func:`harness.netns.netns_or_skip` (or by copying these fixtures).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from raftd.testing.netns import Topology, cleanup_stale, netns_or_skip
+from harness.netns import Topology, cleanup_stale, netns_or_skip
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The network-namespace harness (raftd.testing.netns): isolation, multicast (what mDNS
+"""The network-namespace harness (harness.netns): isolation, multicast (what mDNS
 needs), partitions, two-bridge partial connectivity, teardown and stale cleanup.
 
 Every wait is a poll bounded by a deadline; the whole file runs in a few seconds.
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from raftd.testing import netns
-from raftd.testing.netns import Host, Topology, cleanup_stale, list_resources
+from harness import netns
+from harness.netns import Host, Topology, cleanup_stale, list_resources
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT = 7000
@@ -52,7 +52,7 @@ while True:
 # A "test run" that is SIGKILLed inside its topology (argv[1] == "1": with the reaper).
 CRASHING_RUN = r"""
 import os, signal, subprocess, sys
-from raftd.testing.netns import Topology
+from harness.netns import Topology
 t = Topology(2, prefix=sys.argv[2], reaper=sys.argv[1] == "1", clean_stale=False).__enter__()
 p = t[0].popen(["sleep", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 print(t.tag, p.pid, flush=True)

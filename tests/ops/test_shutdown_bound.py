@@ -70,8 +70,8 @@ def test_sigterm_with_every_link_down_exits_within_the_bound(tmp_path: Path) -> 
     """The harness of ``scripts/shutdown-bound`` (100 tries there), twice: daemons in
     network namespaces whose links are all down get SIGTERM together; each exits within
     the bound with status 0 (or 124), and every acknowledged write survives."""
-    from raftd.testing.netns import netns_or_skip
-    from raftd.testing.shutdown_bound import run
+    from harness.netns import netns_or_skip
+    from harness.shutdown_bound import run
 
     netns_or_skip()
     seed = int(os.environ.get("RAFTD_SEED", "0")) or int(time.time())

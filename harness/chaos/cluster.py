@@ -1,6 +1,6 @@
 """A raftd cluster for chaos runs: one ``raftd run`` process per network namespace.
 
-Each node is a host of a :class:`~raftd.testing.netns.Topology` (one bridge), listens on
+Each node is a host of a :class:`~harness.netns.Topology` (one bridge), listens on
 ``<bridge ip>:7420``, has static ``--peer`` lists with the bridge addresses,
 ``--discovery none``, identities created up front, its data directory under the run
 directory, and its log in ``<run>/logs/<node>.log``. The preset is passed as
@@ -17,7 +17,7 @@ Faults it can inject (the nemesis decides when):
 
 * processes: ``kill -9`` + restart, ``SIGSTOP``/``SIGCONT`` (:meth:`ChaosNode.kill` ...);
 * a slow disk: with ``slow_disk=True`` every data directory is a slowfs mount
-  (:mod:`raftd.testing.slowfs`, backing files in ``<run>/data/slowfs/<node>``, its log in
+  (:mod:`harness.slowfs`, backing files in ``<run>/data/slowfs/<node>``, its log in
   ``<run>/logs/<node>.slowfs.log``), and ``node.mount.delay(...)`` delays that node's
   fsyncs;
 * isolation of a host: its veth set down (:meth:`Host.link_down`), a pulled cable;
@@ -44,11 +44,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import IO, TypeVar
 
+from harness.netns import Host, NetnsError, Topology, _ip
+from harness.slowfs import SlowMount
 from raftd.client import Client, DeadlineExceeded, GroupStatus, Member, RaftdError
 from raftd.client import _proto as P
 from raftd.testing.cluster import make_identity
-from raftd.testing.netns import Host, NetnsError, Topology, _ip
-from raftd.testing.slowfs import SlowMount
 from raftd.wire.pb import api_pb2 as apb
 
 __all__ = ["Api", "ChaosCluster", "ChaosNode", "bounded_call"]

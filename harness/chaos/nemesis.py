@@ -3,7 +3,7 @@
 Cycle: a quiet period, then a fault of the next kind, held for a while, then healed, then
 a wait (30 s at most) until the cluster has recovered: every node up and agreeing on a
 leader whose membership has every node as a voter (so each fault starts from a healthy
-cluster, and a fault's epoch holds its own recovery; see :mod:`raftd.testing.chaos`). The
+cluster, and a fault's epoch holds its own recovery; see :mod:`harness.chaos`). The
 next kind is the least used so far in the campaign (ties broken by the run's seeded RNG),
 so every enabled kind gets its turn even in short campaigns. Choices (which node, which
 partition, hold times) come from the seeded RNG; what they hit (e.g. which node leads at
@@ -33,7 +33,7 @@ Kinds:
                     (``timing.disk_delay``) for the hold time: the leader half of the
                     time, else a random follower. Needs the data dirs on slowfs (the
                     runner mounts them when this kind is enabled; see
-                    :mod:`raftd.testing.slowfs`).
+                    :mod:`harness.slowfs`).
 ``snapshot``        a follower is killed until the leader has applied more entries than the
                     preset's snapshot + compaction thresholds (the ``chaos`` preset: 200 +
                     50), then restarted: it can only catch up by a snapshot install.
@@ -48,12 +48,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from harness.chaos.cluster import ChaosCluster, ChaosNode
+from harness.chaos.history import Clock
+from harness.netns import NetnsError
 from raftd.app.presets import PRESETS
 from raftd.client import RaftdError
 from raftd.client import _proto as P
-from raftd.testing.chaos.cluster import ChaosCluster, ChaosNode
-from raftd.testing.chaos.history import Clock
-from raftd.testing.netns import NetnsError
 from raftd.wire.pb import api_pb2 as apb
 
 __all__ = ["KINDS", "KindPicker", "Nemesis", "NemesisTiming", "epochs_of"]

@@ -8,7 +8,7 @@ in its own FUSE thread (other operations, and other files, keep going). ``close`
 (FUSE ``flush``) is not delayed: it is not a durability call, and neither LevelDB nor
 etcd wait on it for durability.
 
-Command line (``python -m raftd.testing.slowfs``)::
+Command line (``python -m harness.slowfs``)::
 
     slowfs mount MOUNT BACKING --control FILE   # foreground; SIGTERM/SIGINT unmount
     slowfs delay FILE SECONDS --for DURATION    # arm: each fsync sleeps SECONDS, for DURATION s
@@ -47,6 +47,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from harness.repo import env_with_root
 
 __all__ = [
     "REQUIRE_ENV",
@@ -358,7 +360,7 @@ class SlowMount:
         self.mount.mkdir(parents=True, exist_ok=True)
         self.backing.mkdir(parents=True, exist_ok=True)
         clear_delay(self.control)
-        argv = [self.python, "-m", "raftd.testing.slowfs", "mount", str(self.mount)]
+        argv = [self.python, "-m", "harness.slowfs", "mount", str(self.mount)]
         argv += [str(self.backing), "--control", str(self.control)]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
@@ -366,6 +368,7 @@ class SlowMount:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=env_with_root(),
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout
@@ -515,7 +518,7 @@ def fuse_or_skip() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m raftd.testing.slowfs", description=__doc__.split("\n\n")[0]
+        prog="python -m harness.slowfs", description=__doc__.split("\n\n")[0]
     )
     sub = ap.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("mount", help="serve MOUNT from BACKING in the foreground")

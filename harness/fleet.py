@@ -1,7 +1,7 @@
 """A fleet of real ``raftd run`` daemons, each in its own network namespace: the harness
 of the formation tests and of ``scripts/bench-formation``.
 
-Each :class:`FleetNode` is one host of a :class:`raftd.testing.netns.Topology` (one
+Each :class:`FleetNode` is one host of a :class:`harness.netns.Topology` (one
 network namespace, like one docker-compose container) running
 ``python -m raftd run --data-dir D --namespace NS --listen /ip4/0.0.0.0/tcp/7420`` with
 nothing else: no peer list, discovery at its defaults. The file system is shared, so
@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from raftd.testing.netns import Host, Topology
+from harness.netns import Host, Topology
 
 __all__ = ["Fleet", "FleetNode", "one_cluster", "wait_for"]
 

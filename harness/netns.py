@@ -66,6 +66,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
+from harness.repo import ROOT
+
 if TYPE_CHECKING:
     import trio
 
@@ -1001,10 +1003,10 @@ class Topology:
             _write_sysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")
 
     def _start_reaper(self) -> None:
-        root = str(Path(__file__).resolve().parents[2])
+        root = str(ROOT)
         code = (
             "import sys; sys.path.insert(0, sys.argv[1]); "
-            "from raftd.testing.netns import _reaper_main; _reaper_main(sys.argv[2])"
+            "from harness.netns import _reaper_main; _reaper_main(sys.argv[2])"
         )
         self._reaper = subprocess.Popen(
             [sys.executable, "-c", code, root, self.tag],

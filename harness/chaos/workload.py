@@ -1,6 +1,6 @@
 """The client workload: ``clients`` threads issuing reads, writes and compare-and-sets on a
 few keys, each op to a random node's API socket, every op recorded (see
-:mod:`raftd.testing.chaos.history`).
+:mod:`harness.chaos.history`).
 
 * Values are integers unique per write (a shared counter), stored as decimal strings.
 * Mix: 40% linearizable reads (``get``), 30% writes (``put``), 30% cas (``cas`` with
@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.chaos.cluster import Api
+from harness.chaos.history import OpFunction, OpRecord, OpType, Recorder
 from raftd.client import CasResult, FailedPrecondition, KeyValue, RaftdError
 from raftd.client import _proto as P
-from raftd.testing.chaos.cluster import Api
-from raftd.testing.chaos.history import OpFunction, OpRecord, OpType, Recorder
 
 __all__ = ["Workload", "decode_value", "final_read"]
 

@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from raftd.formation.fleet import Fleet, one_cluster
-from raftd.testing.netns import Topology, require_netns
+from harness.fleet import Fleet, one_cluster
+from harness.netns import Topology, require_netns
 
 __all__ = ["main"]
 

@@ -1,7 +1,7 @@
 """API benchmarks against a local cluster of real daemons (``scripts/bench``,
 ``scripts/bench-all``).
 
-``python -m raftd.testing.bench OP [options]`` starts a :class:`LocalCluster` (or uses
+``python -m harness.bench.load OP [options]`` starts a :class:`LocalCluster` (or uses
 running daemons given with ``--socket``, for the load ops) and measures one thing:
 
 - ``get-l`` (linearizable get: ReadIndex then a local read), ``get-s`` (stale get),
@@ -19,11 +19,11 @@ running daemons given with ``--socket``, for the load ops) and measures one thin
   threshold, so it catches up by snapshot; ``snapshot_installed`` says if it did).
 - ``rss``: VmRSS of each idle daemon once startup has settled.
 
-``python -m raftd.testing.bench gray [--short]`` (``scripts/bench gray``): raftd and etcd
+``python -m harness.bench.load gray [--short]`` (``scripts/bench gray``): raftd and etcd
 side by side under gray failures (slow disk, CPU starvation); see
-:mod:`raftd.testing.gray`.
+:mod:`harness.gray`.
 
-``python -m raftd.testing.bench all [--quick] [--no-anchors] [--profile DIR]``
+``python -m harness.bench.load all [--quick] [--no-anchors] [--profile DIR]``
 (``scripts/bench-all``) runs every measurement on 3 daemons, then the anchors of
 /work/shared/anchors (etcd 3 members, its failover, PySyncObj, the fsync floor) in the
 same run, and prints a table of ratios against the goals. ``--quick`` (CI): a few
@@ -1477,7 +1477,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["all"]:
         return main_all(argv[1:])
     if argv[:1] == ["gray"]:
-        from raftd.testing.gray import main as main_gray
+        from harness.gray import main as main_gray
 
         return main_gray(argv[1:])
     ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])

@@ -1,9 +1,9 @@
 """``docker compose`` without Docker: the services of a compose file as processes in
-network namespaces (:class:`raftd.testing.netns.Topology`), one namespace per networked
+network namespaces (:class:`harness.netns.Topology`), one namespace per networked
 service on one bridge (the compose network), named volumes as directories.
 
 Each service runs exactly the image's entrypoint and environment combined with the
-service's (see :class:`tests.compose.specs.Container`), under ``env -i`` so nothing of
+service's (see :class:`harness.compose.specs.Container`), under ``env -i`` so nothing of
 the test process leaks in; a ``network_mode: none`` service gets an empty network
 namespace of its own (``unshare --net``). Verbs follow compose: :meth:`ComposeRunner.up`,
 :meth:`~ComposeRunner.stop`, :meth:`~ComposeRunner.restart`, :meth:`~ComposeRunner.down`
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from raftd.testing.netns import Host, Topology
+from harness.netns import Host, Topology
 
 from .specs import Compose, Container, Stage, healthcheck_argv
 

@@ -3,7 +3,7 @@
 raftd (3 real daemons, ``local`` preset) and etcd (3 members, the flags of
 /work/shared/anchors/etcd/cluster.sh, on free ports) go one after the other through the
 same faults, each member's data directory on its own slowfs mount
-(:mod:`raftd.testing.slowfs`, a FUSE pass-through that delays ``fsync`` on command), so
+(:mod:`harness.slowfs`, a FUSE pass-through that delays ``fsync`` on command), so
 both systems see the same slow-disk method. Faults, in order (``--short``: the CI
 variant, same faults, shorter and 1 s per fsync):
 
@@ -82,8 +82,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from harness.slowfs import SlowMount, ensure_libfuse, fuse_unavailable
 from raftd.client import Client, RaftdError
-from raftd.testing.slowfs import SlowMount, ensure_libfuse, fuse_unavailable
 
 __all__ = [
     "FAULTS",
@@ -908,7 +908,7 @@ def measure_overhead(seconds: float, rounds: int, log: Log = print) -> dict[str,
 
     import trio
 
-    from raftd.testing.bench import proc_cpu_s, run_load
+    from harness.bench.load import proc_cpu_s, run_load
     from raftd.testing.cluster import LocalCluster
 
     figs: dict[str, list[tuple[float, ...]]] = {"plain": [], "slowfs": []}

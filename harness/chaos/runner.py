@@ -11,9 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raftd.client import RaftdError
-from raftd.client import _proto as P
-from raftd.testing.chaos.checks import (
+from harness.chaos.checks import (
     KeyVerdict,
     KvTuple,
     NemesisAvailability,
@@ -23,10 +21,12 @@ from raftd.testing.chaos.checks import (
     find_lost_writes,
     unavailability_windows,
 )
-from raftd.testing.chaos.cluster import Api, ChaosCluster
-from raftd.testing.chaos.history import Recorder, checker_ops, write_jsonl
-from raftd.testing.chaos.nemesis import KindPicker, Nemesis, NemesisTiming, epochs_of
-from raftd.testing.chaos.workload import Target, Workload, final_read
+from harness.chaos.cluster import Api, ChaosCluster
+from harness.chaos.history import Recorder, checker_ops, write_jsonl
+from harness.chaos.nemesis import KindPicker, Nemesis, NemesisTiming, epochs_of
+from harness.chaos.workload import Target, Workload, final_read
+from raftd.client import RaftdError
+from raftd.client import _proto as P
 from raftd.testing.linearizability import Value, write_history
 
 __all__ = ["RunConfig", "RunResult", "run_once"]
@@ -119,7 +119,7 @@ def run_once(
     picker: KindPicker,
     log: Log = print,
 ) -> RunResult:
-    """Run ``index`` with ``seed`` in ``run_dir`` (created); see :mod:`raftd.testing.chaos`."""
+    """Run ``index`` with ``seed`` in ``run_dir`` (created); see :mod:`harness.chaos`."""
     t_begin = time.monotonic()
     run_dir.mkdir(parents=True, exist_ok=True)
     res = RunResult(index=index, seed=seed, run_dir=run_dir)

@@ -8,7 +8,7 @@ import random
 import sys
 from pathlib import Path
 
-from . import crash_harness
+from harness.crash import run as crash_harness
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.compose.specs import parse_yaml
+from harness.compose.specs import parse_yaml
 
 from .engine import Docker, DockerUnavailable, engine, log
 from .images import (

@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.fleet import Fleet, FleetNode, fleet
+from harness.netns import require_netns
 from raftd.app.presets import PRESETS
 from raftd.app.shutdown import EXIT_SHUTDOWN_BOUND, shutdown_bound_s
-from raftd.formation.fleet import Fleet, FleetNode, fleet
-from raftd.testing.netns import require_netns
 
 __all__ = ["main", "run"]
 

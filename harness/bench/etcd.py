@@ -5,7 +5,7 @@ Starts one :class:`LocalCluster` of real daemons with ``--etcd-listen`` on every
 then measures, on that same cluster, ``put`` (100-byte values, 16-byte keys over 10,000
 keys, 64 in flight over 8 connections spread over the nodes):
 
-1. through raftd's native API (the load generator of :mod:`raftd.testing.bench`);
+1. through raftd's native API (the load generator of :mod:`harness.bench.load`);
 2. through the etcd endpoints, with the Go load tool that measures etcd itself
    (``/work/shared/anchors/etcd/bench.sh``, etcd's clientv3), when it is installed.
 
@@ -14,7 +14,7 @@ keys, 64 in flight over 8 connections spread over the nodes):
    the same tool and load.
 
 For each it prints the throughput, the latencies and the server processes' CPU per
-operation (:class:`raftd.testing.bench.ProcMeter`), then the ratio etcd endpoint/native,
+operation (:class:`harness.bench.load.ProcMeter`), then the ratio etcd endpoint/native,
 and as the last line one JSON object with all results.
 """
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import trio
 
-from raftd.testing.bench import ProcMeter, cluster_roles, load1, run_load
+from harness.bench.load import ProcMeter, cluster_roles, load1, run_load
 from raftd.testing.cluster import LocalCluster
 
 __all__ = ["main"]

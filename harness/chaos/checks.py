@@ -15,7 +15,7 @@
   wrote is a *phantom*.
 * :func:`compare_states`: every node's full key range (stale read, once all report the
   same revision) must be identical: same keys, values, create/mod revisions, versions.
-* :func:`unavailability_windows` and :func:`availability`: see :mod:`raftd.testing.chaos`
+* :func:`unavailability_windows` and :func:`availability`: see :mod:`harness.chaos`
   for the definitions.
 """
 
@@ -26,7 +26,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from raftd.testing.chaos.history import OpRecord
+from harness.chaos.history import OpRecord
 from raftd.testing.linearizability import (
     CheckTimeoutError,
     Key,

@@ -1,7 +1,7 @@
 """Where the time goes: py-spy profiles of a leader and a follower under load
 (``scripts/profile``).
 
-``python -m raftd.testing.profile MODE [--clients N] [--seconds S] [--out DIR]`` starts a
+``python -m harness.profile MODE [--clients N] [--seconds S] [--out DIR]`` starts a
 3-node :class:`~raftd.testing.cluster.LocalCluster`, preloads the key space, then runs
 ``scripts/bench``'s load (``MODE`` is ``put``, ``get-l`` or ``get-s``) while ``py-spy
 record`` samples the leader and one follower for ``--seconds``. It prints, per process,
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import trio
 
-from raftd.testing.bench import OPS, run_load
+from harness.bench.load import OPS, run_load
 
 __all__ = ["FrameTable", "main", "parse_collapsed"]
 

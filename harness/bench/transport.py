@@ -23,6 +23,7 @@ from typing import Any
 import trio
 import trio.lowlevel
 
+from harness.repo import env_with_root
 from raftd.core.types import Entry, Message, MessageType
 from raftd.transport.host import (
     configure_logging,
@@ -88,9 +89,8 @@ async def _read_line(stream: Any) -> bytes:
 
 async def sender(count: int, size: int, max_batch_bytes: int) -> dict[str, float]:
     """Parent: spawn the receiver, send, time, report."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [os.getcwd(), env.get("PYTHONPATH", "")] if p)
-    cmd = [sys.executable, "-m", "raftd.transport.bench", "--role", "recv", "--count", str(count)]
+    env = env_with_root()
+    cmd = [sys.executable, "-m", "harness.bench.transport", "--role", "recv", "--count", str(count)]
     proc = await trio.lowlevel.open_process(
         cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
     )

@@ -1,4 +1,4 @@
-"""Command line of ``scripts/chaos`` (see :mod:`raftd.testing.chaos`)."""
+"""Command line of ``scripts/chaos`` (see :mod:`harness.chaos`)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.chaos.checks import NemesisAvailability
+from harness.chaos.nemesis import KINDS, KindPicker, NemesisTiming
+from harness.chaos.runner import RunConfig, RunResult, run_once
 from raftd.app.presets import PRESETS
-from raftd.testing.chaos.checks import NemesisAvailability
-from raftd.testing.chaos.nemesis import KINDS, KindPicker, NemesisTiming
-from raftd.testing.chaos.runner import RunConfig, RunResult, run_once
 
 __all__ = ["CampaignResult", "availability_table", "main", "run_campaign", "write_key_file"]
 
@@ -117,7 +117,7 @@ def run_campaign(
     if encrypt:
         cfg = dataclasses.replace(cfg, key_file=write_key_file(out / "cluster.key"))
     if "slow-disk" in cfg.nemeses:
-        from raftd.testing.slowfs import fuse_unavailable
+        from harness.slowfs import fuse_unavailable
 
         why = fuse_unavailable()
         if why is not None:
@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="chaos",
         description="Jepsen-style chaos test of real raftd daemons in network namespaces "
-        "(needs root). See raftd/testing/chaos/__init__.py for what it does and checks.",
+        "(needs root). See harness/chaos/__init__.py for what it does and checks.",
     )
     ap.add_argument("--runs", type=int, default=1, help="number of runs (1)")
     ap.add_argument("--duration", type=float, default=60.0, help="load seconds per run (60)")
@@ -213,14 +213,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.nodes < 1 or args.clients < 1 or args.keys < 1 or args.runs < 1:
         ap.error("--nodes, --clients, --keys and --runs must be >= 1")
-    from raftd.testing.netns import require_netns
+    from harness.netns import require_netns
 
     reason = require_netns()
     if reason is not None:
         print(f"chaos: {reason}", file=sys.stderr)
         return 2
     if "slow-disk" in args.nemesis and args.nemesis != KINDS:
-        from raftd.testing.slowfs import fuse_unavailable
+        from harness.slowfs import fuse_unavailable
 
         why = fuse_unavailable()
         if why is not None:

@@ -4,7 +4,7 @@ What a run does
 ===============
 
 1. **Cluster.** ``--nodes`` daemons (default 5), each a ``raftd run`` process in its own
-   network namespace on one bridge (:class:`~raftd.testing.netns.Topology`), with static
+   network namespace on one bridge (:class:`~harness.netns.Topology`), with static
    ``--peer`` lists of the bridge addresses, ``--discovery none``, identities created up
    front, the ``chaos`` preset (``local`` timings, a snapshot every 200 entries keeping 50:
    lagging nodes need snapshot installs) via ``RAFTD_PRESET``, and with ``--encrypt`` a
@@ -14,12 +14,12 @@ What a run does
    starting ``--- chaos:``). ``--preset`` picks another preset; the hidden knob
    ``RAFTD_CHAOS_DAEMON_CONFIG=<file.toml>`` passes ``--config <file.toml>`` to every
    daemon (any ``raftd run`` setting, without changing the harness). See
-   :mod:`raftd.testing.chaos.cluster`.
+   :mod:`harness.chaos.cluster`.
 2. **Load.** ``--clients`` threads (default 10) for ``--duration`` seconds; each op goes
    to a random node's unix API socket (the harness stays in the root namespace: socket
    files work across network namespaces). 40% linearizable reads, 30% writes, 30% cas on
    ``--keys`` keys (default 5), integer values unique per write. Daemon deadline 2 s per
-   op, the harness waits 3 s at most. See :mod:`raftd.testing.chaos.workload`.
+   op, the harness waits 3 s at most. See :mod:`harness.chaos.workload`.
 3. **Nemesis.** One fault at a time, seeded: ``kill``, ``kill-leader``, ``pause``,
    ``partition-leader``, ``partition-half``, ``partition-bridge``, ``kill-all``,
    ``membership``, ``transfer``, ``snapshot``, ``slow-disk`` (``--nemesis``; all by
@@ -27,8 +27,8 @@ What a run does
    with a note, when FUSE cannot be used here). Quiet
    1-2.5 s, then the fault held 2-5 s (``--quiet-time``, ``--hold``), then healed, then a
    wait (30 s at most) for the cluster to recover before the next quiet period. See
-   :mod:`raftd.testing.chaos.nemesis`; partitions are described in
-   :mod:`raftd.testing.chaos.cluster` (link down for isolating a node, blackhole routes in
+   :mod:`harness.chaos.nemesis`; partitions are described in
+   :mod:`harness.chaos.cluster` (link down for isolating a node, blackhole routes in
    both namespaces for arbitrary and partial partitions).
 4. **Recovery.** Clients and nemesis stop; every fault is healed (links up, routes
    removed, SIGCONT, dead nodes started); then *every* daemon is restarted (SIGTERM, kill
@@ -40,14 +40,14 @@ What a run does
 6. **Convergence.** Once every node reports the same store revision, a full stale range
    read on each node; keys, values, create/mod revisions and versions must be identical.
 
-Outcomes are recorded Jepsen style (:mod:`raftd.testing.chaos.history`): an invoke and a
+Outcomes are recorded Jepsen style (:mod:`harness.chaos.history`): an invoke and a
 completion per op; ``ok``; ``fail`` when the op certainly had no effect (a cas whose
 comparison failed; a write refused with an error whose ``indeterminate`` flag is false,
 e.g. no leader within the deadline, or the socket refused the connection); ``info`` when
 unknown (harness timeout, connection lost mid-request, ``indeterminate`` errors), after
 which the client continues under a new process id.
 
-Checks (:mod:`raftd.testing.chaos.checks`)
+Checks (:mod:`harness.chaos.checks`)
 ===========================================
 
 * **Linearizability** of the whole history, final reads included, key by key
@@ -91,7 +91,7 @@ Run ``i`` (1-based) of a campaign uses seed ``--seed + i - 1``; the seed decides
 choice of the clients and the nemesis, not the timing of the cluster's reactions.
 """
 
-from raftd.testing.chaos.checks import (
+from harness.chaos.checks import (
     KeyVerdict,
     LostWrites,
     NemesisAvailability,
@@ -101,7 +101,7 @@ from raftd.testing.chaos.checks import (
     find_lost_writes,
     unavailability_windows,
 )
-from raftd.testing.chaos.history import Clock, OpRecord, Recorder, checker_ops
+from harness.chaos.history import Clock, OpRecord, Recorder, checker_ops
 
 __all__ = [
     "Clock",

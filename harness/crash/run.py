@@ -1,4 +1,4 @@
-"""The parent side of the crash test: kill the writer (:mod:`.crash_writer`) at random and
+"""The parent side of the crash test: kill the writer (:mod:`harness.crash.writer`) at random and
 at chosen points with SIGKILL, restart it, and check after every death that
 
 - every acknowledged write is present with its value (no lost acks),
@@ -27,10 +27,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.crash.writer import NS
 from raftd.kv.machine import KVStateMachine, prefix_end
 from raftd.storage.leveldb import LevelDB
-
-from .crash_writer import NS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -117,7 +116,7 @@ class Child:
     def __init__(self, args: list[str], env: dict[str, str], errfile: Path) -> None:
         self.err = open(errfile, "wb")  # noqa: SIM115 - closed in wait()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.storage.crash_writer", *args],
+            [sys.executable, "-m", "harness.crash.writer", *args],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,

@@ -1,0 +1,1 @@
+"""Test and benchmark harnesses: kept in the repository, not shipped in the wheel."""
