@@ -908,7 +908,8 @@ def measure_overhead(seconds: float, rounds: int, log: Log = print) -> dict[str,
 
     import trio
 
-    from harness.bench.load import proc_cpu_s, run_load
+    from harness.bench.load import run_load
+    from harness.bench.meters import proc_cpu_s
     from raftd.testing.cluster import LocalCluster
 
     figs: dict[str, list[tuple[float, ...]]] = {"plain": [], "slowfs": []}

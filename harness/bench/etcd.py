@@ -14,7 +14,7 @@ keys, 64 in flight over 8 connections spread over the nodes):
    the same tool and load.
 
 For each it prints the throughput, the latencies and the server processes' CPU per
-operation (:class:`harness.bench.load.ProcMeter`), then the ratio etcd endpoint/native,
+operation (:class:`harness.bench.meters.ProcMeter`), then the ratio etcd endpoint/native,
 and as the last line one JSON object with all results.
 """
 
@@ -31,7 +31,8 @@ from pathlib import Path
 
 import trio
 
-from harness.bench.load import ProcMeter, cluster_roles, load1, run_load
+from harness.bench.load import run_load
+from harness.bench.meters import ProcMeter, cluster_roles, load1
 from raftd.testing.cluster import LocalCluster
 
 __all__ = ["main"]

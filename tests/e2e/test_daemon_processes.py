@@ -18,7 +18,8 @@ from typing import Any, Self, TypeVar
 
 import pytest
 
-from harness.bench.load import scrape_metric, write_keys_sync
+from harness.bench.load import write_keys_sync
+from harness.bench.meters import scrape_metric
 from raftd.client import GroupStatus
 from raftd.client import _proto as P
 from raftd.testing.cluster import LocalCluster, Node, free_port, wait_until
