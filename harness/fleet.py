@@ -22,43 +22,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from harness.netns import Host, Topology
+from raftd.testing.cluster import make_identity
+from raftd.testing.launch import daemon_argv, wait_until
 
-__all__ = ["Fleet", "FleetNode", "one_cluster", "wait_for"]
+__all__ = ["Fleet", "FleetNode", "one_cluster"]
 
 T = TypeVar("T")
 
 PORT = 7420
 DEFAULT_NS = "/raft/x"
-
-
-def wait_for(
-    fn: Callable[[], T | None],
-    timeout: float,
-    *,
-    interval: float = 0.05,
-    what: str = "condition",
-    explain: Callable[[], str] | None = None,
-) -> T:
-    """Poll ``fn`` until it returns something truthy (returned); TimeoutError after
-    ``timeout`` seconds, with ``explain()`` appended. Exceptions count as "not yet"."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            v = fn()
-            if v:
-                return v
-        except Exception as exc:
-            last = exc
-        if time.monotonic() >= deadline:
-            extra = f"\n{explain()}" if explain is not None else ""
-            raise TimeoutError(f"{what}: not reached within {timeout:.1f}s{extra}") from last
-        time.sleep(interval)
 
 
 class FleetNode:
@@ -75,7 +52,7 @@ class FleetNode:
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.extra_args: list[str] = []
-        self.peer_id = _make_identity(self.data_dir)
+        self.peer_id = make_identity(self.data_dir)
 
     @property
     def socket(self) -> Path:
@@ -87,21 +64,14 @@ class FleetNode:
 
     def argv(self, extra: Sequence[str] = ()) -> list[str]:
         f = self.fleet
-        args = [
-            f.python,
-            "-m",
-            "raftd",
-            "run",
-            "--data-dir",
-            str(self.data_dir),
-            "--listen",
-            f"/ip4/0.0.0.0/tcp/{PORT}",
-            "--preset",
-            f.preset,
-        ]
-        for ns in f.namespaces:
-            args += ["--namespace", ns]
-        return args + list(f.extra_args) + self.extra_args + list(extra)
+        return daemon_argv(
+            self.data_dir,
+            python=f.python,
+            listen=f"/ip4/0.0.0.0/tcp/{PORT}",
+            preset=f.preset,
+            namespaces=f.namespaces,
+            extra=[*f.extra_args, *self.extra_args, *extra],
+        )
 
     def start(self, extra: Sequence[str] = ()) -> None:
         """Start the daemon (again): same identity, same data directory."""
@@ -273,7 +243,7 @@ class Fleet:
         def check() -> str | None:
             return one_cluster(self.statuses(group, ns), ids, cap)
 
-        return wait_for(
+        return wait_until(
             check,
             timeout,
             interval=interval,
@@ -301,12 +271,6 @@ def one_cluster(
         if members != ids or len(voters) != want_voters:
             return None
     return str(cluster.pop())
-
-
-def _make_identity(data_dir: Path) -> str:
-    from raftd.transport.host import load_or_create_identity, peer_id_of
-
-    return peer_id_of(load_or_create_identity(data_dir))
 
 
 @contextlib.contextmanager

@@ -84,6 +84,7 @@ from typing import Protocol
 
 from harness.slowfs import SlowMount, ensure_libfuse, fuse_unavailable
 from raftd.client import Client, RaftdError
+from raftd.testing.launch import free_port, wait_until
 
 __all__ = [
     "FAULTS",
@@ -176,17 +177,6 @@ class System(Protocol):
         ...
 
 
-def _wait(fn: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(Exception):
-            if fn():
-                return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached within {timeout:.0f}s")
-        time.sleep(0.1)
-
-
 class RaftdSystem:
     """3 ``raftd run`` daemons (:class:`~raftd.testing.cluster.LocalCluster`) whose data
     dirs are slowfs mounts; the API sockets sit outside the mounts."""
@@ -276,12 +266,6 @@ class _RaftdWriter:
         self.client.close()
 
 
-def _free_port() -> int:
-    from raftd.testing.cluster import free_port
-
-    return free_port()
-
-
 class _Http:
     """One keep-alive HTTP/JSON connection to an etcd member's client URL (the gRPC
     gateway); reopened after any failure."""
@@ -346,8 +330,8 @@ class EtcdSystem:
     def __init__(self, base: Path) -> None:
         self.base = base / "etcd"
         self.base.mkdir(parents=True, exist_ok=True)
-        self.client_ports = [_free_port() for _ in range(3)]
-        self.peer_ports = [_free_port() for _ in range(3)]
+        self.client_ports = [free_port() for _ in range(3)]
+        self.peer_ports = [free_port() for _ in range(3)]
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * 3
         self.mounts = []
         for i in range(3):
@@ -380,7 +364,12 @@ class EtcdSystem:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
-        _wait(lambda: all(self.view(i) for i in range(3)), 60.0, "etcd: 3 members up")
+        wait_until(
+            lambda: all(self.view(i) for i in range(3)),
+            60.0,
+            interval=0.1,
+            what="etcd: 3 members up",
+        )
         self.leader()
 
     def stop(self) -> None:
@@ -429,7 +418,7 @@ class EtcdSystem:
             found.append(idx[0])
             return True
 
-        _wait(agreed, timeout, "etcd: an agreed leader")
+        wait_until(agreed, timeout, interval=0.1, what="etcd: an agreed leader")
         return found[-1]
 
     def pid(self, i: int) -> int:

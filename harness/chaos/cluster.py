@@ -49,6 +49,7 @@ from harness.slowfs import SlowMount
 from raftd.client import Client, DeadlineExceeded, GroupStatus, Member, RaftdError
 from raftd.client import _proto as P
 from raftd.testing.cluster import make_identity
+from raftd.testing.launch import daemon_argv
 from raftd.wire.pb import api_pb2 as apb
 
 __all__ = ["Api", "ChaosCluster", "ChaosNode", "bounded_call"]
@@ -166,30 +167,17 @@ class ChaosNode:
 
     def argv(self) -> list[str]:
         c = self.cluster
-        args = [
-            c.python,
-            "-m",
-            "raftd",
-            "run",
-            "--data-dir",
-            str(self.data_dir),
-            "--listen",
-            self.listen,
-            "--socket",
-            str(self.socket),
-            "--namespace",
-            NAMESPACE,
-            "--discovery",
-            "none",
-        ]
-        for n in c.nodes:
-            args += ["--peer", n.addr]
-        if c.key_file is not None:
-            args += ["--key-file", str(c.key_file)]
-        cfg = os.environ.get(CONFIG_ENV)
-        if cfg:
-            args += ["--config", cfg]
-        return args
+        return daemon_argv(
+            self.data_dir,
+            python=c.python,
+            listen=self.listen,
+            socket=self.socket,
+            namespaces=[NAMESPACE],
+            discovery="none",
+            peers=[n.addr for n in c.nodes],
+            key_file=c.key_file,
+            config=os.environ.get(CONFIG_ENV) or None,
+        )
 
     def start(self) -> None:
         """Start the daemon (again: same identity, data and address). Does not wait."""

@@ -21,36 +21,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from harness.compose.specs import Compose, Container, Stage, healthcheck_argv
 from harness.netns import Host, Topology
-
-from .specs import Compose, Container, Stage, healthcheck_argv
+from raftd.testing.launch import wait_until
 
 T = TypeVar("T")
 
 # The image's Python environment: where `raftd` and `python` are found.
 VENV_BIN = str(Path(sys.executable).parent)
 CONTAINER_PATH = f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def wait_until(what: str, fn: Callable[[], T | None], timeout: float, interval: float = 0.1) -> T:
-    """Poll ``fn`` until it returns a truthy value (returned); AssertionError after
-    ``timeout`` seconds naming ``what`` (and the last exception, if any)."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            v = fn()
-            if v:
-                return v
-        except Exception as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s (last error: {last!r})")
-        time.sleep(interval)
 
 
 def _duration(text: str | None, default: float) -> float:
@@ -196,10 +178,13 @@ class ComposeRunner:
 
     def wait_healthy(self, names: list[str], timeout: float) -> None:
         for n in names:
-            try:
-                wait_until(f"{n} healthy", functools.partial(self.healthy, n), timeout)
-            except AssertionError as exc:
-                raise AssertionError(f"{exc}\n{self.log_tail(n)}") from None
+            wait_until(
+                functools.partial(self.healthy, n),
+                timeout,
+                interval=0.1,
+                what=f"{n} healthy",
+                explain=functools.partial(self.log_tail, n),
+            )
 
     def http_get(self, name: str, path: str, port: int = 9420) -> tuple[int, bytes]:
         """GET ``path`` from the service's ops port, from inside its namespace."""

@@ -23,6 +23,7 @@ import trio
 
 from harness import netns
 from harness.netns import Host, Topology, cleanup_stale, list_resources
+from raftd.testing.launch import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT = 7000
@@ -130,14 +131,6 @@ def gone(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def system_names() -> tuple[str, str]:
@@ -396,7 +389,7 @@ def test_cleanup_stale_removes_leftovers_of_a_killed_run(need_netns: None) -> No
         removed = cleanup_stale(CRASH_PREFIX)
         assert set(left) <= set(removed)
         assert list_resources(tag) == []
-        wait_for(lambda: gone(sleeper), 5, "the orphaned process to die")
+        wait_until(lambda: gone(sleeper), 5, interval=0.02, what="the orphaned process to die")
     finally:
         cleanup_stale(CRASH_PREFIX)
 
@@ -405,8 +398,10 @@ def test_cleanup_stale_removes_leftovers_of_a_killed_run(need_netns: None) -> No
 def test_reaper_cleans_up_after_a_killed_run(need_netns: None) -> None:
     tag, sleeper = _crash_run(with_reaper=True)
     try:
-        wait_for(lambda: not list_resources(tag), 10, "the reaper to tear down")
-        wait_for(lambda: gone(sleeper), 5, "the orphaned process to die")
+        wait_until(
+            lambda: not list_resources(tag), 10, interval=0.02, what="the reaper to tear down"
+        )
+        wait_until(lambda: gone(sleeper), 5, interval=0.02, what="the orphaned process to die")
     finally:
         cleanup_stale(CRASH_PREFIX)
 

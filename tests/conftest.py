@@ -1,8 +1,8 @@
-"""Fixtures for tests that need Linux network namespaces (see harness.netns).
+"""Fixtures shared by every test package: the one network-namespace fixture.
 
-Policy: without root/netns support these tests skip with the reason; with
-``RAFTD_REQUIRE_NETNS=1`` (CI) they fail instead. Other test packages get the same policy
-by calling :func:`harness.netns.netns_or_skip` (or by copying these fixtures).
+Tests that need Linux network namespaces (see :mod:`harness.netns`) request
+``need_netns`` (or ``make_topology``). Policy: without root/netns support they skip with
+the reason; with ``RAFTD_REQUIRE_NETNS=1`` (CI) they fail instead.
 """
 
 from __future__ import annotations
