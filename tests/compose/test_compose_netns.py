@@ -27,7 +27,7 @@ COMPOSE_3 = REPO / "daemon" / "docker-compose.yml"
 COMPOSE_5 = REPO / "daemon" / "docker-compose.5.yml"
 NS = "/raft/app"
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 
 def peer_id(r: ComposeRunner, name: str) -> str:

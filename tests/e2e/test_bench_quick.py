@@ -16,7 +16,6 @@ import pytest
 from harness.bench.load import REQUIRED_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
 
 
 def run_script(*args: str, timeout: float) -> tuple[list[str], list[dict[str, Any]]]:
@@ -46,6 +45,7 @@ def check_keys(doc: dict[str, Any]) -> None:
         assert doc[k] is None or isinstance(doc[k], int | float), (k, doc)
 
 
+@pytest.mark.slow
 def test_bench_all_quick_output_format() -> None:
     lines, docs = run_script("bench-all", "--quick", timeout=480)
     assert lines[-1].startswith("{"), "the last line must be the summary JSON"
@@ -86,6 +86,7 @@ def test_bench_all_quick_output_format() -> None:
     assert any("idle RSS" in line for line in lines[header:])
 
 
+@pytest.mark.slow
 def test_bench_single_op_still_works() -> None:
     lines, docs = run_script(
         *("bench", "put", "--clients", "4", "--conns", "2", "--total", "200"),

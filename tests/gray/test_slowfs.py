@@ -12,6 +12,8 @@ import pytest
 
 from harness.slowfs import SlowMount, clear_delay, fuse_or_skip, is_mounted, set_delay
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def mount(tmp_path: Path) -> Iterator[SlowMount]:

@@ -178,6 +178,7 @@ def ip_json(*args: str, ns: str | None = None) -> list[dict[str, object]]:
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 @PLACEMENT
 def test_one_bridge_tcp_and_private_loopback(make_topology: MakeTopology, bridge_ns: bool) -> None:
     t = make_topology(3, bridge_ns=bridge_ns)
@@ -218,6 +219,7 @@ def test_one_bridge_tcp_and_private_loopback(make_topology: MakeTopology, bridge
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 def test_multicast_between_namespaces(make_topology: MakeTopology) -> None:
     t = make_topology(3)
     rx1, rx2 = mcast_receiver(t[1]), mcast_receiver(t[2])
@@ -227,6 +229,7 @@ def test_multicast_between_namespaces(make_topology: MakeTopology) -> None:
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 def test_ipv6_off_by_default_and_usable_when_on(make_topology: MakeTopology) -> None:
     off = make_topology(1)
     assert "inet6" not in off[0].run(["ip", "-6", "addr", "show", "dev", "eth0"]).stdout
@@ -240,6 +243,7 @@ def test_ipv6_off_by_default_and_usable_when_on(make_topology: MakeTopology) -> 
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 @PLACEMENT
 def test_link_down_partitions_and_link_up_heals(
     make_topology: MakeTopology, bridge_ns: bool
@@ -281,6 +285,7 @@ def test_link_down_partitions_and_link_up_heals(
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 def test_two_bridges_partial_connectivity(make_topology: MakeTopology) -> None:
     t = make_topology(["a", "b", "c"], bridges={"left": ["a", "b"], "right": ["b", "c"]})
     a, b, c = t["a"], t["b"], t["c"]
@@ -321,6 +326,7 @@ def test_two_bridges_partial_connectivity(make_topology: MakeTopology) -> None:
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 @PLACEMENT
 def test_teardown_after_exception_leaves_nothing(need_netns: None, bridge_ns: bool) -> None:
     procs: list[subprocess.Popen[bytes]] = []
@@ -341,6 +347,7 @@ def test_teardown_after_exception_leaves_nothing(need_netns: None, bridge_ns: bo
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 def test_failed_start_undoes_partial_build(
     need_netns: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -355,6 +362,7 @@ def test_failed_start_undoes_partial_build(
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 def test_close_is_idempotent_and_kills_processes(need_netns: None) -> None:
     t = Topology(1)
     with t:
@@ -381,6 +389,7 @@ def _crash_run(with_reaper: bool) -> tuple[str, int]:
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 def test_cleanup_stale_removes_leftovers_of_a_killed_run(need_netns: None) -> None:
     tag, sleeper = _crash_run(with_reaper=False)
     try:
@@ -395,6 +404,7 @@ def test_cleanup_stale_removes_leftovers_of_a_killed_run(need_netns: None) -> No
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 def test_reaper_cleans_up_after_a_killed_run(need_netns: None) -> None:
     tag, sleeper = _crash_run(with_reaper=True)
     try:
@@ -407,6 +417,7 @@ def test_reaper_cleans_up_after_a_killed_run(need_netns: None) -> None:
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 def test_cleanup_stale_spares_live_topologies(make_topology: MakeTopology) -> None:
     t = make_topology(2)
     before = t.resources()
@@ -423,6 +434,7 @@ def test_cleanup_stale_spares_live_topologies(make_topology: MakeTopology) -> No
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 async def test_trio_helpers(make_topology: MakeTopology) -> None:
     t = make_topology(2)
     start_echo(t[0])

@@ -73,6 +73,7 @@ def _run_daemon(tmp_path: Path, log_format: str) -> tuple[list[str], str]:
     return err.read_text().splitlines(), addr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("log_format", ["json", "text"])
 def test_log_lines_parse_and_probe_tracks_daemon(tmp_path: Path, log_format: str) -> None:
     lines, addr = _run_daemon(tmp_path, log_format)
@@ -113,6 +114,7 @@ def _bash_probe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[
     )
 
 
+@pytest.mark.slow
 def test_bash_probe_tracks_daemon(tmp_path: Path) -> None:
     """The image's HEALTHCHECK script (bash, no Python): healthy while the daemon serves,
     ready once it leads, unhealthy with a reason while its process is stopped (a wedged

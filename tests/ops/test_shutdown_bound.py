@@ -15,9 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from raftd.app.presets import PRESETS
 from raftd.app.shutdown import EXIT_SHUTDOWN_BOUND, shutdown_bound_s
 from raftd.testing.cluster import LocalCluster, wait_until
+
+pytestmark = pytest.mark.slow
 
 WEDGE = """
 import sys, time, runpy
