@@ -53,7 +53,7 @@ def test_the_scan_sees_imports_inside_functions(tmp_path: Path) -> None:
 def test_the_wheel_holds_raftd_only(tmp_path: Path) -> None:
     # A fresh copy of the tree: setuptools builds in place and never empties its build/
     # directory, so an old build could hide a packaging mistake (or invent one).
-    src = tmp_path / "src"
+    src = tmp_path / "raftd-src"
     skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
     for name in ("raftd", "harness", "tests"):
         shutil.copytree(ROOT / name, src / name, ignore=skip)
