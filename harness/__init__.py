@@ -1,1 +1,1 @@
-"""Harnesses and checks that run against a raftd checkout; not part of the wheel."""
+"""Test and benchmark harnesses: kept in the repository, not shipped in the wheel."""

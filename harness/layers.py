@@ -164,28 +164,19 @@ LAYERS: dict[str, frozenset[str]] = {
     "formation": _GROUP | {"discovery"},
     # The composition root: builds every service from its parts.
     "app": _BELOW_APP,
-    # The command line: runs the app, talks to daemons through the client.
-    "cli_progress": _BASE | {"client"},
-    "cli": _BELOW_APP | {"app", "cli_progress"},
+    # In-process clusters, the simulator, the linearizability checker: a library for
+    # users' own tests, shipped in the wheel (the harnesses live outside it).
+    TEST_SUPPORT: _BELOW_APP | {"app"},
+    # The command line: runs the app, talks to daemons through the client; ``raftd
+    # dev`` runs the local cluster helper of the testing library.
+    "cli": _BELOW_APP | {"app", TEST_SUPPORT},
     "__main__": frozenset({"cli"}),
-    # In-process clusters, the simulator, the linearizability checker.
-    TEST_SUPPORT: _BELOW_APP | {"app", "cli", "cli_progress"},
 }
 
 #: Imports tolerated for now, by (importing file, imported package), with the reason.
 #: Each names a harness that still lives inside the wheel and is on its way out to the
 #: top-level ``harness/`` folder; delete the entry when the file moves.
-TEMPORARY_EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("raftd/storage/bench.py", "kv"): "storage benchmark harness, leaving the wheel",
-    ("raftd/formation/bench.py", TEST_SUPPORT): "formation benchmark harness, leaving the wheel",
-    ("raftd/formation/fleet.py", TEST_SUPPORT): "fleet launcher harness, leaving the wheel",
-    ("raftd/formation/fleet.py", "client"): "fleet launcher harness, leaving the wheel",
-    # ``raftd dev`` runs raftd.testing's LocalCluster (in raftd/cli.py, or
-    # raftd/cli/dev.py once the cli is a package); it goes once that launcher moves to
-    # the app or the cli.
-    ("raftd/cli.py", TEST_SUPPORT): "the dev command runs raftd.testing's LocalCluster",
-    ("raftd/cli/dev.py", TEST_SUPPORT): "the dev command runs raftd.testing's LocalCluster",
-}
+TEMPORARY_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True, slots=True)

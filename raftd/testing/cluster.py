@@ -30,11 +30,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from raftd.client import Client, GroupStatus, RaftdError
+from raftd.testing.launch import daemon_argv, free_port, wait_until
 
 __all__ = ["LocalCluster", "Node", "free_port", "make_identity", "wait_until"]
 
@@ -42,42 +43,11 @@ T = TypeVar("T")
 DEFAULT_NAMESPACE = "/raft/default"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def make_identity(data_dir: Path) -> str:
     """Create (or load) the node identity in ``data_dir``; return its peer id."""
     from raftd.transport.host import load_or_create_identity, peer_id_of
 
     return peer_id_of(load_or_create_identity(data_dir))
-
-
-def wait_until(
-    fn: Callable[[], T | None],
-    timeout: float,
-    *,
-    interval: float = 0.05,
-    what: str = "condition",
-) -> T:
-    """Poll ``fn`` until it returns something truthy (returned); TimeoutError after
-    ``timeout`` seconds. Exceptions from ``fn`` count as "not yet" (the last one is
-    chained)."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            v = fn()
-            if v:
-                return v
-        except Exception as exc:
-            last = exc
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what} not reached within {timeout:.1f}s") from last
-        time.sleep(interval)
 
 
 class Node:
@@ -134,34 +104,20 @@ class Node:
 
     def args(self) -> list[str]:
         c = self.cluster
-        args = [
-            c.python,
-            "-m",
-            "raftd",
-            "run",
-            "--data-dir",
-            str(self.data_dir),
-            "--listen",
-            self.listen_addr,
-            "--socket",
-            str(self.socket),
-            "--preset",
-            c.preset,
-        ]
-        for ns in c.namespaces:
-            args += ["--namespace", ns]
-        if self.etcd_port:
-            args += ["--etcd-listen", self.etcd_endpoint]
-        if self.founder:
-            args += ["--discovery", "none"]
-            for n in c.nodes:
-                if n.founder:
-                    args += ["--peer", n.addr]
-        else:
-            # A joiner must not bootstrap a cluster of its own: with discovery configured
-            # and no static peers the daemon waits to be added (see Daemon._serve).
-            args += ["--discovery", "pex"]
-        return args + c.extra_args + self.extra_args
+        # A joiner must not bootstrap a cluster of its own: with discovery configured
+        # and no static peers the daemon waits to be added (see Daemon._serve).
+        return daemon_argv(
+            self.data_dir,
+            python=c.python,
+            listen=self.listen_addr,
+            socket=self.socket,
+            preset=c.preset,
+            namespaces=c.namespaces,
+            etcd_listen=self.etcd_endpoint if self.etcd_port else None,
+            discovery="none" if self.founder else "pex",
+            peers=[n.addr for n in c.nodes if n.founder] if self.founder else (),
+            extra=[*c.extra_args, *self.extra_args],
+        )
 
     def start(self, *, wait: bool = True, timeout: float = 30.0) -> None:
         """Start the process (again, after a kill: same identity, data and port)."""

@@ -7,7 +7,6 @@ For process-level faults (kill -9, SIGSTOP, restarts) use the subprocess harness
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -21,6 +20,7 @@ from raftd.app.daemon import Daemon
 from raftd.app.presets import PRESETS
 from raftd.core import Message
 from raftd.runtime.group import Group
+from raftd.testing.launch import free_port
 from raftd.transport.host import load_or_create_identity, peer_id_of
 
 if TYPE_CHECKING:
@@ -31,12 +31,6 @@ NS = "/raft/test"
 PRESETS["tiny"] = replace(
     PRESETS["local"], name="tiny", snapshot_entries=300, compaction_trailing=50
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _drop_all(pid: str, m: Message) -> bool:

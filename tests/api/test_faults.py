@@ -19,6 +19,8 @@ from raftd.client.concurrency import Lock
 from raftd.testing.cluster import LocalCluster, Node, wait_until
 from raftd.wire.pb import api_pb2 as apb
 
+pytestmark = pytest.mark.slow
+
 
 def _followers(cluster: LocalCluster) -> tuple[Node, list[Node]]:
     lead = cluster.wait_leader()

@@ -18,6 +18,8 @@ from raftd.wire.framing import FrameDecoder, encode_frame
 from raftd.wire.pb import api_pb2 as apb
 from raftd.wire.pb import kv_pb2 as kpb
 
+pytestmark = pytest.mark.slow
+
 
 def _cli(*args: str, sock: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

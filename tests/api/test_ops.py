@@ -36,6 +36,8 @@ from raftd.wire.framing import FrameDecoder, encode_frame, encode_varint
 from raftd.wire.pb import api_pb2 as apb
 from raftd.wire.pb import kv_pb2 as kpb
 
+pytestmark = pytest.mark.slow
+
 C = apb.Error
 
 

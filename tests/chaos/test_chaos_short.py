@@ -15,16 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from raftd.testing.chaos.cli import run_campaign
-from raftd.testing.chaos.nemesis import KINDS, NemesisTiming
-from raftd.testing.chaos.runner import RunConfig
-from raftd.testing.netns import netns_or_skip
+from harness.chaos.cli import run_campaign
+from harness.chaos.nemesis import KINDS, NemesisTiming
+from harness.chaos.runner import RunConfig
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 
-def test_chaos_short(tmp_path: Path) -> None:
-    netns_or_skip()
+def test_chaos_short(tmp_path: Path, need_netns: None) -> None:
     seed = int(os.environ.get("RAFTD_CHAOS_SEED") or random.randrange(1 << 31))
     print(f"chaos seed={seed} (replay: RAFTD_CHAOS_SEED={seed})", flush=True)
     cfg = RunConfig(

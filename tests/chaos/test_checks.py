@@ -6,7 +6,7 @@ import itertools
 import math
 from pathlib import Path
 
-from raftd.testing.chaos import (
+from harness.chaos import (
     Clock,
     OpRecord,
     availability,
@@ -16,8 +16,8 @@ from raftd.testing.chaos import (
     find_lost_writes,
     unavailability_windows,
 )
-from raftd.testing.chaos.cli import availability_table, write_key_file
-from raftd.testing.chaos.nemesis import KINDS, KindPicker, epochs_of
+from harness.chaos.cli import availability_table, write_key_file
+from harness.chaos.nemesis import KINDS, KindPicker, epochs_of
 from raftd.testing.linearizability import cas_op, parse_file, read_op, write_history, write_op
 
 

@@ -16,17 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from raftd.testing.chaos.cli import run_campaign
-from raftd.testing.chaos.nemesis import NemesisTiming
-from raftd.testing.chaos.runner import RunConfig
-from raftd.testing.netns import netns_or_skip
-from raftd.testing.slowfs import fuse_or_skip, is_mounted
+from harness.chaos.cli import run_campaign
+from harness.chaos.nemesis import NemesisTiming
+from harness.chaos.runner import RunConfig
+from harness.slowfs import fuse_or_skip, is_mounted
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 
-def test_slow_disk_nemesis(tmp_path: Path) -> None:
-    netns_or_skip()
+def test_slow_disk_nemesis(tmp_path: Path, need_netns: None) -> None:
     fuse_or_skip()
     seed = int(os.environ.get("RAFTD_CHAOS_SEED") or random.randrange(1 << 31))
     print(f"chaos seed={seed} (replay: RAFTD_CHAOS_SEED={seed})", flush=True)

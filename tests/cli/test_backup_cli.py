@@ -7,8 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from raftd.app.backup import verify_backup
 from raftd.testing.cluster import LocalCluster, make_identity
+
+pytestmark = pytest.mark.slow
 
 
 def raftd(*args: str) -> subprocess.CompletedProcess[str]:

@@ -22,6 +22,8 @@ import pytest
 
 from raftd.testing.cluster import LocalCluster
 
+pytestmark = pytest.mark.slow
+
 KEYS = 300
 
 

@@ -43,6 +43,7 @@ def raftd(
     )
 
 
+@pytest.mark.slow
 def test_kv_commands_and_exit_codes(cluster: LocalCluster) -> None:
     lead = cluster.wait_leader()
     sock = next(n for n in cluster.nodes if n is not lead).socket  # a follower
@@ -81,6 +82,7 @@ def test_kv_commands_and_exit_codes(cluster: LocalCluster) -> None:
     assert r.returncode == 3 and "cannot connect" in r.stderr
 
 
+@pytest.mark.slow
 def test_txn_both_syntaxes(cluster: LocalCluster) -> None:
     sock = cluster.nodes[0].socket
     raftd("put", "t/k", "v1", node_socket=sock)
@@ -109,6 +111,7 @@ def test_parse_txn_errors() -> None:
         parse_txn('value("a") = "x"\n\nfrobnicate a\n')
 
 
+@pytest.mark.slow
 def test_watch_lease_lock_status_members(cluster: LocalCluster) -> None:
     sock = cluster.nodes[1].socket
     first = json.loads(raftd("put", "w/a", "1", "-o", "json", node_socket=sock).stdout)["revision"]
@@ -157,6 +160,7 @@ def test_watch_lease_lock_status_members(cluster: LocalCluster) -> None:
     assert r.returncode == 0 and "leader is now" in r.stdout
 
 
+@pytest.mark.slow
 def test_dev_starts_a_cluster_and_cleans_up(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "raftd", "dev", "--nodes", "1"],

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from raftd.app.backup import write_backup
-from raftd.cli_progress import ProgressBar, is_tty
+from raftd.cli.progress import ProgressBar, is_tty
 from raftd.kv import commands
 from raftd.kv.machine import KVStateMachine
 

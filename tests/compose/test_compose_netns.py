@@ -17,22 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from raftd.testing.netns import Topology, netns_or_skip
+from harness.compose.runner import ComposeRunner
+from harness.compose.specs import REPO, Compose, Mount, Service, load_compose, load_dockerfile
+from harness.netns import Topology
+from raftd.testing.launch import wait_until
 from tests.ops.helpers import parse_metrics
-
-from .runner import ComposeRunner, wait_until
-from .specs import REPO, Compose, Mount, Service, load_compose, load_dockerfile
 
 COMPOSE_3 = REPO / "daemon" / "docker-compose.yml"
 COMPOSE_5 = REPO / "daemon" / "docker-compose.5.yml"
 NS = "/raft/app"
 
-pytestmark = pytest.mark.netns
-
-
-@pytest.fixture
-def netns() -> None:
-    netns_or_skip()
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 
 def peer_id(r: ComposeRunner, name: str) -> str:
@@ -52,7 +47,7 @@ def assert_json_logs(r: ComposeRunner, name: str) -> None:
 
 
 @pytest.fixture
-def image_runner(netns: None, tmp_path: Path) -> Iterator[ComposeRunner]:
+def image_runner(need_netns: None, tmp_path: Path) -> Iterator[ComposeRunner]:
     """The image run bare (``docker run raftd``): anonymous volumes for its VOLUMEs and
     the Dockerfile's own HEALTHCHECK."""
     image = load_dockerfile().final
@@ -81,7 +76,9 @@ def test_image_entrypoint_and_environment(image_runner: ComposeRunner) -> None:
     assert (data / "raftd.pid").exists() or any(data.iterdir()), "data goes to /data"
     # The entrypoint passes commands through (`docker run raftd raftd status -o json`),
     # and the API socket is on the /run/raftd volume, where RAFTD_SOCKET points.
-    wait_until("API socket", lambda: (r.volume("anon1") / "raftd.sock").exists(), 20)
+    wait_until(
+        lambda: (r.volume("anon1") / "raftd.sock").exists(), 20, interval=0.1, what="API socket"
+    )
     cp = r.exec("raftd", ["/usr/local/bin/raftd-entrypoint", "raftd", "status", "-o", "json"])
     assert cp.returncode == 0, cp.stderr
     (st,) = json.loads(cp.stdout)
@@ -93,7 +90,7 @@ def test_image_entrypoint_and_environment(image_runner: ComposeRunner) -> None:
     assert r.exec("raftd", ["raftd-healthcheck"]).returncode == 1
 
 
-def test_compose_lifecycle(netns: None, tmp_path: Path) -> None:
+def test_compose_lifecycle(need_netns: None, tmp_path: Path) -> None:
     """up / restart node2 / down + up: clean exits, identities and volumes kept."""
     compose = load_compose(COMPOSE_3)
     nodes = [s.name for s in compose.nodes]
@@ -108,7 +105,10 @@ def test_compose_lifecycle(netns: None, tmp_path: Path) -> None:
         # daemon through the shared socket volume alone (it has no network).
         r.start("app1", extra_env={"APP_INTERVAL": "0.2"})
         wait_until(
-            "app1 started", lambda: any('"starting"' in ln for ln in r.log_lines("app1")), 20
+            lambda: any('"starting"' in ln for ln in r.log_lines("app1")),
+            20,
+            interval=0.1,
+            what="app1 started",
         )
         first = json.loads(next(ln for ln in r.log_lines("app1") if '"starting"' in ln))
         assert first["socket"] == str(r.volume("node1-sock") / "raftd.sock")
@@ -134,7 +134,7 @@ def test_compose_lifecycle(netns: None, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("path", "n"), [(COMPOSE_3, 3), (COMPOSE_5, 5)], ids=["3", "5"])
 def test_compose_cluster_forms_by_discovery(
-    netns: None, tmp_path: Path, path: Path, n: int
+    need_netns: None, tmp_path: Path, path: Path, n: int
 ) -> None:
     """No seed list: the nodes find each other by mDNS, bootstrap together, elect a
     leader, replicate; (3 nodes) the example app works through its node's socket, and
@@ -164,8 +164,8 @@ def test_compose_cluster_forms_by_discovery(
 
         r.up()
         r.wait_healthy(nodes, 40)
-        wait_until("all nodes ready", all_ready, 60)
-        wait_until("one leader, all voters", one_leader, 30)
+        wait_until(all_ready, 60, interval=0.1, what="all nodes ready")
+        wait_until(one_leader, 30, interval=0.1, what="one leader, all voters")
 
         with Client(sock(nodes[0]), namespace=NS, timeout=10) as c:
             c.put("compose/k", "v1")
@@ -181,15 +181,15 @@ def test_compose_cluster_forms_by_discovery(
         assert app.wait(timeout=60) == 0, r.log_tail("app1")
 
         assert r.restart("node2") == 0
-        wait_until("node2 ready again", lambda: r.readyz("node2")[0] == 200, 60)
+        wait_until(lambda: r.readyz("node2")[0] == 200, 60, interval=0.1, what="node2 ready again")
         with Client(sock("node2"), namespace=NS, timeout=10) as c:
             kv = c.get("compose/k")
             assert kv is not None and kv.value == b"v1"
 
         assert set(r.down().values()) == {0}
         r.up()
-        wait_until("all nodes ready after down/up", all_ready, 60)
-        wait_until("one leader after down/up", one_leader, 30)
+        wait_until(all_ready, 60, interval=0.1, what="all nodes ready after down/up")
+        wait_until(one_leader, 30, interval=0.1, what="one leader after down/up")
         with Client(sock(nodes[1]), namespace=NS, timeout=10) as c:
             kv = c.get("compose/k")
             assert kv is not None and kv.value == b"v1"

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.compose.specs import REPO, YamlSubsetError, load_compose, load_dockerfile, parse_yaml
 from raftd.app.config import DEFAULT_PORT, DaemonConfig, load_config
 from raftd.ops.server import DEFAULT_METRICS_PORT, parse_listen_addr
-
-from .specs import REPO, YamlSubsetError, load_compose, load_dockerfile, parse_yaml
 
 COMPOSE_FILES = [REPO / "daemon" / "docker-compose.yml", REPO / "daemon" / "docker-compose.5.yml"]
 ENV_NAMES = {f"RAFTD_{f.name.upper()}" for f in fields(DaemonConfig)} | {

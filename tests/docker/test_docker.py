@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from .images import REPO
-from .scenario import EXIT_UNAVAILABLE
+from harness.docker.images import REPO
+from harness.docker.scenario import EXIT_UNAVAILABLE
 
 REQUIRE_ENV = "RAFTD_REQUIRE_DOCKER"
 TIMEOUT = 1800.0  # cold: apt-get, debootstrap, wheels, build, two clusters

@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 
-from raftd.testing.bench import REQUIRED_KEYS
+from harness.bench.load import REQUIRED_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
 
 
 def run_script(*args: str, timeout: float) -> tuple[list[str], list[dict[str, Any]]]:
@@ -46,6 +45,7 @@ def check_keys(doc: dict[str, Any]) -> None:
         assert doc[k] is None or isinstance(doc[k], int | float), (k, doc)
 
 
+@pytest.mark.slow
 def test_bench_all_quick_output_format() -> None:
     lines, docs = run_script("bench-all", "--quick", timeout=480)
     assert lines[-1].startswith("{"), "the last line must be the summary JSON"
@@ -86,6 +86,7 @@ def test_bench_all_quick_output_format() -> None:
     assert any("idle RSS" in line for line in lines[header:])
 
 
+@pytest.mark.slow
 def test_bench_single_op_still_works() -> None:
     lines, docs = run_script(
         *("bench", "put", "--clients", "4", "--conns", "2", "--total", "200"),
@@ -112,7 +113,7 @@ def test_bench_single_op_still_works() -> None:
 
 
 def test_profile_table_parses_pyspy_raw_stacks() -> None:
-    from raftd.testing.profile import parse_collapsed
+    from harness.profile import parse_collapsed
 
     raw = (
         "thread (0x1);run (trio/_core/_run.py:10);loop (raftd/runtime/group.py:5) 30\n"

@@ -18,9 +18,10 @@ from typing import Any, Self, TypeVar
 
 import pytest
 
+from harness.bench.load import write_keys_sync
+from harness.bench.meters import scrape_metric
 from raftd.client import GroupStatus
 from raftd.client import _proto as P
-from raftd.testing.bench import scrape_metric, write_keys_sync
 from raftd.testing.cluster import LocalCluster, Node, free_port, wait_until
 from raftd.wire.pb import api_pb2 as apb
 

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -18,6 +19,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from raftd.testing.cluster import LocalCluster, wait_until
 from tests.etcd.conftest import Etcdctl, etcdctl_path
+
+pytestmark = pytest.mark.slow
 
 
 def _name(cn: str) -> x509.Name:

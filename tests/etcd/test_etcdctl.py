@@ -25,6 +25,8 @@ from raftd.wire.pb.etcd import kv_pb2 as mvcc
 from raftd.wire.pb.etcd import rpc_pb2 as epb
 from tests.etcd.conftest import Etcdctl, etcd3_python, etcdctl_path, unb64
 
+pytestmark = pytest.mark.slow
+
 
 def ctl(*nodes: Node) -> Etcdctl:
     return Etcdctl(etcdctl_path(), [n.etcd_endpoint for n in nodes])

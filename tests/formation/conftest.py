@@ -1,7 +1,8 @@
 """Fixtures for the formation tests in network namespaces.
 
-Policy (raftd.testing.netns): without root/netns support these tests skip with the
-reason; with ``RAFTD_REQUIRE_NETNS=1`` they fail instead.
+Namespaces come from the shared ``need_netns`` fixture (tests/conftest.py): without
+root/netns support these tests skip with the reason; with ``RAFTD_REQUIRE_NETNS=1`` they
+fail instead.
 
 ``RAFTD_FORMATION_TRIALS`` (default 3) sets how many trials each randomized or timing
 sensitive formation case runs; ``RAFTD_FORMATION_SEED`` fixes the base seed (printed by
@@ -19,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from raftd.formation.fleet import Fleet
-from raftd.testing.netns import Topology, cleanup_stale, netns_or_skip
+from harness.fleet import Fleet
+from harness.netns import Topology
 
 TRIALS = int(os.environ.get("RAFTD_FORMATION_TRIALS", "3"))
 BASE_SEED = int(
@@ -28,12 +29,6 @@ BASE_SEED = int(
 )
 
 MakeFleet = Callable[..., Fleet]
-
-
-@pytest.fixture(scope="session")
-def netns_session() -> None:
-    netns_or_skip()
-    cleanup_stale()
 
 
 def stop(fleet: Fleet) -> None:
@@ -44,7 +39,7 @@ def stop(fleet: Fleet) -> None:
 
 
 @pytest.fixture
-def make_fleet(netns_session: None, tmp_path: Path) -> Iterator[MakeFleet]:
+def make_fleet(need_netns: None, tmp_path: Path) -> Iterator[MakeFleet]:
     """``make_fleet(3)`` or ``make_fleet(["a", "b"], bridges={...}, namespaces=[...])``:
     a started topology with a (not yet started) fleet of daemons on it; everything is
     stopped and torn down after the test. On failure the daemons' logs stay in tmp_path."""

@@ -7,7 +7,6 @@ network namespaces (test_netns_*.py); these check the same machinery quickly.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,16 +19,11 @@ from raftd.app.daemon import Daemon
 from raftd.formation.cluster import CLUSTER_KEY, has_user_writes
 from raftd.formation.service import Formation
 from raftd.kv import commands
+from raftd.testing.launch import free_port
 from raftd.transport.host import load_or_create_identity, peer_id_of
 
 NS = "/raft/t"
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @asynccontextmanager

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from raftd.formation.fleet import wait_for
+from raftd.testing.launch import wait_until
 
 from .conftest import BASE_SEED, TRIALS, MakeFleet
 
@@ -55,7 +55,7 @@ def test_simultaneous_start_forms_one_cluster(make_fleet: MakeFleet, n: int, tri
                 and any("pubsub" in p["sources"] for p in peers)
             )
 
-        wait_for(sources_seen, 20, what="mdns, pex and pubsub all contributed")
+        wait_until(sources_seen, 20, what="mdns, pex and pubsub all contributed")
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))

@@ -20,7 +20,8 @@ from functools import partial
 
 import pytest
 
-from raftd.formation.fleet import Fleet, FleetNode, wait_for
+from harness.fleet import Fleet, FleetNode
+from raftd.testing.launch import wait_until
 
 from .conftest import MakeFleet
 
@@ -39,7 +40,7 @@ def put(node: FleetNode, key: str, value: str) -> None:
             c.put(key, value)
         return True
 
-    wait_for(attempt, 30, interval=0.3, what=f"put {key} through {node.name}")
+    wait_until(attempt, 30, interval=0.3, what=f"put {key} through {node.name}")
 
 
 def has_value(node: FleetNode, key: str, value: bytes) -> bool:
@@ -81,7 +82,7 @@ def test_late_joiner_then_a_dead_voter_is_replaced(make_fleet: MakeFleet) -> Non
                 return False
         return True
 
-    wait_for(replaced, 60, what="learner promoted, dead voter demoted", explain=fleet.explain)
+    wait_until(replaced, 60, what="learner promoted, dead voter demoted", explain=fleet.explain)
     print(f"dead voter replaced after {time.monotonic() - t0:.1f}s")
     s = leader_of(fleet, live).status()
     assert s is not None and victim.peer_id in {m["id"] for m in s["members"] if not m["voter"]}
@@ -100,7 +101,7 @@ def test_follower_and_leader_reboot_rejoin_their_cluster(make_fleet: MakeFleet) 
         assert fleet.wait_one_cluster(timeout=60) == cid
         st = node.status()
         assert st is not None and st["formation"]["bootstraps"] == 0
-        wait_for(partial(has_value, node, "reboot/k", b"v1"), 30, what=f"{node.name} has data")
+        wait_until(partial(has_value, node, "reboot/k", b"v1"), 30, what=f"{node.name} has data")
 
 
 def test_wipe_and_rejoin_under_the_same_peer_id(make_fleet: MakeFleet) -> None:
@@ -119,7 +120,7 @@ def test_wipe_and_rejoin_under_the_same_peer_id(make_fleet: MakeFleet) -> None:
     # Counted by the leader that re-added it, which need not be the leader now.
     sts = [n.status() for n in fleet]
     assert sum(s["formation"]["readds"] for s in sts if s) >= 1, sts
-    wait_for(lambda: value_on(victim, "wipe/k") == b"v1", 30, what="data back on the wiped node")
+    wait_until(lambda: value_on(victim, "wipe/k") == b"v1", 30, what="data back on the wiped node")
 
 
 def out_of(node: FleetNode, others: list[FleetNode]) -> bool:
@@ -149,7 +150,7 @@ def test_a_node_removed_while_down_rejoins_when_restarted(make_fleet: MakeFleet)
     )
     assert out.returncode == 0, out.stderr
     rest = [n for n in fleet if n is not gone]
-    wait_for(lambda: out_of(gone, rest), 30, what="removed", explain=fleet.explain)
+    wait_until(lambda: out_of(gone, rest), 30, what="removed", explain=fleet.explain)
     gone.start()
     assert fleet.wait_one_cluster(timeout=60) == cid
     st = gone.status()
@@ -170,11 +171,13 @@ def test_leave_command_and_leave_on_shutdown(make_fleet: MakeFleet) -> None:
     )
     assert out.returncode == 0, out.stderr
     rest = [n for n in fleet if n is not leader]
-    wait_for(lambda: out_of(leader, rest), 30, what="leader left", explain=fleet.explain)
+    wait_until(lambda: out_of(leader, rest), 30, what="leader left", explain=fleet.explain)
     # SIGTERM with --leave-on-shutdown: removed before it exits.
     quitter = rest[0]
     assert quitter.kill(signal.SIGTERM) == 0
-    wait_for(lambda: out_of(quitter, rest[1:]), 30, what="left on shutdown", explain=fleet.explain)
+    wait_until(
+        lambda: out_of(quitter, rest[1:]), 30, what="left on shutdown", explain=fleet.explain
+    )
     # Restarted with its data, it finds itself outside its cluster and asks back in
     # (the leader that left with `raftd leave` stays out: it was never restarted).
     quitter.start()

@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 import pytest
 
-from raftd.formation.fleet import Fleet, FleetNode, wait_for
+from harness.fleet import Fleet, FleetNode
+from raftd.testing.launch import wait_until
 
 from .conftest import MakeFleet
 
@@ -40,7 +41,7 @@ def put(node: FleetNode, key: str, value: str) -> None:
             c.put(key, value)
         return True
 
-    wait_for(attempt, 30, interval=0.3, what=f"put {key} through {node.name}")
+    wait_until(attempt, 30, interval=0.3, what=f"put {key} through {node.name}")
 
 
 def holds_for(fn: Callable[[], bool], seconds: float, *, what: str) -> None:
@@ -69,7 +70,7 @@ def test_an_isolated_cluster_without_writes_merges_when_the_link_comes_up(
     print(f"merged {time.monotonic() - t0:.1f}s after the link came up")
     st = lone.status()
     assert st is not None and st["formation"]["dissolves"] == 1
-    wait_for(lambda: get(lone, "merge/k") == b"main", 30, what="data replicated to the joiner")
+    wait_until(lambda: get(lone, "merge/k") == b"main", 30, what="data replicated to the joiner")
 
 
 def test_clusters_that_both_hold_writes_report_a_conflict_and_keep_their_data(
@@ -96,7 +97,7 @@ def test_clusters_that_both_hold_writes_report_a_conflict_and_keep_their_data(
                 return False
         return True
 
-    wait_for(conflict_seen, 60, what="conflict reported everywhere", explain=fleet.explain)
+    wait_until(conflict_seen, 60, what="conflict reported everywhere", explain=fleet.explain)
 
     # Nothing merges, nothing is lost: over a few formation heartbeats, each side keeps
     # its own cluster, data and members.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from raftd.testing.gray import CpuQuota, _Poller, busy_loops, cgroup_unavailable
+from harness.gray import CpuQuota, _Poller, busy_loops, cgroup_unavailable
 
 
 class _NoSystem:

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from raftd.testing.bench import REQUIRED_KEYS
-from raftd.testing.gray import FAULTS, cgroup_unavailable
-from raftd.testing.slowfs import fuse_or_skip
+from harness.bench.load import REQUIRED_KEYS
+from harness.gray import FAULTS, cgroup_unavailable
+from harness.slowfs import fuse_or_skip
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from raftd.testing.slowfs import SlowMount, clear_delay, fuse_or_skip, is_mounted, set_delay
+from harness.slowfs import SlowMount, clear_delay, fuse_or_skip, is_mounted, set_delay
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The network-namespace harness (raftd.testing.netns): isolation, multicast (what mDNS
+"""The network-namespace harness (harness.netns): isolation, multicast (what mDNS
 needs), partitions, two-bridge partial connectivity, teardown and stale cleanup.
 
 Every wait is a poll bounded by a deadline; the whole file runs in a few seconds.
@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from raftd.testing import netns
-from raftd.testing.netns import Host, Topology, cleanup_stale, list_resources
+from harness import netns
+from harness.netns import Host, Topology, cleanup_stale, list_resources
+from raftd.testing.launch import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT = 7000
@@ -52,7 +53,7 @@ while True:
 # A "test run" that is SIGKILLed inside its topology (argv[1] == "1": with the reaper).
 CRASHING_RUN = r"""
 import os, signal, subprocess, sys
-from raftd.testing.netns import Topology
+from harness.netns import Topology
 t = Topology(2, prefix=sys.argv[2], reaper=sys.argv[1] == "1", clean_stale=False).__enter__()
 p = t[0].popen(["sleep", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 print(t.tag, p.pid, flush=True)
@@ -132,14 +133,6 @@ def gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
 def system_names() -> tuple[str, str]:
     """Raw `ip netns list` and `ip -o link` output (root namespace)."""
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
@@ -185,6 +178,7 @@ def ip_json(*args: str, ns: str | None = None) -> list[dict[str, object]]:
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 @PLACEMENT
 def test_one_bridge_tcp_and_private_loopback(make_topology: MakeTopology, bridge_ns: bool) -> None:
     t = make_topology(3, bridge_ns=bridge_ns)
@@ -225,6 +219,7 @@ def test_one_bridge_tcp_and_private_loopback(make_topology: MakeTopology, bridge
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 def test_multicast_between_namespaces(make_topology: MakeTopology) -> None:
     t = make_topology(3)
     rx1, rx2 = mcast_receiver(t[1]), mcast_receiver(t[2])
@@ -234,6 +229,7 @@ def test_multicast_between_namespaces(make_topology: MakeTopology) -> None:
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 def test_ipv6_off_by_default_and_usable_when_on(make_topology: MakeTopology) -> None:
     off = make_topology(1)
     assert "inet6" not in off[0].run(["ip", "-6", "addr", "show", "dev", "eth0"]).stdout
@@ -247,6 +243,7 @@ def test_ipv6_off_by_default_and_usable_when_on(make_topology: MakeTopology) -> 
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 @PLACEMENT
 def test_link_down_partitions_and_link_up_heals(
     make_topology: MakeTopology, bridge_ns: bool
@@ -288,6 +285,7 @@ def test_link_down_partitions_and_link_up_heals(
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 def test_two_bridges_partial_connectivity(make_topology: MakeTopology) -> None:
     t = make_topology(["a", "b", "c"], bridges={"left": ["a", "b"], "right": ["b", "c"]})
     a, b, c = t["a"], t["b"], t["c"]
@@ -328,6 +326,7 @@ def test_two_bridges_partial_connectivity(make_topology: MakeTopology) -> None:
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 @PLACEMENT
 def test_teardown_after_exception_leaves_nothing(need_netns: None, bridge_ns: bool) -> None:
     procs: list[subprocess.Popen[bytes]] = []
@@ -348,6 +347,7 @@ def test_teardown_after_exception_leaves_nothing(need_netns: None, bridge_ns: bo
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 def test_failed_start_undoes_partial_build(
     need_netns: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -362,6 +362,7 @@ def test_failed_start_undoes_partial_build(
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 def test_close_is_idempotent_and_kills_processes(need_netns: None) -> None:
     t = Topology(1)
     with t:
@@ -388,6 +389,7 @@ def _crash_run(with_reaper: bool) -> tuple[str, int]:
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 def test_cleanup_stale_removes_leftovers_of_a_killed_run(need_netns: None) -> None:
     tag, sleeper = _crash_run(with_reaper=False)
     try:
@@ -396,22 +398,26 @@ def test_cleanup_stale_removes_leftovers_of_a_killed_run(need_netns: None) -> No
         removed = cleanup_stale(CRASH_PREFIX)
         assert set(left) <= set(removed)
         assert list_resources(tag) == []
-        wait_for(lambda: gone(sleeper), 5, "the orphaned process to die")
+        wait_until(lambda: gone(sleeper), 5, interval=0.02, what="the orphaned process to die")
     finally:
         cleanup_stale(CRASH_PREFIX)
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 def test_reaper_cleans_up_after_a_killed_run(need_netns: None) -> None:
     tag, sleeper = _crash_run(with_reaper=True)
     try:
-        wait_for(lambda: not list_resources(tag), 10, "the reaper to tear down")
-        wait_for(lambda: gone(sleeper), 5, "the orphaned process to die")
+        wait_until(
+            lambda: not list_resources(tag), 10, interval=0.02, what="the reaper to tear down"
+        )
+        wait_until(lambda: gone(sleeper), 5, interval=0.02, what="the orphaned process to die")
     finally:
         cleanup_stale(CRASH_PREFIX)
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 def test_cleanup_stale_spares_live_topologies(make_topology: MakeTopology) -> None:
     t = make_topology(2)
     before = t.resources()
@@ -428,6 +434,7 @@ def test_cleanup_stale_spares_live_topologies(make_topology: MakeTopology) -> No
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 async def test_trio_helpers(make_topology: MakeTopology) -> None:
     t = make_topology(2)
     start_echo(t[0])

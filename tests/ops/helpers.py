@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -93,9 +92,3 @@ async def poll_until(check: Callable[[], Awaitable[bool]], *, interval: float = 
     # Polling is the point: the condition is an HTTP answer, there is no event to await.
     while not await check():  # noqa: ASYNC110
         await trio.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from raftd.ops import healthcheck
-
-from .helpers import free_port
+from raftd.testing.launch import daemon_argv, free_port
 
 LEVELS = {"debug", "info", "warning", "error", "critical"}
 TEXT_LINE = re.compile(
@@ -41,24 +40,14 @@ def _run_daemon(tmp_path: Path, log_format: str) -> tuple[list[str], str]:
     addr = f"127.0.0.1:{free_port()}"
     err = tmp_path / "stderr.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1", RAFTD_METRICS=addr)
-    argv = [
-        sys.executable,
-        "-m",
-        "raftd",
-        "run",
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--socket",
-        str(tmp_path / "api.sock"),
-        "--discovery",
-        "none",
-        "--namespace",
-        "/raft/logs",
-        "--log-format",
-        log_format,
-    ]
+    argv = daemon_argv(
+        tmp_path / "data",
+        listen="/ip4/127.0.0.1/tcp/0",
+        socket=tmp_path / "api.sock",
+        namespaces=["/raft/logs"],
+        discovery="none",
+        extra=["--log-format", log_format],
+    )
     with open(err, "wb") as f:
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=f, stderr=f)
     try:
@@ -84,6 +73,7 @@ def _run_daemon(tmp_path: Path, log_format: str) -> tuple[list[str], str]:
     return err.read_text().splitlines(), addr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("log_format", ["json", "text"])
 def test_log_lines_parse_and_probe_tracks_daemon(tmp_path: Path, log_format: str) -> None:
     lines, addr = _run_daemon(tmp_path, log_format)
@@ -124,30 +114,21 @@ def _bash_probe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[
     )
 
 
+@pytest.mark.slow
 def test_bash_probe_tracks_daemon(tmp_path: Path) -> None:
     """The image's HEALTHCHECK script (bash, no Python): healthy while the daemon serves,
     ready once it leads, unhealthy with a reason while its process is stopped (a wedged
     daemon whose kernel still accepts connections) and once it is gone."""
     port = free_port()
     env = dict(os.environ, RAFTD_METRICS=f"0.0.0.0:{port}", RAFTD_HEALTHCHECK_TIMEOUT="1")
-    argv = [
-        sys.executable,
-        "-m",
-        "raftd",
-        "run",
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--socket",
-        str(tmp_path / "api.sock"),
-        "--discovery",
-        "none",
-        "--namespace",
-        "/raft/probe",
-        "--metrics",
-        f"127.0.0.1:{port}",
-    ]
+    argv = daemon_argv(
+        tmp_path / "data",
+        listen="/ip4/127.0.0.1/tcp/0",
+        socket=tmp_path / "api.sock",
+        namespaces=["/raft/probe"],
+        discovery="none",
+        extra=["--metrics", f"127.0.0.1:{port}"],
+    )
     with open(tmp_path / "stderr.log", "wb") as f:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=f)
     try:

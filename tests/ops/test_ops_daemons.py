@@ -20,9 +20,10 @@ from raftd.client import open_client
 from raftd.core import Message
 from raftd.kv import commands
 from raftd.runtime.group import Group, LeadershipLost, NotLeader
+from raftd.testing.launch import free_port
 from raftd.transport.host import load_or_create_identity, peer_id_of
 
-from .helpers import free_port, get, poll_until, raw_request, sample, scrape
+from .helpers import get, poll_until, raw_request, sample, scrape
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus

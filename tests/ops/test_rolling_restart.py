@@ -8,9 +8,13 @@ succeed; the longest write latency (the stall) is printed.
 
 from __future__ import annotations
 
+import pytest
+
 from raftd.testing.cluster import LocalCluster
 
 from .writers import Writers
+
+pytestmark = pytest.mark.slow
 
 
 def test_rolling_restart_under_load_loses_no_write() -> None:

@@ -15,9 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from raftd.app.presets import PRESETS
 from raftd.app.shutdown import EXIT_SHUTDOWN_BOUND, shutdown_bound_s
 from raftd.testing.cluster import LocalCluster, wait_until
+
+pytestmark = pytest.mark.slow
 
 WEDGE = """
 import sys, time, runpy
@@ -66,14 +70,14 @@ def test_a_clean_shutdown_still_exits_0(tmp_path: Path) -> None:
         assert node.terminate() == 0
 
 
-def test_sigterm_with_every_link_down_exits_within_the_bound(tmp_path: Path) -> None:
+def test_sigterm_with_every_link_down_exits_within_the_bound(
+    tmp_path: Path, need_netns: None
+) -> None:
     """The harness of ``scripts/shutdown-bound`` (100 tries there), twice: daemons in
     network namespaces whose links are all down get SIGTERM together; each exits within
     the bound with status 0 (or 124), and every acknowledged write survives."""
-    from raftd.testing.netns import netns_or_skip
-    from raftd.testing.shutdown_bound import run
+    from harness.shutdown_bound import run
 
-    netns_or_skip()
     seed = int(os.environ.get("RAFTD_SEED", "0")) or int(time.time())
     print(f"seed {seed}")
     summary = run(2, 3, True, seed, tmp_path)

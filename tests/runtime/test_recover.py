@@ -12,7 +12,8 @@ from raftd.app.config import DaemonConfig
 from raftd.app.daemon import Daemon
 from raftd.app.recover import RecoverError, force_new_cluster
 from raftd.kv import commands
-from raftd.testing.inproc import NS, cluster, free_port
+from raftd.testing.inproc import NS, cluster
+from raftd.testing.launch import free_port
 
 
 async def test_force_new_cluster_keeps_acknowledged_writes(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ and receives nothing.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +20,7 @@ from raftd.app.config import DaemonConfig
 from raftd.app.daemon import Daemon
 from raftd.formation.service import Formation
 from raftd.kv import commands
+from raftd.testing.launch import free_port
 from raftd.transport.host import load_or_create_identity, peer_id_of
 
 NS = "/raft/keyed"
@@ -30,12 +30,6 @@ def key_file(path: Path) -> Path:
     path.write_text(os.urandom(32).hex() + "\n")
     path.chmod(0o600)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Fleet:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.crash.run import Harness, run
+from harness.crash.writer import NS
 from raftd.kv.backend import KeyRecord, LevelDBKVBackend
 from raftd.storage.leveldb import LevelDB
 
-from .crash_harness import Harness, run
-from .crash_writer import NS
 from .helpers import seed_from_env
 
 

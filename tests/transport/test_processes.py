@@ -13,12 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from raftd.core.types import MessageType
 from raftd.transport.libp2p import Libp2pTransportConfig
 
 from .helpers import Node, app, libp2p_node, wait_until
+
+pytestmark = pytest.mark.slow
 
 ECHO = Path(__file__).with_name("echo_peer.py")
 ROOT = Path(__file__).resolve().parents[2]

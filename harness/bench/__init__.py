@@ -1,0 +1,1 @@
+"""Benchmarks, one module per subject: ``python -m harness.bench.<module> --help``."""
