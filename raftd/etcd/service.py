@@ -289,7 +289,7 @@ class EtcdService:
         self, requests: trio.MemoryReceiveChannel[epb.WatchRequest], send: Send
     ) -> None:
         """Serve one Watch stream until the client closes its side (see the module doc
-        of :mod:`raftd.etcd.server` for the stream plumbing)."""
+        of :mod:`raftd.etcd.http2` for the stream plumbing)."""
         scopes: dict[int, trio.CancelScope] = {}
         next_id = 0
         async with trio.open_nursery() as nursery:
