@@ -551,7 +551,7 @@ def test_member_add_promote_remove_move_leader(etcd_cluster: LocalCluster, follo
     assert etcd_cluster.wait_leader() is target
 
 
-def test_member_update_announces_addresses(etcd_cluster: LocalCluster, follower: Node) -> None:
+def test_member_update_replaces_addresses(etcd_cluster: LocalCluster, follower: Node) -> None:
     """MemberUpdate is ``raftd member add`` of the member again with addresses: every
     other member then has exactly those (etcd replaces a member's peer URLs too)."""
     c = ctl(follower)
