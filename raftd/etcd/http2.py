@@ -436,6 +436,8 @@ class _Conn:
 
     def _on_data(self, sid: int, flags: int, payload: bytes) -> None:
         self.unacked_in += len(payload)
+        if self.unacked_in > CONN_WINDOW:
+            raise _ConnectionError(_FLOW_CONTROL_ERROR, "sent beyond the connection window")
         if self.unacked_in >= CONN_WINDOW // 2:
             self._queue(_frame(_WINDOW, 0, 0, _HDR.pack(self.unacked_in)))
             self.unacked_in = 0
@@ -468,6 +470,9 @@ class _Conn:
                 return
             pos += 5 + size
             if st.kind == _UNARY:
+                if st.requests:
+                    self._fail(st, grpc.StatusCode.INTERNAL, "a unary call takes one request")
+                    return
                 st.requests.append(req)
             else:
                 assert st.send_ch is not None
