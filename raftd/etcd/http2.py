@@ -63,6 +63,8 @@ HANDSHAKE_S = 10.0
 SEND_TIMEOUT_S = 30.0
 #: Largest request message (grpcio's and etcd's default limit).
 MAX_MESSAGE = 4 << 20
+#: Largest header block (HEADERS and its CONTINUATIONs) accepted.
+MAX_HEADER_BLOCK = 64 << 10
 #: Concurrent calls per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
 MAX_STREAMS = 1024
 #: Requests of one stream read but not yet taken by its handler.
@@ -316,6 +318,8 @@ class _Conn:
                     if ftype != _CONT or sid != cont[0]:
                         raise _ConnectionError(_PROTOCOL_ERROR, "expected CONTINUATION")
                     cont[2].extend(payload)
+                    if len(cont[2]) > MAX_HEADER_BLOCK:
+                        raise _ConnectionError(_PROTOCOL_ERROR, "header block too large")
                     if flags & _END_HEADERS:
                         self._on_headers(sid, cont[1], bytes(cont[2]))
                         cont = None
