@@ -729,9 +729,11 @@ class NamespaceService:
                 raise ApiError(C.NOT_FOUND, f"{m.id} is not a learner of {self.namespace}")
         if op == "remove" and m.id not in members:
             raise ApiError(C.NOT_FOUND, f"{m.id} is not a member of {self.namespace}")
-        if op == "add_voter" and m.id in cs.voters:
+        # Adding a member again in the same role changes nothing, unless it names
+        # addresses: then the (no-op) change carries them to every member.
+        if op == "add_voter" and m.id in cs.voters and not m.addrs:
             return apb.Response(members=self.members_pb(cs))
-        if op == "add_learner" and m.id in cs.learners:
+        if op == "add_learner" and m.id in cs.learners and not m.addrs:
             return apb.Response(members=self.members_pb(cs))
         kind = {
             "add_voter": ConfChangeType.ADD_VOTER,

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from raftd.etcd.endpoint import EndpointError, load_tls, parse_listen
+from raftd.etcd.http2 import EtcdH2Server
 from raftd.etcd.ids import cluster_id
-from raftd.etcd.server import EtcdGrpcServer
 from raftd.etcd.service import EtcdService
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ async def serve_etcd(
         client_urls=[],
         db_dir=cfg.data_dir / "db",
     )
-    server = EtcdGrpcServer(service, host, port, tls=tls)
+    server = EtcdH2Server(service, host, port, tls=tls)
     try:
         await server.run(task_status=_Started(task_status, service, server, scheme))
     except* OSError as eg:  # cannot listen (in use, no such address): a start-up error
@@ -89,7 +89,7 @@ class _Started:
     """Fills in the endpoint's URL (the bound port) before reporting started."""
 
     def __init__(
-        self, inner: TaskStatus[None], service: EtcdService, server: EtcdGrpcServer, scheme: str
+        self, inner: TaskStatus[None], service: EtcdService, server: EtcdH2Server, scheme: str
     ) -> None:
         self.inner, self.service, self.server, self.scheme = inner, service, server, scheme
 

@@ -39,6 +39,7 @@ _TARGETS = {
     _EC.CREATE: _KC.CREATE,
     _EC.MOD: _KC.MOD,
     _EC.VALUE: _KC.VALUE,
+    _EC.LEASE: _KC.LEASE,
 }
 _RESULTS = {
     _EC.EQUAL: _KC.EQUAL,
@@ -141,19 +142,21 @@ def apply_range_options(
 def _compare(c: epb.Compare) -> kpb.Compare:
     if not c.key:
         raise errors.EMPTY_KEY
-    if c.range_end:
-        raise errors.invalid("raftd does not support compares over a key range")
-    if c.target not in _TARGETS:
-        raise errors.invalid("raftd does not support lease compares")
-    out = kpb.Compare(key=c.key, target=_TARGETS[c.target], result=_RESULTS[c.result])
+    if c.target not in _TARGETS or c.result not in _RESULTS:
+        raise errors.invalid("unknown compare target or result")
+    out = kpb.Compare(
+        key=c.key, range_end=c.range_end, target=_TARGETS[c.target], result=_RESULTS[c.result]
+    )
     if c.target == _EC.VALUE:
         out.value = c.value
     elif c.target == _EC.VERSION:
         out.version = c.version
     elif c.target == _EC.CREATE:
         out.create_revision = c.create_revision
-    else:
+    elif c.target == _EC.MOD:
         out.mod_revision = c.mod_revision
+    else:
+        out.lease = c.lease
     return out
 
 

@@ -289,7 +289,7 @@ class EtcdService:
         self, requests: trio.MemoryReceiveChannel[epb.WatchRequest], send: Send
     ) -> None:
         """Serve one Watch stream until the client closes its side (see the module doc
-        of :mod:`raftd.etcd.server` for the stream plumbing)."""
+        of :mod:`raftd.etcd.http2` for the stream plumbing)."""
         scopes: dict[int, trio.CancelScope] = {}
         next_id = 0
         async with trio.open_nursery() as nursery:
@@ -515,10 +515,11 @@ class EtcdService:
             await self._barrier(deadline)
         return epb.MemberListResponse(header=self.header(), members=self.members())
 
-    async def member_add(self, req: epb.MemberAddRequest, deadline: float) -> epb.MemberAddResponse:
+    def _parse_peer_urls(self, urls: list[str]) -> tuple[str, list[str]]:
+        """MemberAdd/MemberUpdate peer URLs -> (the one peer id they name, multiaddrs)."""
         peers: set[str] = set()
         addrs: list[str] = []
-        for url in req.peerURLs:
+        for url in urls:
             url = peer_url_to_multiaddr(url)
             head, sep, pid = url.rpartition("/p2p/")
             if not url.startswith("/") or not sep or not pid or "/" in pid:
@@ -528,7 +529,10 @@ class EtcdService:
                 addrs.append(head)
         if len(peers) != 1:
             raise errors.MEMBER_BAD_URLS
-        pid = peers.pop()
+        return peers.pop(), addrs
+
+    async def member_add(self, req: epb.MemberAddRequest, deadline: float) -> epb.MemberAddResponse:
+        pid, addrs = self._parse_peer_urls(list(req.peerURLs))
         cs = self.group.conf
         if pid in cs.voters or pid in cs.learners:
             raise errors.PEER_URL_EXIST
@@ -560,11 +564,19 @@ class EtcdService:
     async def member_update(
         self, req: epb.MemberUpdateRequest, deadline: float
     ) -> epb.MemberUpdateResponse:
-        raise EtcdError(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "etcdserver: raftd learns member addresses by itself (libp2p); MemberUpdate "
-            "is not supported",
+        """Replace a member's addresses, as etcd does: ``raftd member add`` of that
+        member again, in its role, with the addresses. Every other member sets them as
+        the member's addresses when it applies the (otherwise empty) membership change.
+        The URLs must name the member's own peer id."""
+        pid, learner = self._peer_of(req.ID)
+        upid, addrs = self._parse_peer_urls(list(req.peerURLs))
+        if upid != pid or not addrs:
+            raise errors.MEMBER_BAD_URLS
+        m = apb.MemberRequest(id=pid, addrs=addrs)
+        await self._call(
+            apb.Request(add_learner=m) if learner else apb.Request(add_voter=m), deadline
         )
+        return epb.MemberUpdateResponse(header=self.header(), members=self.members())
 
     # -- Maintenance -----------------------------------------------------------------------
     def _alarms(self) -> list[epb.AlarmMember]:

@@ -294,7 +294,17 @@ class _Exec:
         return resp
 
     def compare(self, c: pb.Compare) -> bool:
-        r = self.tx.get(c.key)
+        """etcd's compare: over a range it must hold for every key in it; a range with
+        no key compares a missing key."""
+        if not c.range_end:
+            return self.compare_one(c, self.tx.get(c.key))
+        found = [r for _, r in self.tx.scan(*_bounds(c.key, c.range_end))]
+        if not found:
+            return self.compare_one(c, None)
+        return all(self.compare_one(c, r) for r in found)
+
+    @staticmethod
+    def compare_one(c: pb.Compare, r: KeyRecord | None) -> bool:
         a: int | bytes
         b: int | bytes
         if c.target == _C.VALUE:
@@ -307,6 +317,8 @@ class _Exec:
             a, b = (r.create_revision if r else 0), c.create_revision
         elif c.target == _C.MOD:
             a, b = (r.mod_revision if r else 0), c.mod_revision
+        elif c.target == _C.LEASE:
+            a, b = (r.lease if r else 0), c.lease
         else:
             raise _InvalidCommand(f"unknown compare target {c.target}")
         if c.result == _C.EQUAL:

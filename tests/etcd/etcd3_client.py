@@ -34,6 +34,20 @@ def main() -> None:
     )
     out["txn"] = ok
     out["txn_value"] = b.get("py/t")[0].decode()
+    # Compares over a key range (clientv3 sends them for WithPrefix()).
+    a.put("py/r/1", "x")
+    a.put("py/r/2", "y")
+    newest = a.get("py/r/2")[1].mod_revision
+    t = a.transactions
+    rng = {"range_end": "py/r0"}
+    out["range_compares"] = [
+        a.transaction(compare=[t.mod("py/r/", **rng) < newest + 1], success=[], failure=[])[0],
+        a.transaction(compare=[t.mod("py/r/", **rng) > newest - 1], success=[], failure=[])[0],
+        a.transaction(
+            compare=[t.version("py/none/", range_end="py/none0") == 0], success=[], failure=[]
+        )[0],
+        a.transaction(compare=[t.value("py/r/", **rng) == "x"], success=[], failure=[])[0],
+    ]
     lease = a.lease(30)
     a.put("py/l", "x", lease=lease)
     out["lease_granted_ttl"] = lease.granted_ttl

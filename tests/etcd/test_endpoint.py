@@ -8,6 +8,7 @@ import ipaddress
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -173,3 +174,45 @@ def test_port_in_use_is_a_clear_start_up_error(tmp_path: Path) -> None:
     assert p.returncode == 1
     assert f"etcd endpoint 127.0.0.1:{port}: cannot listen" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_raftd_dev_prints_working_etcd_endpoints(tmp_path: Path) -> None:
+    """``raftd dev`` starts an endpoint on every node and prints them; etcdctl works
+    against what it printed; SIGINT stops it cleanly."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "raftd", "dev", "--dir", str(tmp_path / "dev")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        wait_until(
+            lambda: any("Ctrl-C stops" in ln for ln in lines) or proc.poll() is not None,
+            120,
+            what="raftd dev up",
+        )
+        endpoints = [ln.split()[-1] for ln in lines if "etcd endpoint" in ln]
+        assert len(endpoints) == 3, "\n".join(lines)
+        hint = next(ln for ln in lines if "etcdctl --endpoints" in ln)
+        assert ",".join(endpoints) in hint
+        ctl = Etcdctl(etcdctl_path(), endpoints)
+        members = ctl.json("member", "list")["members"]
+        assert len(members) == 3
+        ctl.out("put", "dev/k", "v")
+        assert Etcdctl(etcdctl_path(), endpoints[2:]).out("get", "dev/k").split() == ["dev/k", "v"]
+    finally:
+        proc.send_signal(2)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0

@@ -189,6 +189,41 @@ def test_txn_interactive(leader: Node, follower: Node) -> None:
     assert ctl(leader).out("get", "t6/result").strip() == ""
 
 
+def test_txn_lease_compare(leader: Node, follower: Node) -> None:
+    """Lease compares, over raw gRPC: etcdctl 3.4's ``lease("k") = "id"`` panics in
+    the client before it sends anything (it hands clientv3 a string for the id)."""
+    c = ctl(follower)
+    lid = int(c.out("lease", "grant", "60").split()[1], 16)
+    c.out("put", "t6l/k", "v", f"--lease={lid:x}")
+    EC = epb.Compare
+    with grpc.insecure_channel(follower.etcd_endpoint) as ch:
+        txn = ch.unary_unary(
+            "/etcdserverpb.KV/Txn",
+            request_serializer=epb.TxnRequest.SerializeToString,
+            response_deserializer=epb.TxnResponse.FromString,
+        )
+
+        def run(cmp: epb.Compare) -> str:
+            put = epb.RequestOp(request_put=epb.PutRequest(key=b"t6l/res", value=b"held"))
+            other = epb.RequestOp(request_put=epb.PutRequest(key=b"t6l/res", value=b"not"))
+            resp = txn(epb.TxnRequest(compare=[cmp], success=[put], failure=[other]), timeout=15)
+            got = ctl(leader).out("get", "t6l/res", "--print-value-only").strip()
+            assert got == ("held" if resp.succeeded else "not")
+            return got
+
+        assert run(EC(key=b"t6l/k", target=EC.LEASE, result=EC.EQUAL, lease=lid)) == "held"
+        assert run(EC(key=b"t6l/k", target=EC.LEASE, result=EC.NOT_EQUAL, lease=lid)) == "not"
+        c.out("put", "t6l/k", "v2")  # a put without a lease detaches the key
+        assert run(EC(key=b"t6l/k", target=EC.LEASE, result=EC.EQUAL, lease=lid)) == "not"
+        assert run(EC(key=b"t6l/k", target=EC.LEASE, result=EC.EQUAL, lease=0)) == "held"
+        # over a prefix: every key's lease must match
+        c.out("put", "t6l/k2", "v", f"--lease={lid:x}")
+        pre = {"key": b"t6l/k", "range_end": b"t6l/l"}
+        assert run(EC(**pre, target=EC.LEASE, result=EC.EQUAL, lease=0)) == "not"  # type: ignore[arg-type]
+        assert run(EC(**pre, target=EC.LEASE, result=EC.LESS, lease=lid + 1)) == "held"  # type: ignore[arg-type]
+    c.out("lease", "revoke", f"{lid:x}")
+
+
 def test_watch_prefix_prev_kv_via_follower(
     leader: Node, follower: Node, procs: list[Lines]
 ) -> None:
@@ -403,6 +438,7 @@ def test_python_etcd3_client(leader: Node, follower: Node) -> None:
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["get"] == "1" and out["prefix"] == ["py/a", "py/b"]
     assert out["txn"] is True and out["txn_value"] == "yes"
+    assert out["range_compares"] == [True, False, True, False]
     assert out["lease_granted_ttl"] == 30 and out["lease_keys"] == ["py/l"]
     assert out["after_revoke"] is None
     assert out["watch"] == [
@@ -515,6 +551,39 @@ def test_member_add_promote_remove_move_leader(etcd_cluster: LocalCluster, follo
     )
     assert "Leadership transferred" in everyone.out("move-leader", tid)
     assert etcd_cluster.wait_leader() is target
+
+
+def test_member_update_replaces_addresses(etcd_cluster: LocalCluster, follower: Node) -> None:
+    """MemberUpdate is ``raftd member add`` of the member again with addresses: every
+    other member then has exactly those (etcd replaces a member's peer URLs too)."""
+    c = ctl(follower)
+    target = next(n for n in etcd_cluster.nodes if n is not follower)
+    mid = format(
+        next(m["ID"] for m in c.json("member", "list")["members"] if m["name"] == target.peer_id),
+        "x",
+    )
+    extra = f"/ip4/127.0.0.1/tcp/9/p2p/{target.peer_id}"
+    urls = f"http://127.0.0.1:{target.port}?p2p={target.peer_id},http://127.0.0.1:9?p2p={target.peer_id}"
+    assert "updated in cluster" in c.out("member", "update", mid, f"--peer-urls={urls}")
+
+    def listed(n: Node) -> list[str]:
+        for m in ctl(n).json("member", "list")["members"]:
+            if m["name"] == target.peer_id:
+                return list(m["peerURLs"])
+        raise AssertionError(f"{target.peer_id} missing from {n.name}'s member list")
+
+    for n in etcd_cluster.nodes:
+        if n is not target:  # a node lists its own listen addresses
+            wait_until(lambda n=n: extra in listed(n), 15, what=f"{n.name} lists {extra}")  # type: ignore[misc]
+            assert sorted(listed(n)) == sorted([target.addr, extra])
+    other = next(n for n in etcd_cluster.nodes if n is not target)
+    bad = f"--peer-urls=http://127.0.0.1:9?p2p={other.peer_id}"
+    assert "member URLs are invalid" in c.fails("member", "update", mid, bad)
+    assert "etcdserver: member not found" in c.fails("member", "update", "1234", bad)
+    names = sorted(m["name"] for m in c.json("member", "list")["members"])
+    assert names == sorted(n.peer_id for n in etcd_cluster.nodes)
+    c.out("put", "t17u/after", "ok")  # the cluster still works
+    assert ctl(target).out("get", "t17u/after", "--print-value-only").strip() == "ok"
 
 
 def test_lock_passes_on_when_the_holders_node_dies(

@@ -1,5 +1,6 @@
 """EtcdService over a real in-memory state machine (no daemon): what depends on the
-watch window, made deterministic by resetting the window as a restart does."""
+watch window, made deterministic by resetting the window as a restart does; and over
+an in-process daemon whose disk fills (the NOSPACE alarm)."""
 
 from __future__ import annotations
 
@@ -119,3 +120,35 @@ async def test_progress_notify_sends_empty_responses_when_idle() -> None:
     assert idle.watch_id == 0 and not idle.events and idle.header.revision == 3
     assert event.events[0].kv.value == b"v4"
     assert not idle2.events and idle2.header.revision == 4
+
+
+async def test_full_disk_raises_the_nospace_alarm(tmp_path: Any) -> None:
+    """A real daemon (in-process cluster) whose leader's disk fills (ENOSPC injected at
+    its LevelDB writes): its etcd service reports NOSPACE in Alarm and Status, and a
+    write through it gets etcd's "database space exceeded" or "no leader"."""
+    import errno
+
+    from raftd.testing.inproc import NS, cluster
+
+    async with cluster(tmp_path) as (c, _):
+        with trio.fail_after(60):
+            ld = await c.leader()
+            assert ld.daemon is not None and ld.daemon.db is not None
+            es = EtcdService(ld.daemon.api.services[NS], cluster_id=7, client_urls=[])  # type: ignore[attr-defined]
+            far = trio.current_time() + 30
+            await es.put(epb.PutRequest(key=b"k", value=b"v"), far)
+            assert (await es.alarm(epb.AlarmRequest(), far)).alarms == []
+
+            def disk_full(point: str) -> None:
+                if point.startswith("write:"):
+                    raise OSError(errno.ENOSPC, "No space left on device")
+
+            ld.daemon.db.fault_hook = disk_full
+            with pytest.raises(EtcdError) as ei:
+                await es.put(epb.PutRequest(key=b"k2", value=b"v"), trio.current_time() + 5)
+            assert ei.value in (errors.NO_SPACE, errors.NO_LEADER), ei.value
+            assert es.group.failed is not None
+            alarms = (await es.alarm(epb.AlarmRequest(), far)).alarms
+            assert [(a.memberID, a.alarm) for a in alarms] == [(es.member_id, epb.NOSPACE)]
+            st = await es.status(epb.StatusRequest(), far)
+            assert any("alarm:NOSPACE" in e for e in st.errors)

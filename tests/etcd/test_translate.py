@@ -113,20 +113,33 @@ def test_txn_translation() -> None:
     assert t.failure[1].delete_range.range_end == b"b"
 
 
+def test_txn_lease_and_range_compares_translate() -> None:
+    EC, KC = epb.Compare, kpb.Compare
+    req = epb.TxnRequest(
+        compare=[
+            EC(key=b"k", target=EC.LEASE, result=EC.NOT_EQUAL, lease=42),
+            EC(key=b"a", range_end=b"b", target=EC.CREATE, result=EC.GREATER, create_revision=3),
+            EC(key=b"a", range_end=b"\0", target=EC.LEASE, result=EC.EQUAL, lease=0),
+        ]
+    )
+    c = txn_command(req).compare
+    assert (c[0].target, c[0].result, c[0].lease, c[0].range_end) == (
+        KC.LEASE,
+        KC.NOT_EQUAL,
+        42,
+        b"",
+    )
+    assert (c[1].target, c[1].create_revision, c[1].range_end) == (KC.CREATE, 3, b"b")
+    assert c[2].range_end == b"\0" and c[2].WhichOneof("target_union") == "lease"
+
+
 @pytest.mark.parametrize(
     ("req", "message"),
     [
         (epb.TxnRequest(success=[op_put(b"")]), "key is not provided"),
         (epb.TxnRequest(success=[op_put(b"k"), op_put(b"k")]), "duplicate key"),
         (epb.TxnRequest(success=[op_put(b"k%d" % i) for i in range(129)]), "too many operations"),
-        (
-            epb.TxnRequest(compare=[epb.Compare(key=b"k", target=epb.Compare.LEASE, lease=1)]),
-            "lease compares",
-        ),
-        (
-            epb.TxnRequest(compare=[epb.Compare(key=b"k", range_end=b"z")]),
-            "compares over a key range",
-        ),
+        (epb.TxnRequest(compare=[epb.Compare(key=b"k", target=9)]), "unknown compare"),  # type: ignore[arg-type]
         (
             epb.TxnRequest(success=[epb.RequestOp(request_txn=epb.TxnRequest())]),
             "nested transactions",

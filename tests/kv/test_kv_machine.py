@@ -160,6 +160,39 @@ def test_txn_on_missing_key(machine: Machine) -> None:
     assert r.txn.succeeded and r.revision == 1
 
 
+def test_txn_lease_and_range_compares(machine: Machine) -> None:
+    sm = machine.sm
+    do = Driver(sm)
+    assert do(C.encode(pb.Command(lease_grant=pb.LeaseGrantRequest(ttl=60, id=7)))).status == OK
+    do(C.encode(pb.Command(put=pb.PutRequest(key=b"r/a", value=b"1", lease=7))))
+    do(C.put(b"r/b", b"2"))  # r/a: lease 7, mod 1; r/b: no lease, mod 2
+
+    def holds(*cs: pb.Compare) -> bool:
+        r = do(C.txn(list(cs), [C.op_get(b"r/a")]))
+        assert r.status == OK
+        return r.txn.succeeded
+
+    eq, gt, lt, ne = pb.Compare.EQUAL, pb.Compare.GREATER, pb.Compare.LESS, pb.Compare.NOT_EQUAL
+    lease, mod, value = pb.Compare.LEASE, pb.Compare.MOD, pb.Compare.VALUE
+    assert holds(pb.Compare(key=b"r/a", target=lease, result=eq, lease=7))
+    assert not holds(pb.Compare(key=b"r/b", target=lease, result=eq, lease=7))
+    assert holds(pb.Compare(key=b"r/b", target=lease, result=eq, lease=0))
+    assert holds(pb.Compare(key=b"nope", target=lease, result=eq, lease=0))
+    # over a range: every key must satisfy it
+    rng = {"key": b"r/", "range_end": b"r0"}
+    assert holds(pb.Compare(**rng, target=mod, result=lt, mod_revision=3))  # type: ignore[arg-type]
+    assert not holds(pb.Compare(**rng, target=mod, result=gt, mod_revision=1))  # type: ignore[arg-type]
+    assert not holds(pb.Compare(**rng, target=lease, result=eq, lease=7))  # type: ignore[arg-type]
+    assert holds(pb.Compare(**rng, target=value, result=ne, value=b"3"))  # type: ignore[arg-type]
+    # an empty range compares a missing key: a value compare fails, others see 0
+    empty = {"key": b"s/", "range_end": b"s0"}
+    assert holds(pb.Compare(**empty, target=mod, result=eq, mod_revision=0))  # type: ignore[arg-type]
+    assert not holds(pb.Compare(**empty, target=value, result=ne, value=b"x"))  # type: ignore[arg-type]
+    # "\0" as range_end: every key from `key` on
+    assert not holds(pb.Compare(key=b"r/b", range_end=b"\0", target=mod, result=lt, mod_revision=2))
+    assert holds(pb.Compare(key=b"r/b", range_end=b"\0", target=mod, result=lt, mod_revision=3))
+
+
 def test_txn_ops_run_in_order_and_share_one_revision(machine: Machine) -> None:
     sm = machine.sm
     do = Driver(sm)
