@@ -7,6 +7,11 @@ and the full membership (``min(N, cap)`` voters, the rest learners). The status 
 rewritten at most every 0.1 s and polled every 20 ms, so figures carry up to ~0.12 s of
 observation delay. Prints one line per trial, then medians and p99 (nearest rank), and
 a last line of JSON. Needs root (network namespaces).
+
+``--hold S --rate R``: once formed, the fleet is kept for S more seconds under R puts per
+second (each through the next daemon in turn, so most are forwarded), and the trial
+reports the leader changes seen in that time (distinct leader and term pairs in the
+status files, polled every 0.2 s, minus one) and the puts that failed.
 """
 
 from __future__ import annotations
@@ -33,6 +38,34 @@ def percentile(xs: list[float], p: float) -> float:
     return s[k]
 
 
+def hold(fleet: Fleet, seconds: float, rate: float) -> tuple[int, int, int]:
+    """Puts at ``rate`` per second for ``seconds``; (leader changes, ok, failed)."""
+    seen: set[tuple[str, int]] = set()
+    ok = failed = i = 0
+    interval = 1.0 / rate if rate > 0 else math.inf
+    start = time.monotonic()
+    next_put = start
+    next_look = start
+    while (now := time.monotonic()) < start + seconds:
+        if now >= next_look:
+            next_look = now + 0.2
+            for st in fleet.statuses():
+                if st and st.get("leader"):
+                    seen.add((st["leader"], int(st.get("term", 0))))
+        if now >= next_put:
+            next_put += interval
+            node = fleet[i % len(fleet)]
+            i += 1
+            try:
+                with node.client(timeout=5.0) as c:
+                    c.put(f"hold/{i % 1000}", "x" * 100)
+                ok += 1
+            except Exception:
+                failed += 1
+        time.sleep(max(0.0, min(next_put, next_look) - time.monotonic()))
+    return max(0, len(seen) - 1), ok, failed
+
+
 def one_trial(n: int, args: argparse.Namespace, base: Path) -> tuple[float, float, float]:
     extra: list[str] = []
     if args.expect:
@@ -56,6 +89,13 @@ def one_trial(n: int, args: argparse.Namespace, base: Path) -> tuple[float, floa
                 if math.isnan(leader_at) and all(sts) and len(leaders) == 1 and "" not in leaders:
                     leader_at = now
                 if one_cluster(sts, ids, args.cap):
+                    if args.hold > 0:
+                        changes, ok, failed = hold(fleet, args.hold, args.rate)
+                        print(
+                            f"nodes={n} held {args.hold:.0f}s at {args.rate:g} puts/s: "
+                            f"{changes} leader changes, {ok} puts ok, {failed} failed",
+                            flush=True,
+                        )
                     return up_at, leader_at, now
                 time.sleep(0.02)
             print(fleet.explain(), file=sys.stderr)
@@ -74,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cap", type=int, default=5, help="voter cap the daemons use")
     ap.add_argument("--timeout", type=float, default=120.0, help="per trial")
     ap.add_argument("--keep", help="keep the data directories under this path")
+    ap.add_argument("--hold", type=float, default=0.0, help="seconds to keep each formed fleet")
+    ap.add_argument("--rate", type=float, default=10.0, help="puts per second while held")
     args = ap.parse_args(argv)
     reason = require_netns()
     if reason is not None:

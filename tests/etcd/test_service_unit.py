@@ -134,7 +134,8 @@ async def test_full_disk_raises_the_nospace_alarm(tmp_path: Any) -> None:
         with trio.fail_after(60):
             ld = await c.leader()
             assert ld.daemon is not None and ld.daemon.db is not None
-            es = EtcdService(ld.daemon.api.services[NS], cluster_id=7, client_urls=[])  # type: ignore[attr-defined]
+            assert ld.daemon.api is not None
+            es = EtcdService(ld.daemon.api.services[NS], cluster_id=7, client_urls=[])
             far = trio.current_time() + 30
             await es.put(epb.PutRequest(key=b"k", value=b"v"), far)
             assert (await es.alarm(epb.AlarmRequest(), far)).alarms == []
