@@ -4,6 +4,7 @@ Only the standard library may be imported here (enforced by ``tests/core/test_pu
 The runtime drives a :class:`RawNode` and follows the :class:`Ready` contract.
 """
 
+from raftd.core import wakeup
 from raftd.core.raft import TRANSFER_IN_PROGRESS, TRANSIENT_REFUSALS, Config, ProposalDroppedError
 from raftd.core.rawnode import PeerProgress, RawNode, Ready, Status
 from raftd.core.storage import MemoryStorage, Storage
@@ -51,4 +52,5 @@ __all__ = [
     "StateType",
     "Status",
     "Storage",
+    "wakeup",
 ]

@@ -136,6 +136,9 @@ class Raft:
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = self.election_timeout
+        # Elections this node started (pre-vote or vote), for operators: a node that
+        # campaigns while its leader is healthy is disrupting the group.
+        self.campaigns = 0
         # Appends are broadcast once per Ready rather than once per proposal, so that
         # many proposals share one append message (batching). None: nothing pending.
         self._pending_bcast: bool | None = None
@@ -423,6 +426,7 @@ class Raft:
             return
         if self._has_unapplied_conf_changes():
             return  # campaigning with a stale configuration could elect wrongly
+        self.campaigns += 1
         if self.pre_vote and not transfer:
             self.campaign_pre()
         else:

@@ -348,6 +348,12 @@ class RawNode:
         return self.raft.state
 
     @property
+    def campaigns(self) -> int:
+        """Elections this node started since it was created (a pre-vote or a vote
+        round, for any cause: an election timeout, a lost leader, a transfer)."""
+        return self.raft.campaigns
+
+    @property
     def committed(self) -> int:
         return self.raft.log.committed
 

@@ -95,6 +95,13 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("namespace",),
         "Times this node saw the leader change (including to none).",
     ),
+    "raftd_campaigns_total": (
+        "counter",
+        ("namespace",),
+        "Elections this node started (pre-vote or vote rounds), for any cause: an election "
+        "timeout, a lost leader, a leadership transfer. Grows while a healthy leader leads: "
+        "this node disrupts the group.",
+    ),
     "raftd_slow_persists_total": (
         "counter",
         ("namespace",),
@@ -307,6 +314,7 @@ class RaftdCollector(Collector):
             f["raftd_members"].add_metric([ns, "learner"], float(len(members) - voters))
 
             f["raftd_leader_changes_total"].add_metric([ns], float(gs.leader_changes))
+            f["raftd_campaigns_total"].add_metric([ns], float(gs.campaigns))
             f["raftd_slow_persists_total"].add_metric([ns], float(gs.slow_persists))
             f["raftd_stuck_persist_handovers_total"].add_metric(
                 [ns], float(gs.stuck_persist_handovers)

@@ -56,6 +56,7 @@ from raftd.core import (
     Snapshot,
     SnapshotMetadata,
     StateType,
+    wakeup,
 )
 from raftd.kv.machine import ApplyResult, KVStateMachine
 from raftd.runtime.contracts import GroupStateMachine
@@ -213,6 +214,8 @@ class GroupStats:
     slow_persists: int = 0
     #: Leadership hand-overs by a leader whose own persist was stuck.
     stuck_persist_handovers: int = 0
+    #: Elections this node started (see :attr:`RawNode.campaigns`).
+    campaigns: int = 0
     #: Ticks counted, and how often the ticker woke to count them (an idle group
     #: sleeps through the ticks that only advance its timers).
     ticks: int = 0
@@ -686,21 +689,13 @@ class Group(Generic[ST, SM]):
     def _take_inputs(self, node: RawNode) -> None:
         # Messages before ticks: a heartbeat that queued up while this loop was held up
         # resets the election timer before the ticks of that wait are counted.
+        # The order and the bound are :mod:`raftd.core.wakeup`'s, shared with the
+        # simulator's stalled-node fault.
         self._step_quiet_ticks(node)
-        inbox = self._inbox
-        while inbox:
-            m = inbox.popleft()
-            try:
-                node.step(m)
-            except Exception:
-                log.exception("%s: stepping %s from %s failed", self.namespace, m.type.name, m.frm)
-        if self._ticks:
-            # One long stall of this process is not many ticks of silence from others.
-            for _ in range(min(self._ticks, self.MAX_TICKS_AT_ONCE)):
-                node.tick()
-            if self._commands:
-                self._resend_due_commands(node)
-            self._ticks = 0
+        ticks, self._ticks = self._ticks, 0
+        wakeup.step_wakeup(node, self._inbox, ticks, self._step_failed)
+        if ticks and self._commands:
+            self._resend_due_commands(node)
         while self._reports:
             kind, peer, ok = self._reports.popleft()
             if kind == "unreachable":
@@ -713,6 +708,7 @@ class Group(Generic[ST, SM]):
                 node.campaign()
         while self._transfers:
             node.transfer_leader(self._transfers.pop(0))
+        self.stats.campaigns = node.campaigns
         if self._proposals:
             self._propose_all(node)
         if self._commands_due:
@@ -726,6 +722,15 @@ class Group(Generic[ST, SM]):
                 self._reads_in_flight[ctx] = self._read_waiters
                 node.read_index(ctx)
             self._read_waiters = []
+
+    def _step_failed(self, m: Message, exc: Exception) -> None:
+        log.error(
+            "%s: stepping %s from %s failed",
+            self.namespace,
+            m.type.name,
+            m.frm,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
 
     def _propose_all(self, node: RawNode) -> None:
         props, self._proposals = self._proposals, []
@@ -813,10 +818,6 @@ class Group(Generic[ST, SM]):
     #: Scheduler rounds given to the transport's readers before an election timeout or
     #: a check-quorum is counted (socket -> Noise/Yamux -> frame reader -> inbox).
     READ_ROUNDS_BEFORE_TIMEOUT = 3
-
-    #: Ticks counted at most per loop wake-up: a stall of this process (a slow disk, a
-    #: starved CPU) must not turn into an election timeout of its own making.
-    MAX_TICKS_AT_ONCE = 2
 
     #: Quiet ticks the ticker sleeps through at most, at once.
     MAX_QUIET_TICKS = 64

@@ -9,6 +9,13 @@ from the fault menu (the ``Next`` relation of raft.tla, and more):
   messages, ticks and proposals meanwhile and sends what ``take_early_messages`` gives;
 - deliver ANY in-flight message (so order is arbitrary), drop one, duplicate one;
 - partition and heal, isolate the leader;
+- stall a node (its process stopped: a starved CPU, SIGSTOP): for a while it is neither
+  ticked nor handed messages nor lets its Ready run, while the others go on; the ticks it
+  misses are counted and the messages sent to it wait in the bag. When the stall ends it
+  reads every message waiting for it and resumes through
+  :func:`raftd.core.wakeup.step_wakeup`, the daemon's own policy (messages first, then at
+  most two of the missed ticks). The scenario that checks the policy's point (the node
+  does not blame others for its own stall) is :mod:`raftd.testing.sim_stall`;
 - crash a node (everything not yet persisted is lost) and restart it from what its
   storage holds: hard state, log and snapshot;
 - propose, add or remove a voter, add or promote a learner, transfer leadership,
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -48,6 +56,7 @@ from raftd.core import (
     Snapshot,
     SnapshotMetadata,
     StateType,
+    wakeup,
 )
 from raftd.core.storage import MemoryStorage
 
@@ -96,6 +105,9 @@ class NodeState:
     ready_reads: list[tuple[bytes, int]] = field(default_factory=list)
     # A Ready whose persist is still running (a slow disk), finished by a later a_ready.
     outstanding: Ready | None = None
+    # A stalled node: steps left until it resumes (0: running), and the ticks it missed.
+    stall_left: int = 0
+    missed_ticks: int = 0
 
 
 def _encode_snapshot(chain: int, props: list[bytes]) -> bytes:
@@ -177,12 +189,59 @@ class Simulator:
     def _crash(self, nid: NodeId) -> None:
         ns = self.nodes[nid]
         ns.raw = None
+        ns.stall_left = ns.missed_ticks = 0
         ns.outstanding = None  # its write never landed
         ns.reads = {}
         ns.ready_reads = []
 
     def alive(self) -> list[NodeId]:
         return [n for n in self.ids if self.nodes[n].raw is not None]
+
+    def running(self) -> list[NodeId]:
+        """Alive and not stalled: the nodes whose process runs."""
+        return [n for n in self.alive() if not self.nodes[n].stall_left]
+
+    def _running_leader(self) -> NodeId | None:
+        ld = self.leader()
+        return ld if ld is not None and not self.nodes[ld].stall_left else None
+
+    # -- stalls ----------------------------------------------------------------------------
+    def stall(self, nid: NodeId, steps: int) -> None:
+        """Stop ``nid``'s process for ``steps`` steps (see the module docstring)."""
+        ns = self.nodes[nid]
+        if ns.raw is None or steps <= 0:
+            return
+        ns.stall_left = steps
+        ns.missed_ticks = 0
+        self.stats["stalls"] = self.stats.get("stalls", 0) + 1
+
+    def resume(self, nid: NodeId) -> int:
+        """End ``nid``'s stall: it reads every message waiting for it in the bag (a
+        blocked link loses them), then steps them and its missed ticks through the
+        daemon's wake-up policy. Returns the ticks stepped."""
+        ns = self.nodes[nid]
+        raw = ns.raw
+        missed = ns.missed_ticks
+        ns.stall_left = ns.missed_ticks = 0
+        if raw is None:
+            return 0
+        inbox: deque[Message] = deque()
+        keep: list[Message] = []
+        for m in self.bag:
+            if m.to != nid:
+                keep.append(m)
+            elif (m.frm, m.to) in self.blocked:
+                self._on_lost(m)
+            else:
+                inbox.append(m)
+        self.bag = keep
+        snaps = [m.frm for m in inbox if m.type == MessageType.SNAP]
+        ticked = wakeup.step_wakeup(raw, inbox, missed)
+        for frm in snaps:
+            sender = self.nodes[frm].raw
+            if sender is not None:
+                sender.report_snapshot(nid, True)
+        return ticked
 
     def leader(self) -> NodeId | None:
         best: tuple[int, NodeId] | None = None
@@ -372,6 +431,8 @@ class Simulator:
 
     # -- the fault menu ------------------------------------------------------------------
     def _deliver(self, i: int) -> None:
+        if self.nodes[self.bag[i].to].stall_left:
+            return  # it waits in the bag (the stalled node's socket) until the node resumes
         m = self.bag.pop(i)
         sender = self.nodes[m.frm]
         if (m.frm, m.to) in self.blocked or self.nodes[m.to].raw is None:
@@ -433,17 +494,26 @@ class Simulator:
             (1, self.a_compact),
             (3, self.a_read),
             (1, self.a_leader_hint),
+            (1, self.a_stall),
         ]
 
     def a_tick(self) -> None:
         alive = self.alive()
         if alive:
-            raw = self.nodes[self.rng.choice(alive)].raw
-            assert raw is not None
-            raw.tick()
+            ns = self.nodes[self.rng.choice(alive)]
+            if ns.stall_left:
+                ns.missed_ticks += 1  # time passes; the stopped process does not see it
+                return
+            assert ns.raw is not None
+            ns.raw.tick()
+
+    def a_stall(self) -> None:
+        running = self.running()
+        if running:
+            self.stall(self.rng.choice(running), self.rng.randint(5, 300))
 
     def a_ready(self) -> None:
-        ready = [n for n in self.alive() if self._has_ready(n)]
+        ready = [n for n in self.running() if self._has_ready(n)]
         if ready:
             nid = self.rng.choice(ready)
             if self.nodes[nid].outstanding is not None and self.rng.random() < 0.75:
@@ -457,7 +527,7 @@ class Simulator:
 
     def a_early(self) -> None:
         """A node whose write is outstanding sends what may leave before it lands."""
-        slow = [n for n in self.alive() if self.nodes[n].outstanding is not None]
+        slow = [n for n in self.running() if self.nodes[n].outstanding is not None]
         if slow:
             raw = self.nodes[self.rng.choice(slow)].raw
             assert raw is not None
@@ -482,7 +552,7 @@ class Simulator:
             self.bag.append(self.bag[self.rng.randrange(len(self.bag))])
 
     def a_propose(self) -> None:
-        ld = self.leader()
+        ld = self._running_leader()
         if ld is None:
             return
         raw = self.nodes[ld].raw
@@ -530,7 +600,7 @@ class Simulator:
 
     def a_conf_change(self) -> None:
         cs = self._members()
-        ld = self.leader()
+        ld = self._running_leader()
         if ld is None:
             return
         members = set(cs.members())
@@ -547,7 +617,7 @@ class Simulator:
             self._propose_conf(ConfChange(ConfChangeType.ADD_VOTER, self.rng.choice(outsiders)))
 
     def a_transfer(self) -> None:
-        ld = self.leader()
+        ld = self._running_leader()
         if ld is None:
             return
         raw = self.nodes[ld].raw
@@ -557,7 +627,7 @@ class Simulator:
             raw.transfer_leader(self.rng.choice(voters))
 
     def a_compact(self) -> None:
-        alive = self.alive()
+        alive = self.running()
         if not alive:
             return
         ns = self.nodes[self.rng.choice(alive)]
@@ -573,14 +643,14 @@ class Simulator:
 
     def a_leader_hint(self) -> None:
         """A (possibly false) failure-detector hint that the leader is gone."""
-        alive = self.alive()
+        alive = self.running()
         if alive:
             raw = self.nodes[self.rng.choice(alive)].raw
             assert raw is not None
             raw.report_leader_unreachable()
 
     def a_read(self) -> None:
-        alive = self.alive()
+        alive = self.running()
         if not alive:
             return
         ns = self.nodes[self.rng.choice(alive)]
@@ -601,6 +671,12 @@ class Simulator:
                 fn()
                 break
             r -= w
+        for nid in self.alive():
+            ns = self.nodes[nid]
+            if ns.stall_left:
+                ns.stall_left -= 1
+                if not ns.stall_left:
+                    self.resume(nid)
         self._check_committed_not_lost()
 
     def _check_committed_not_lost(self) -> None:
@@ -637,6 +713,9 @@ class Simulator:
         """Heal everything, restart every member; a new proposal must commit."""
         self.faults = False
         self.blocked.clear()
+        for n in self.alive():
+            if self.nodes[n].stall_left:
+                self.resume(n)
         for n in self.ids:
             if self.nodes[n].started and self.nodes[n].raw is None:
                 self._start(n)

@@ -56,7 +56,7 @@ def test_sim_exercises_the_fault_menu() -> None:
         for k, v in s.stats.items():
             totals[k] = totals.get(k, 0) + v
     assert acked > 200
-    for k in ("reads", "compactions", "snapshots", "confchanges", "crash_before_persist"):
+    for k in ("reads", "compactions", "snapshots", "confchanges", "crash_before_persist", "stalls"):
         assert totals.get(k, 0) > 0, k
 
 

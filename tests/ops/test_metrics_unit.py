@@ -55,6 +55,7 @@ def _source(**extra: Any) -> OpsSource:
         }
     )
     group.stats.leader_changes = 3
+    group.stats.campaigns = 2
     group.stats.proposals_ok = 10
     group.stats.snapshots_installed = 1
     group.stats.apply_seconds.extend([0.0001, 0.003])  # before the collector: kept
@@ -97,6 +98,7 @@ def test_collector_reads_every_input() -> None:
     assert sample(m, "raftd_members", namespace=NS, kind="voter") == 1
     assert sample(m, "raftd_members", namespace=NS, kind="learner") == 1
     assert sample(m, "raftd_leader_changes_total", namespace=NS) == 3
+    assert sample(m, "raftd_campaigns_total", namespace=NS) == 2
     assert sample(m, "raftd_proposals_total", namespace=NS, result="ok") == 10
     assert sample(m, "raftd_forwarded_requests_total", namespace=NS) == 4
     assert sample(m, "raftd_apply_duration_seconds_count", namespace=NS) == 3
