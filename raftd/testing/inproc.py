@@ -53,6 +53,12 @@ class Node:
         assert self.daemon is not None
         return self.daemon.groups[ns]
 
+    @property
+    def socket(self) -> str:
+        """The running daemon's API socket (for :func:`raftd.client.open_client`)."""
+        assert self.daemon is not None
+        return str(self.daemon.cfg.socket_path)
+
 
 class Cluster:
     def __init__(
@@ -109,6 +115,10 @@ class Cluster:
 
     def live(self) -> list[Node]:
         return [n for n in self.nodes if n.daemon is not None]
+
+    def other(self, node: Node) -> Node:
+        """The first node that is not ``node`` (a follower, when ``node`` leads)."""
+        return next(n for n in self.nodes if n is not node)
 
     async def leader(self, ns: str = NS, exclude: Node | None = None) -> Node:
         """The current leader (other than ``exclude``), waiting for one if needed."""
