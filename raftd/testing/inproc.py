@@ -127,15 +127,18 @@ class Cluster:
                 for n in self.live():
                     if n is not exclude and n.group(ns).is_leader:
                         return n
-                async with trio.open_nursery() as waiters:
-                    # Wake on any node's next role or leader change.
-                    for n in self.live():
+                await self.wait_state_change(ns)
 
-                        async def wake(g: Group) -> None:
-                            await g.wait_state_change()
-                            waiters.cancel_scope.cancel()
+    async def wait_state_change(self, ns: str = NS) -> None:
+        """Wait for any live node's next role or leader change in ``ns``."""
+        async with trio.open_nursery() as waiters:
+            for n in self.live():
 
-                        waiters.start_soon(wake, n.group(ns))
+                async def wake(g: Group) -> None:
+                    await g.wait_state_change()
+                    waiters.cancel_scope.cancel()
+
+                waiters.start_soon(wake, n.group(ns))
 
 
 @asynccontextmanager
