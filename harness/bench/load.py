@@ -124,24 +124,14 @@ async def run_load(
         issued = 0
         stop_at = trio.current_time() + duration
 
-        async def worker(c: AsyncClient) -> None:
+        def next_call(c: AsyncClient) -> Awaitable[object] | None:
             nonlocal issued
-            while issued < total and trio.current_time() < stop_at:
-                issued += 1
-                key = _key(rng.randrange(key_space), key_size)
-                t0 = time.perf_counter()
-                try:
-                    await fn(c, key, value)
-                except RaftdError:
-                    res.errs += 1
-                    continue
-                res.latencies.append(time.perf_counter() - t0)
+            if issued >= total or trio.current_time() >= stop_at:
+                return None
+            issued += 1
+            return fn(c, _key(rng.randrange(key_space), key_size), value)
 
-        t0 = time.perf_counter()
-        async with trio.open_nursery() as load:
-            for w in range(clients):
-                load.start_soon(worker, cls[w % conns])
-        res.elapsed = time.perf_counter() - t0
+        await _timed_calls(res, cls, clients, next_call)
         nursery.cancel_scope.cancel()
     return res
 
@@ -171,26 +161,45 @@ async def write_keys(
             )
             cls.append(await nursery.start(_hold, cm))
 
-        async def worker(c: AsyncClient) -> None:
+        def next_call(c: AsyncClient) -> Awaitable[object] | None:
             nonlocal next_i
-            while next_i < n:
-                i = next_i
-                next_i += 1
-                t0 = time.perf_counter()
-                try:
-                    await c.put(f"{prefix}{i:08d}", value)
-                except RaftdError:
-                    res.errs += 1
-                    continue
-                res.latencies.append(time.perf_counter() - t0)
+            if next_i >= n:
+                return None
+            i = next_i
+            next_i += 1
+            return c.put(f"{prefix}{i:08d}", value)
 
-        t0 = time.perf_counter()
-        async with trio.open_nursery() as load:
-            for w in range(clients):
-                load.start_soon(worker, cls[w % conns])
-        res.elapsed = time.perf_counter() - t0
+        await _timed_calls(res, cls, clients, next_call)
         nursery.cancel_scope.cancel()
     return res
+
+
+async def _timed_calls(
+    res: BenchResult,
+    cls: Sequence[AsyncClient],
+    clients: int,
+    next_call: Callable[[AsyncClient], Awaitable[object] | None],
+) -> None:
+    """Keep ``clients`` requests in flight over the connections ``cls`` (worker ``w`` uses
+    ``cls[w % len(cls)]``) until ``next_call`` returns None. Each call's latency goes to
+    ``res.latencies``, a :class:`RaftdError` counts in ``res.errs``; ``res.elapsed`` is the
+    whole run."""
+
+    async def worker(c: AsyncClient) -> None:
+        while (call := next_call(c)) is not None:
+            t0 = time.perf_counter()
+            try:
+                await call
+            except RaftdError:
+                res.errs += 1
+                continue
+            res.latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as load:
+        for w in range(clients):
+            load.start_soon(worker, cls[w % len(cls)])
+    res.elapsed = time.perf_counter() - t0
 
 
 async def _hold(

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.crash.writer import NS
-from raftd.kv.machine import KVStateMachine, prefix_end
+from raftd.kv.machine import KVStateMachine
 from raftd.storage.leveldb import LevelDB
+from raftd.wire.ranges import prefix_end
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -69,6 +69,7 @@ from raftd.runtime.presets import Preset
 from raftd.transport.libp2p import parse_peer_id
 from raftd.wire.pb import api_pb2 as apb
 from raftd.wire.pb import kv_pb2 as kpb
+from raftd.wire.ranges import key_bounds
 
 __all__ = [
     "LEADER_OPS",
@@ -80,7 +81,6 @@ __all__ = [
     "Lane",
     "LanePool",
     "NamespaceService",
-    "key_bounds",
 ]
 
 log = logging.getLogger("raftd.api")
@@ -142,15 +142,6 @@ class LanePool:
 
     def release(self, lane: Lane) -> None:
         self._free.append(lane)
-
-
-def key_bounds(key: bytes, range_end: bytes) -> tuple[bytes, bytes | None]:
-    """etcd range conventions -> ``[start, end)``; ``end=None`` is unbounded."""
-    if not range_end:
-        return key, key + b"\x00"
-    if range_end == b"\x00":
-        return key, None
-    return key, range_end
 
 
 def _kv_of(key: bytes, rec: object | None, revision: int) -> kpb.KeyValue:

@@ -8,25 +8,18 @@ from pathlib import Path
 
 import click
 
-from raftd.cli.base import (
-    EXIT_FAILED,
-    EXIT_OK,
-    Ctx,
-    client_options,
-    emit,
-    main,
-)
+from raftd.cli import base
 
 
-@main.group("snapshot")
+@base.main.group("snapshot")
 def snapshot_group() -> None:
     """Backups: save a consistent snapshot, restore it into a new cluster."""
 
 
 @snapshot_group.command("save")
 @click.argument("file", type=click.Path(path_type=Path))
-@client_options
-def snapshot_save_cmd(opts: Ctx, file: Path) -> int:
+@base.client_options
+def snapshot_save_cmd(opts: base.Ctx, file: Path) -> int:
     """Write a consistent backup of the namespace to FILE (with a SHA-256 checksum)."""
     from raftd.cli.progress import ProgressBar
 
@@ -37,12 +30,12 @@ def snapshot_save_cmd(opts: Ctx, file: Path) -> int:
         out.flush()
         os.fsync(out.fileno())
     part.replace(file)
-    emit(
+    base.emit(
         opts,
         {"file": str(file), "index": index, "size": size},
         f"saved {file}: {size} bytes at index {index}",
     )
-    return EXIT_OK
+    return base.EXIT_OK
 
 
 @snapshot_group.command("restore")
@@ -70,11 +63,11 @@ def snapshot_restore_cmd(
             )
     except BackupError as exc:
         click.echo(f"raftd: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
+        sys.exit(base.EXIT_FAILED)
     click.echo(f"restored {info.namespace} at index {info.index} into {data_dir} (peer id {me})")
 
 
-@main.command("recover")
+@base.main.command("recover")
 @click.option("--force-new-cluster", "force", is_flag=True, required=True)
 @click.option("--data-dir", "data_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--namespace", "namespaces", multiple=True)
@@ -89,7 +82,7 @@ def recover_cmd(force: bool, data_dir: Path, namespaces: tuple[str, ...]) -> Non
         reports = force_new_cluster(data_dir, list(namespaces) or None)
     except RecoverError as exc:
         click.echo(f"raftd: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
+        sys.exit(base.EXIT_FAILED)
     for r in reports:
         click.echo(
             f"{r.namespace}: now a one-voter cluster of {r.peer_id} at index {r.applied}; "

@@ -8,11 +8,7 @@ from typing import Any
 
 import click
 
-from raftd.cli.base import (
-    EXIT_OK,
-    EXIT_UNAVAILABLE,
-    main,
-)
+from raftd.cli import base
 
 
 def _dev_demo(cluster: Any, leader: Any) -> None:
@@ -32,7 +28,7 @@ def _dev_demo(cluster: Any, leader: Any) -> None:
         click.echo(f"demo failed: {exc}", err=True)
 
 
-@main.command("dev")
+@base.main.command("dev")
 @click.option("--nodes", type=int, default=3, show_default=True, help="Cluster size.")
 @click.option("--dir", "base_dir", type=click.Path(path_type=Path), help="Keep data here.")
 @click.option(
@@ -68,7 +64,7 @@ def dev_cmd(base_dir: Path | None, nodes: int, preset: str, namespaces: tuple[st
         keep=base_dir is not None,
         etcd=True,
     )
-    code = EXIT_OK
+    code = base.EXIT_OK
     try:
         click.echo(f"starting {nodes} nodes in {cluster.base_dir} ...")
         cluster.start(wait_leader=False)
@@ -91,11 +87,11 @@ def dev_cmd(base_dir: Path | None, nodes: int, preset: str, namespaces: tuple[st
             dead = [n for n in cluster.nodes if not n.alive]
             if dead:
                 click.echo(f"raftd dev: {dead[0].name} exited:\n{dead[0].log_tail()}", err=True)
-                code = EXIT_UNAVAILABLE
+                code = base.EXIT_UNAVAILABLE
                 break
     except TimeoutError as exc:
         click.echo(f"raftd dev: {exc}", err=True)
-        code = EXIT_UNAVAILABLE
+        code = base.EXIT_UNAVAILABLE
     finally:
         click.echo("stopping ...")
         cluster.close()

@@ -9,15 +9,7 @@ from typing import Any
 
 import click
 
-from raftd.cli.base import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_UNAVAILABLE,
-    Ctx,
-    client_options,
-    emit,
-    main,
-)
+from raftd.cli import base
 
 #: ``raftd catch-up``: how long to wait in all without ``--timeout``.
 CATCH_UP_TIMEOUT_S = 300.0
@@ -27,7 +19,7 @@ CATCH_UP_POLL_S = 0.1
 CATCH_UP_ASK_S = 5.0
 
 
-@main.command("catch-up")
+@base.main.command("catch-up")
 @click.option(
     "--within",
     type=click.IntRange(min=0),
@@ -35,8 +27,10 @@ CATCH_UP_ASK_S = 5.0
     show_default=True,
     help="Done when at most N entries behind the leader's commit index.",
 )
-@client_options(timeout_help=f"Give up after this many seconds (default {CATCH_UP_TIMEOUT_S:g}).")
-def catch_up_cmd(opts: Ctx, within: int) -> int:
+@base.client_options(
+    timeout_help=f"Give up after this many seconds (default {CATCH_UP_TIMEOUT_S:g})."
+)
+def catch_up_cmd(opts: base.Ctx, within: int) -> int:
     """Wait until this daemon has caught up with the leader: its applied index is at
     most --within entries behind the leader's commit index. With --within 0 (the
     default), every write acknowledged before the last check is applied here.
@@ -60,7 +54,7 @@ def catch_up_cmd(opts: Ctx, within: int) -> int:
     deadline = start + limit
     last: GroupStatus | None = None
     last_err: RaftdError | None = None
-    base: int | None = None  # applied index at the first answer: the bar counts from it
+    first_applied: int | None = None  # applied index at the first answer: the bar counts from it
     caught_up = False
     with opts.client() as c, ProgressBar("catch-up", show_pos=True) as bar:
         while True:
@@ -80,11 +74,11 @@ def catch_up_cmd(opts: Ctx, within: int) -> int:
                     "(it predates `raftd catch-up`)",
                     err=True,
                 )
-                return EXIT_FAILED
+                return base.EXIT_FAILED
             last, last_err = st, None
-            if base is None:
-                base = min(st.applied, st.leader_commit)
-            bar.update(st.applied - base, st.leader_commit - base)
+            if first_applied is None:
+                first_applied = min(st.applied, st.leader_commit)
+            bar.update(st.applied - first_applied, st.leader_commit - first_applied)
             if st.applied + within >= st.leader_commit:
                 caught_up = True
                 break
@@ -97,15 +91,15 @@ def catch_up_cmd(opts: Ctx, within: int) -> int:
         report.update(applied=last.applied, leader_commit=last.leader_commit, behind=behind)
     if caught_up:
         assert last is not None
-        emit(
+        base.emit(
             opts,
             report,
             f"caught up: {ns} applied {last.applied}, leader commit {last.leader_commit} "
             f"({report['behind']} behind) in {elapsed:.1f}s",
         )
-        return EXIT_OK
+        return base.EXIT_OK
     if opts.json:
-        emit(opts, report)
+        base.emit(opts, report)
     waited = (
         f"waited for this daemon's applied index of {ns} to come within {within} "
         f"entries of the leader's commit index"
@@ -120,10 +114,10 @@ def catch_up_cmd(opts: Ctx, within: int) -> int:
     if last_err is not None:
         seen += f"; last error: {last_err}"
     click.echo(f"raftd: not caught up within {limit:g}s: {waited}; {seen}", err=True)
-    return EXIT_UNAVAILABLE
+    return base.EXIT_UNAVAILABLE
 
 
-@main.command("reload")
+@base.main.command("reload")
 @click.option("--data-dir", "data_dir", type=click.Path(path_type=Path), required=True)
 def reload_cmd(data_dir: Path) -> None:
     """Make the daemon re-read its key files (as SIGHUP does)."""
@@ -134,5 +128,5 @@ def reload_cmd(data_dir: Path) -> None:
         os.kill(pid, _signal.SIGHUP)
     except (OSError, ValueError) as exc:
         click.echo(f"raftd: cannot signal the daemon of {data_dir}: {exc}", err=True)
-        sys.exit(EXIT_UNAVAILABLE)
+        sys.exit(base.EXIT_UNAVAILABLE)
     click.echo(f"sent SIGHUP to {pid}")

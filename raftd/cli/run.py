@@ -10,14 +10,10 @@ from typing import Any
 
 import click
 
-from raftd.cli.base import (
-    EXIT_USAGE,
-    given,
-    main,
-)
+from raftd.cli import base
 
 
-@main.command()
+@base.main.command()
 @click.option("--data-dir", "data_dir", type=click.Path(path_type=Path), help="Data directory.")
 @click.option("--namespace", "namespaces", multiple=True, help="Raft group, e.g. /raft/cron.")
 @click.option("--listen", "listen", multiple=True, help="libp2p listen multiaddr.")
@@ -63,7 +59,7 @@ def run(ctx: click.Context, /, config_file: Path | None, discovery: str | None, 
     from raftd.app.config import ConfigError, load_config
 
     names = [n for n in ctx.params if n not in ("config_file", "discovery")]
-    flags = given(ctx, names)
+    flags = base.given(ctx, names)
     if discovery is not None:
         flags["discovery"] = [] if discovery == "none" else discovery.split(",")
     cfg_file = config_file or (
@@ -73,7 +69,7 @@ def run(ctx: click.Context, /, config_file: Path | None, discovery: str | None, 
         cfg = load_config(flags, os.environ, cfg_file)
     except ConfigError as exc:
         click.echo(f"raftd: configuration error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+        sys.exit(base.EXIT_USAGE)
     from raftd.app.runner import run_daemon
 
     sys.exit(run_daemon(cfg))

@@ -6,17 +6,7 @@ from typing import Any
 
 import click
 
-from raftd.cli.base import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_USAGE,
-    Ctx,
-    client_options,
-    emit,
-    main,
-    to_bytes,
-    to_text,
-)
+from raftd.cli import base
 
 
 def parse_txn(text: str) -> tuple[list[Any], list[Any], list[Any]]:
@@ -33,13 +23,13 @@ def parse_txn(text: str) -> tuple[list[Any], list[Any], list[Any]]:
             raise ValueError(f"{where}: empty operation")
         verb, args = words[0].lower(), words[1:]
         if verb == "put" and len(args) == 2:
-            return op_put(to_bytes(args[0]), to_bytes(args[1]))
+            return op_put(base.to_bytes(args[0]), base.to_bytes(args[1]))
         if verb == "get" and len(args) in (1, 2):
-            return op_get(to_bytes(args[0]), to_bytes(args[1]) if len(args) == 2 else b"")
+            return op_get(base.to_bytes(args[0]), base.to_bytes(args[1]) if len(args) == 2 else b"")
         if verb in ("del", "delete") and len(args) == 1:
-            return op_delete(to_bytes(args[0]))
+            return op_delete(base.to_bytes(args[0]))
         if verb in ("del", "delete") and len(args) == 2:
-            return op_delete_range(to_bytes(args[0]), to_bytes(args[1]))
+            return op_delete_range(base.to_bytes(args[0]), base.to_bytes(args[1]))
         raise ValueError(f"{where}: expected put KEY VALUE | get KEY [END] | del KEY [END]")
 
     stripped = text.strip()
@@ -51,7 +41,7 @@ def parse_txn(text: str) -> tuple[list[Any], list[Any], list[Any]]:
             operand = c.get("value") if target == "value" else int(c.get("value", 0))
             if target == "value" and not isinstance(operand, str):
                 raise ValueError(f"compare {i}: value must be a string")
-            cmps.append(compare(to_bytes(c["key"]), target, c.get("op", "="), operand))
+            cmps.append(compare(base.to_bytes(c["key"]), target, c.get("op", "="), operand))
 
         def ops(items: list[dict[str, Any]], name: str) -> list[Any]:
             out = []
@@ -93,19 +83,24 @@ def parse_txn(text: str) -> tuple[list[Any], list[Any], list[Any]]:
         key = shlex.split(key)[0]
         value: str | int = shlex.split(operand)[0] if target == "value" else int(operand)
         cmps.append(
-            compare(to_bytes(key), target, op, to_bytes(value) if isinstance(value, str) else value)
+            compare(
+                base.to_bytes(key),
+                target,
+                op,
+                base.to_bytes(value) if isinstance(value, str) else value,
+            )
         )
     succ = [op_of(shlex.split(ln), f"success {ln!r}") for ln in sections[1]]
     fail = [op_of(shlex.split(ln), f"failure {ln!r}") for ln in sections[2]]
     return cmps, succ, fail
 
 
-@main.command("txn")
+@base.main.command("txn")
 @click.option(
     "--file", "-f", "path", type=click.File("r"), default="-", help="Input (default stdin)."
 )
-@client_options
-def txn_cmd(opts: Ctx, path: Any) -> int:
+@base.client_options
+def txn_cmd(opts: base.Ctx, path: Any) -> int:
     """Run a transaction read from stdin; exit 0 if the compares held, 1 if not.
 
     \b
@@ -130,7 +125,7 @@ def txn_cmd(opts: Ctx, path: Any) -> int:
         cmps, succ, fail = parse_txn(path.read())
     except (ValueError, KeyError, TypeError) as exc:
         click.echo(f"raftd: bad transaction: {exc}", err=True)
-        return EXIT_USAGE
+        return base.EXIT_USAGE
     with opts.client() as c:
         r = c.txn(cmps, succ, fail)
     if opts.json:
@@ -142,15 +137,15 @@ def txn_cmd(opts: Ctx, path: Any) -> int:
                 out.append({"deleted": x.deleted})
             else:
                 out.append({"put": True})
-        emit(opts, {"succeeded": r.succeeded, "revision": r.revision, "responses": out})
+        base.emit(opts, {"succeeded": r.succeeded, "revision": r.revision, "responses": out})
     else:
         click.echo("SUCCESS" if r.succeeded else "FAILURE")
         for x in r.responses:
             if hasattr(x, "kvs"):
                 for kv in x.kvs:
-                    click.echo(f"{to_text(kv.key)}\t{to_text(kv.value)}")
+                    click.echo(f"{base.to_text(kv.key)}\t{base.to_text(kv.value)}")
             elif hasattr(x, "deleted"):
                 click.echo(f"deleted {x.deleted}")
             else:
                 click.echo("OK")
-    return EXIT_OK if r.succeeded else EXIT_FAILED
+    return base.EXIT_OK if r.succeeded else base.EXIT_FAILED

@@ -22,77 +22,11 @@ Example::
         print(c.get("greeting").value)
 """
 
-from raftd.client._proto import (
-    DEFAULT_SOCKET,
-    CasResult,
-    Compacted,
-    ConnectionLost,
-    DeadlineExceeded,
-    DeleteResult,
-    Event,
-    FailedPrecondition,
-    GroupStatus,
-    Internal,
-    InvalidArgument,
-    KeyValue,
-    Lease,
-    LeaseInfo,
-    LeaseTTL,
-    Member,
-    NotFound,
-    PutResult,
-    RaftdError,
-    RangeResult,
-    TooLarge,
-    TxnResult,
-    Unauthenticated,
-    Unavailable,
-    UnknownNamespace,
-    compare,
-    op_delete,
-    op_delete_range,
-    op_get,
-    op_put,
-    prefix_end,
-)
+from raftd.client import _proto
+from raftd.client._proto import *  # noqa: F403 (the names _proto.__all__ lists)
 from raftd.client._sync import Client, Watch
 from raftd.client._trio import AsyncClient, AsyncWatch, open_client
 
-__all__ = [
-    "DEFAULT_SOCKET",
-    "AsyncClient",
-    "AsyncWatch",
-    "CasResult",
-    "Client",
-    "Compacted",
-    "ConnectionLost",
-    "DeadlineExceeded",
-    "DeleteResult",
-    "Event",
-    "FailedPrecondition",
-    "GroupStatus",
-    "Internal",
-    "InvalidArgument",
-    "KeyValue",
-    "Lease",
-    "LeaseInfo",
-    "LeaseTTL",
-    "Member",
-    "NotFound",
-    "PutResult",
-    "RaftdError",
-    "RangeResult",
-    "TooLarge",
-    "TxnResult",
-    "Unauthenticated",
-    "Unavailable",
-    "UnknownNamespace",
-    "Watch",
-    "compare",
-    "op_delete",
-    "op_delete_range",
-    "op_get",
-    "op_put",
-    "open_client",
-    "prefix_end",
-]
+# The protocol's results, errors and request builders, then the two clients.
+__all__ = ["AsyncClient", "AsyncWatch", "Client", "Watch", "open_client"]
+__all__ += _proto.__all__

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from raftd.wire.pb import api_pb2 as apb
 from raftd.wire.pb import kv_pb2 as kpb
+from raftd.wire.ranges import prefix_end
 
 __all__ = [
     "DEFAULT_SOCKET",
@@ -166,17 +167,6 @@ def check(resp: apb.Response) -> apb.Response:
 
 def to_bytes(x: bytes | str) -> bytes:
     return x.encode() if isinstance(x, str) else bytes(x)
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The range end that selects every key starting with ``prefix`` (etcd's)."""
-    b = bytearray(prefix)
-    while b:
-        if b[-1] < 0xFF:
-            b[-1] += 1
-            return bytes(b)
-        b.pop()
-    return b"\x00"
 
 
 @dataclass(frozen=True, slots=True)

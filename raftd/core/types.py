@@ -11,6 +11,29 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+__all__ = [
+    "EARLY_MESSAGES",
+    "EMPTY_HARD_STATE",
+    "EMPTY_SNAPSHOT",
+    "LOCAL_MESSAGES",
+    "NONE",
+    "RESPONSE_MESSAGES",
+    "ConfChange",
+    "ConfChangeType",
+    "ConfState",
+    "Entry",
+    "EntryType",
+    "HardState",
+    "Message",
+    "MessageType",
+    "NodeId",
+    "ReadState",
+    "Snapshot",
+    "SnapshotMetadata",
+    "SoftState",
+    "StateType",
+]
+
 NodeId = str
 NONE: NodeId = ""
 

@@ -46,6 +46,7 @@ from raftd.kv.watch import PUT
 from raftd.wire.pb import api_pb2 as apb
 from raftd.wire.pb import kv_pb2 as kpb
 from raftd.wire.pb.etcd import rpc_pb2 as epb
+from raftd.wire.ranges import key_bounds
 
 __all__ = ["PROGRESS_INTERVAL_S", "VERSION", "EtcdService"]
 
@@ -166,7 +167,7 @@ class EtcdService:
             hist = sm.history
             if req.revision + 1 < hist.floor:
                 raise errors.COMPACTED
-            key, end = _bounds(req.key, req.range_end)
+            key, end = key_bounds(req.key, req.range_end)
             events, _ = hist.read(req.revision + 1, key, end, len(hist) + 1)
             kvs = range_at(found, events)
         else:
@@ -351,7 +352,7 @@ class EtcdService:
         scopes: dict[int, trio.CancelScope],
     ) -> None:
         sm = self.group.sm
-        key, end = _bounds(cr.key, cr.range_end)
+        key, end = key_bounds(cr.key, cr.range_end)
         no_put = epb.WatchCreateRequest.NOPUT in cr.filters
         no_delete = epb.WatchCreateRequest.NODELETE in cr.filters
         with scope:
@@ -699,14 +700,6 @@ class EtcdService:
         self, req: epb.AuthenticateRequest, deadline: float
     ) -> epb.AuthenticateResponse:
         raise errors.AUTH_NOT_ENABLED
-
-
-def _bounds(key: bytes, range_end: bytes) -> tuple[bytes, bytes | None]:
-    if not range_end:
-        return key, key + b"\x00"
-    if range_end == b"\x00":
-        return key, None
-    return key, range_end
 
 
 def peer_url_to_multiaddr(url: str) -> str:

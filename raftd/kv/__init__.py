@@ -12,8 +12,8 @@ from raftd.kv.machine import (
     KVSnapshotView,
     KVStateMachine,
     RestoreInProgressError,
-    prefix_end,
 )
+from raftd.wire.ranges import prefix_end
 
 __all__ = [
     "ApplyResult",

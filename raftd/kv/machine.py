@@ -57,6 +57,7 @@ from raftd.kv.watch import DELETE, PUT, EventHistory, KeyEvent
 from raftd.storage.base import Readable, Writable
 from raftd.storage.leveldb import LevelDB
 from raftd.wire.pb import kv_pb2 as pb
+from raftd.wire.ranges import key_bounds
 
 __all__ = ["ApplyResult", "KVSnapshotView", "KVStateMachine", "RestoreInProgressError"]
 
@@ -91,15 +92,6 @@ class _InvalidCommand(Exception):
 
 class _LeaseNotFound(_InvalidCommand):
     pass
-
-
-def _bounds(key: bytes, range_end: bytes) -> tuple[bytes, bytes | None]:
-    """etcd range conventions -> ``[start, end)``; ``end=None`` is unbounded."""
-    if not range_end:
-        return key, key + b"\x00"
-    if range_end == b"\x00":
-        return key, None
-    return key, range_end
 
 
 def _kv(key: bytes, r: KeyRecord, keys_only: bool = False) -> pb.KeyValue:
@@ -265,7 +257,7 @@ class _Exec:
         return resp
 
     def delete_range(self, req: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
-        start, end = _bounds(req.key, req.range_end)
+        start, end = key_bounds(req.key, req.range_end)
         doomed = list(self.tx.scan(start, end))
         resp = pb.DeleteRangeResponse(deleted=len(doomed))
         for k, r in doomed:
@@ -275,7 +267,7 @@ class _Exec:
         return resp
 
     def range(self, req: pb.RangeRequest) -> pb.RangeResponse:
-        return range_response(self.tx.scan(*_bounds(req.key, req.range_end)), req)
+        return range_response(self.tx.scan(*key_bounds(req.key, req.range_end)), req)
 
     def cas(self, req: pb.CompareAndSwapRequest) -> pb.CompareAndSwapResponse:
         cur = self.tx.get(req.key)
@@ -298,7 +290,7 @@ class _Exec:
         no key compares a missing key."""
         if not c.range_end:
             return self.compare_one(c, self.tx.get(c.key))
-        found = [r for _, r in self.tx.scan(*_bounds(c.key, c.range_end))]
+        found = [r for _, r in self.tx.scan(*key_bounds(c.key, c.range_end))]
         if not found:
             return self.compare_one(c, None)
         return all(self.compare_one(c, r) for r in found)
@@ -602,11 +594,11 @@ class KVStateMachine:
 
     def range(self, key: bytes, range_end: bytes = b"", limit: int = 0) -> pb.RangeResponse:
         """Keys in ``[key, range_end)`` with etcd's conventions (``range_end`` empty: just
-        ``key``; ``b"\\0"``: every key >= ``key``; see :func:`prefix_end`), at most
+        ``key``; ``b"\\0"``: every key >= ``key``; see :mod:`raftd.wire.ranges`), at most
         ``limit`` (0: all); ``more`` says whether the limit cut the answer."""
         self._check_usable()
         req = pb.RangeRequest(key=key, range_end=range_end, limit=limit)
-        return range_response(self._b.scan(*_bounds(key, range_end)), req)
+        return range_response(self._b.scan(*key_bounds(key, range_end)), req)
 
     def session(self, client_id: bytes) -> Session | None:
         return self._b.get_session(client_id)
@@ -666,15 +658,3 @@ class KVStateMachine:
         self._history.reset(meta.revision)
         self._notify()
         self._notify(self._lease_listeners)
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The ``range_end`` that selects every key starting with ``prefix`` (etcd's
-    ``GetPrefixRangeEnd``): the prefix with its last non-0xff byte incremented."""
-    b = bytearray(prefix)
-    while b:
-        if b[-1] < 0xFF:
-            b[-1] += 1
-            return bytes(b)
-        b.pop()
-    return b"\x00"

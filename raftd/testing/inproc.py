@@ -53,6 +53,12 @@ class Node:
         assert self.daemon is not None
         return self.daemon.groups[ns]
 
+    @property
+    def socket(self) -> str:
+        """The running daemon's API socket (for :func:`raftd.client.open_client`)."""
+        assert self.daemon is not None
+        return str(self.daemon.cfg.socket_path)
+
 
 class Cluster:
     def __init__(
@@ -110,6 +116,10 @@ class Cluster:
     def live(self) -> list[Node]:
         return [n for n in self.nodes if n.daemon is not None]
 
+    def other(self, node: Node) -> Node:
+        """The first node that is not ``node`` (a follower, when ``node`` leads)."""
+        return next(n for n in self.nodes if n is not node)
+
     async def leader(self, ns: str = NS, exclude: Node | None = None) -> Node:
         """The current leader (other than ``exclude``), waiting for one if needed."""
         with trio.fail_after(10):
@@ -117,15 +127,18 @@ class Cluster:
                 for n in self.live():
                     if n is not exclude and n.group(ns).is_leader:
                         return n
-                async with trio.open_nursery() as waiters:
-                    # Wake on any node's next role or leader change.
-                    for n in self.live():
+                await self.wait_state_change(ns)
 
-                        async def wake(g: Group) -> None:
-                            await g.wait_state_change()
-                            waiters.cancel_scope.cancel()
+    async def wait_state_change(self, ns: str = NS) -> None:
+        """Wait for any live node's next role or leader change in ``ns``."""
+        async with trio.open_nursery() as waiters:
+            for n in self.live():
 
-                        waiters.start_soon(wake, n.group(ns))
+                async def wake(g: Group) -> None:
+                    await g.wait_state_change()
+                    waiters.cancel_scope.cancel()
+
+                waiters.start_soon(wake, n.group(ns))
 
 
 @asynccontextmanager

@@ -1,5 +1,6 @@
 """The transport contract one Raft group runtime talks to, and the parts every
-implementation shares (protocol ids, counters, fault injection, snapshot sources).
+implementation shares (protocol ids, counters, fault injection, snapshot sources, and
+:class:`OutboxTransport`, the network-independent half of a transport).
 
 Contract of a :class:`Transport` (one instance per Raft group, i.e. per namespace):
 
@@ -30,6 +31,7 @@ Contract of a :class:`Transport` (one instance per Raft group, i.e. per namespac
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import random
@@ -58,6 +60,7 @@ __all__ = [
     "OnSnapshot",
     "OnUnreachable",
     "Outbox",
+    "OutboxTransport",
     "PeerQueue",
     "SnapshotSource",
     "Transport",
@@ -418,3 +421,76 @@ class Transport(Protocol):
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled; ``task_status.started()`` once ready to serve."""
         ...
+
+
+class OutboxTransport(abc.ABC):
+    """The half of a :class:`Transport` that does not depend on the network, shared by
+    :class:`~raftd.transport.libp2p.Libp2pTransport` and
+    :class:`~raftd.transport.memory.MemoryTransport`: identity, counters, the per-peer
+    :class:`Outbox` and what reads or tunes it, and the snapshot counters.
+
+    A subclass sets the callbacks, ``_local_id``, ``_namespace``, ``_stats`` and
+    ``_outbox`` in its ``__init__``, starts a peer's sender in ``_on_new_queue``, and
+    moves the snapshot in :meth:`_send_snapshot`.
+    """
+
+    on_message: OnMessage | None
+    on_unreachable: OnUnreachable | None
+    on_snapshot: OnSnapshot | None
+    _local_id: str
+    _namespace: str
+    _stats: TransportStats
+    _outbox: Outbox
+
+    @property
+    def local_id(self) -> str:
+        return self._local_id
+
+    @property
+    def namespace(self) -> str:
+        return self._namespace
+
+    @property
+    def stats(self) -> TransportStats:
+        return self._stats
+
+    def pending(self, peer_id: str) -> int:
+        return self._outbox.pending(peer_id)
+
+    def set_fault(
+        self, drop_rate: float = 0.0, delay_s: float = 0.0, seed: int | None = None
+    ) -> None:
+        """Drop each outbound message with probability ``drop_rate`` and delay every
+        delivered one by ``delay_s`` (seeded; per-peer order kept). No args: clear."""
+        self._outbox.set_fault(drop_rate, delay_s, seed)
+
+    def set_filter(self, fn: MessageFilter | None) -> None:
+        self._outbox.filter = fn
+
+    async def send_snapshot(
+        self,
+        peer_id: str,
+        meta: SnapshotMetadata,
+        source: SnapshotSource,
+        *,
+        message: Message | None = None,
+    ) -> bool:
+        """Stream a snapshot image to ``peer_id`` (:meth:`_send_snapshot`) and count the
+        outcome in ``stats``; True once the receiver verified and accepted it."""
+        ok = await self._send_snapshot(peer_id, meta, source, message)
+        if ok:
+            self._stats.snapshots_sent += 1
+        else:
+            self._stats.snapshots_failed += 1
+        return ok
+
+    @abc.abstractmethod
+    def _on_new_queue(self, peer_id: str) -> None:
+        """The outbox made a queue for ``peer_id``: start its sender (if running)."""
+
+    @abc.abstractmethod
+    async def _send_snapshot(
+        self, peer_id: str, meta: SnapshotMetadata, source: SnapshotSource, message: Message | None
+    ) -> bool:
+        """Move the snapshot; True once the receiver verified and accepted it. Never
+        raises for network reasons."""

@@ -56,11 +56,11 @@ from raftd.security.keys import NoCommonKey
 from raftd.transport import tcpread
 from raftd.transport.base import (
     DEFAULT_SNAPSHOT_CHUNK,
-    MessageFilter,
     OnMessage,
     OnSnapshot,
     OnUnreachable,
     Outbox,
+    OutboxTransport,
     SnapshotSource,
     TransportStats,
     is_routable,
@@ -182,7 +182,7 @@ class _Peer:
         self.open_timeout = 0.0
 
 
-class Libp2pTransport:
+class Libp2pTransport(OutboxTransport):
     """Raft transport for one namespace over a running libp2p host (see module doc).
 
     The host is shared by every group of the daemon and owned by the caller (create it
@@ -231,18 +231,6 @@ class Libp2pTransport:
         self._generation = 0
 
     # --- properties --------------------------------------------------------------------
-
-    @property
-    def local_id(self) -> str:
-        return self._local_id
-
-    @property
-    def namespace(self) -> str:
-        return self._namespace
-
-    @property
-    def stats(self) -> TransportStats:
-        return self._stats
 
     @property
     def host(self) -> Any:
@@ -304,19 +292,6 @@ class Libp2pTransport:
                 log.error("cannot send to %r: %s", peer_id, exc)
                 return
         self._outbox.submit(peer_id, msg)
-
-    def pending(self, peer_id: str) -> int:
-        return self._outbox.pending(peer_id)
-
-    def set_fault(
-        self, drop_rate: float = 0.0, delay_s: float = 0.0, seed: int | None = None
-    ) -> None:
-        """Drop each outbound message with probability ``drop_rate`` and delay every
-        delivered one by ``delay_s`` (seeded; per-peer order kept). No args: clear."""
-        self._outbox.set_fault(drop_rate, delay_s, seed)
-
-    def set_filter(self, fn: MessageFilter | None) -> None:
-        self._outbox.filter = fn
 
     def _peer(self, peer_id: str) -> _Peer:
         peer = self._peers.get(peer_id)
@@ -794,16 +769,11 @@ class Libp2pTransport:
 
     # --- snapshots: sender ---------------------------------------------------------------
 
-    async def send_snapshot(
-        self,
-        peer_id: str,
-        meta: SnapshotMetadata,
-        source: SnapshotSource,
-        *,
-        message: Message | None = None,
+    async def _send_snapshot(
+        self, peer_id: str, meta: SnapshotMetadata, source: SnapshotSource, message: Message | None
     ) -> bool:
         """Stream a snapshot image to ``peer_id``; True once the receiver has verified
-        the sha256 and its ``on_snapshot`` accepted it.
+        the sha256 and its ``on_snapshot`` accepted it (:meth:`send_snapshot` counts it).
 
         ``source`` is a file path (read incrementally) or an async iterator of chunks.
         ``message`` is the core's SNAP message (its ``snapshot.data`` is ignored); it
@@ -821,7 +791,6 @@ class Libp2pTransport:
                 header.size_hint = (await trio.Path(os.fspath(source)).stat()).st_size
         except (ValueError, OSError) as exc:
             log.error("cannot send snapshot to %s: %s", peer_id, exc)
-            self._stats.snapshots_failed += 1
             return False
         ok = False
         stream: Any = None
@@ -839,10 +808,6 @@ class Libp2pTransport:
                 await self._close(stream)
             else:
                 await self._reset(stream)
-        if ok:
-            self._stats.snapshots_sent += 1
-        else:
-            self._stats.snapshots_failed += 1
         return ok
 
     async def _stream_snapshot(

@@ -31,11 +31,11 @@ import trio.lowlevel
 
 from raftd.core.types import Message, SnapshotMetadata
 from raftd.transport.base import (
-    MessageFilter,
     OnMessage,
     OnSnapshot,
     OnUnreachable,
     Outbox,
+    OutboxTransport,
     PeerQueue,
     SnapshotSource,
     TransportStats,
@@ -117,7 +117,7 @@ class MemoryNetwork:
         return t
 
 
-class MemoryTransport:
+class MemoryTransport(OutboxTransport):
     """One node's transport on a :class:`MemoryNetwork` (see the module docstring)."""
 
     def __init__(
@@ -151,18 +151,6 @@ class MemoryTransport:
         self._backoff = (backoff_min, backoff_max)
 
     @property
-    def local_id(self) -> str:
-        return self._local_id
-
-    @property
-    def namespace(self) -> str:
-        return self._namespace
-
-    @property
-    def stats(self) -> TransportStats:
-        return self._stats
-
-    @property
     def running(self) -> bool:
         return self._nursery is not None
 
@@ -185,17 +173,6 @@ class MemoryTransport:
             self._stats.dropped_invalid += 1
             return
         self._outbox.submit(peer_id, msg)
-
-    def pending(self, peer_id: str) -> int:
-        return self._outbox.pending(peer_id)
-
-    def set_fault(
-        self, drop_rate: float = 0.0, delay_s: float = 0.0, seed: int | None = None
-    ) -> None:
-        self._outbox.set_fault(drop_rate, delay_s, seed)
-
-    def set_filter(self, fn: MessageFilter | None) -> None:
-        self._outbox.filter = fn
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self._nursery is not None:
@@ -263,24 +240,14 @@ class MemoryTransport:
                 except Exception:
                     log.exception("on_message raised")
 
-    async def send_snapshot(
-        self,
-        peer_id: str,
-        meta: SnapshotMetadata,
-        source: SnapshotSource,
-        *,
-        message: Message | None = None,
+    async def _send_snapshot(
+        self, peer_id: str, meta: SnapshotMetadata, source: SnapshotSource, message: Message | None
     ) -> bool:
         target = self._net._target(self._namespace, self._local_id, peer_id)
         envelope = snapshot_envelope(peer_id, self._local_id, meta, message)
-        ok = target is not None and await target._receive_snapshot(
+        return target is not None and await target._receive_snapshot(
             self._local_id, meta, envelope, source
         )
-        if ok:
-            self._stats.snapshots_sent += 1
-        else:
-            self._stats.snapshots_failed += 1
-        return ok
 
     async def _receive_snapshot(
         self, remote: str, meta: SnapshotMetadata, envelope: Message, source: SnapshotSource

@@ -2,8 +2,8 @@
 
 Contract:
 
-- ``message_from_pb(message_to_pb(m)) == m`` for every core :class:`Message` whose integers
-  fit in ``uint64`` (property-tested).
+- ``message_from_pb(message_to_pb(m)) == m`` for every core
+  :class:`~raftd.core.types.Message` whose integers fit in ``uint64`` (property-tested).
 - Decoding never trusts its input: :func:`decode_batch` and the ``*_from_pb`` functions
   raise :class:`WireError` (and nothing else) on malformed bytes, unknown enum numbers,
   or values the core cannot represent. Encoding a value that cannot be represented on
@@ -19,16 +19,7 @@ from collections.abc import Iterable
 
 from google.protobuf.message import DecodeError, EncodeError
 
-from raftd.core.types import (
-    ConfState,
-    Entry,
-    EntryType,
-    HardState,
-    Message,
-    MessageType,
-    Snapshot,
-    SnapshotMetadata,
-)
+from raftd.core import types as core
 from raftd.wire.pb import raft_pb2 as pb
 
 __all__ = [
@@ -67,18 +58,18 @@ def _u64(value: int, what: str) -> int:
 
 # Dict lookups: calling an IntEnum class costs ~0.7 us, a third of a small message's
 # whole conversion.
-_MESSAGE_TYPES = {t.value: t for t in MessageType}
-_ENTRY_TYPES = {t.value: t for t in EntryType}
+_MESSAGE_TYPES = {t.value: t for t in core.MessageType}
+_ENTRY_TYPES = {t.value: t for t in core.EntryType}
 
 
-def _message_type(value: int) -> MessageType:
+def _message_type(value: int) -> core.MessageType:
     t = _MESSAGE_TYPES.get(value)
     if t is None:
         raise WireError(f"unknown message type {value}")
     return t
 
 
-def _entry_type(value: int) -> EntryType:
+def _entry_type(value: int) -> core.EntryType:
     t = _ENTRY_TYPES.get(value)
     if t is None:
         raise WireError(f"unknown entry type {value}")
@@ -88,7 +79,7 @@ def _entry_type(value: int) -> EntryType:
 # --- Entry, HardState, ConfState, Snapshot ------------------------------------------
 
 
-def entry_to_pb(entry: Entry) -> pb.Entry:
+def entry_to_pb(entry: core.Entry) -> pb.Entry:
     return pb.Entry(
         term=_u64(entry.term, "entry.term"),
         index=_u64(entry.index, "entry.index"),
@@ -97,11 +88,11 @@ def entry_to_pb(entry: Entry) -> pb.Entry:
     )
 
 
-def entry_from_pb(p: pb.Entry) -> Entry:
-    return Entry(term=p.term, index=p.index, type=_entry_type(p.type), data=p.data)
+def entry_from_pb(p: pb.Entry) -> core.Entry:
+    return core.Entry(term=p.term, index=p.index, type=_entry_type(p.type), data=p.data)
 
 
-def hard_state_to_pb(hs: HardState) -> pb.HardState:
+def hard_state_to_pb(hs: core.HardState) -> pb.HardState:
     return pb.HardState(
         term=_u64(hs.term, "hard_state.term"),
         vote=hs.vote,
@@ -109,19 +100,19 @@ def hard_state_to_pb(hs: HardState) -> pb.HardState:
     )
 
 
-def hard_state_from_pb(p: pb.HardState) -> HardState:
-    return HardState(term=p.term, vote=p.vote, commit=p.commit)
+def hard_state_from_pb(p: pb.HardState) -> core.HardState:
+    return core.HardState(term=p.term, vote=p.vote, commit=p.commit)
 
 
-def conf_state_to_pb(cs: ConfState) -> pb.ConfState:
+def conf_state_to_pb(cs: core.ConfState) -> pb.ConfState:
     return pb.ConfState(voters=list(cs.voters), learners=list(cs.learners))
 
 
-def conf_state_from_pb(p: pb.ConfState) -> ConfState:
-    return ConfState(voters=tuple(p.voters), learners=tuple(p.learners))
+def conf_state_from_pb(p: pb.ConfState) -> core.ConfState:
+    return core.ConfState(voters=tuple(p.voters), learners=tuple(p.learners))
 
 
-def snapshot_metadata_to_pb(meta: SnapshotMetadata) -> pb.SnapshotMetadata:
+def snapshot_metadata_to_pb(meta: core.SnapshotMetadata) -> pb.SnapshotMetadata:
     return pb.SnapshotMetadata(
         index=_u64(meta.index, "snapshot.index"),
         term=_u64(meta.term, "snapshot.term"),
@@ -129,22 +120,24 @@ def snapshot_metadata_to_pb(meta: SnapshotMetadata) -> pb.SnapshotMetadata:
     )
 
 
-def snapshot_metadata_from_pb(p: pb.SnapshotMetadata) -> SnapshotMetadata:
-    return SnapshotMetadata(index=p.index, term=p.term, conf_state=conf_state_from_pb(p.conf_state))
+def snapshot_metadata_from_pb(p: pb.SnapshotMetadata) -> core.SnapshotMetadata:
+    return core.SnapshotMetadata(
+        index=p.index, term=p.term, conf_state=conf_state_from_pb(p.conf_state)
+    )
 
 
-def snapshot_to_pb(snap: Snapshot) -> pb.Snapshot:
+def snapshot_to_pb(snap: core.Snapshot) -> pb.Snapshot:
     return pb.Snapshot(metadata=snapshot_metadata_to_pb(snap.metadata), data=snap.data)
 
 
-def snapshot_from_pb(p: pb.Snapshot) -> Snapshot:
-    return Snapshot(metadata=snapshot_metadata_from_pb(p.metadata), data=p.data)
+def snapshot_from_pb(p: pb.Snapshot) -> core.Snapshot:
+    return core.Snapshot(metadata=snapshot_metadata_from_pb(p.metadata), data=p.data)
 
 
 # --- Message -------------------------------------------------------------------------
 
 
-def message_to_pb(msg: Message) -> pb.Message:
+def message_to_pb(msg: core.Message) -> pb.Message:
     """Core message to protobuf. Raises :class:`WireError` for unrepresentable values."""
     ints = msg.term | msg.log_term | msg.index | msg.commit | msg.reject_hint
     if ints < 0 or ints > _U64_MAX:  # one test for all five on the hot path
@@ -169,10 +162,10 @@ def message_to_pb(msg: Message) -> pb.Message:
     return p
 
 
-def message_from_pb(p: pb.Message) -> Message:
+def message_from_pb(p: pb.Message) -> core.Message:
     """Protobuf message to core. Raises :class:`WireError` on unknown enum numbers."""
     pe = p.entries
-    return Message(
+    return core.Message(
         type=_message_type(p.type),
         to=p.to,
         frm=p.frm,
@@ -188,7 +181,7 @@ def message_from_pb(p: pb.Message) -> Message:
     )
 
 
-def encode_message(msg: Message) -> bytes:
+def encode_message(msg: core.Message) -> bytes:
     """One message, serialized (no length prefix)."""
     try:
         return message_to_pb(msg).SerializeToString()
@@ -196,7 +189,7 @@ def encode_message(msg: Message) -> bytes:
         raise WireError(f"cannot encode message: {exc}") from exc
 
 
-def decode_message(data: bytes) -> Message:
+def decode_message(data: bytes) -> core.Message:
     """Inverse of :func:`encode_message`. Raises only :class:`WireError`."""
     try:
         p = pb.Message.FromString(data)
@@ -208,7 +201,7 @@ def decode_message(data: bytes) -> Message:
 # --- Batch: one transport frame ------------------------------------------------------
 
 
-def encode_batch(messages: Iterable[Message]) -> bytes:
+def encode_batch(messages: Iterable[core.Message]) -> bytes:
     """Serialize messages into one ``Batch`` (the payload of one transport frame).
 
     Order is preserved: ``decode_batch(encode_batch(ms)) == list(ms)``.
@@ -223,7 +216,7 @@ def encode_batch(messages: Iterable[Message]) -> bytes:
         raise WireError(f"cannot encode batch: {exc}") from exc
 
 
-def decode_batch(data: bytes) -> list[Message]:
+def decode_batch(data: bytes) -> list[core.Message]:
     """Parse one ``Batch`` payload into core messages, in order.
 
     Raises :class:`WireError` (only) if the bytes are not a valid Batch, a string is not

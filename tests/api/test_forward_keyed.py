@@ -32,13 +32,13 @@ async def test_forwarding_over_sealed_cmd_streams(tmp_path: Path) -> None:
     async with cluster(tmp_path, overrides=lambda i: {"key_file": k}) as (c, _):
         with trio.fail_after(60):
             leader = await c.leader()
-            follower = next(n for n in c.nodes if n is not leader)
+            follower = c.other(leader)
             assert follower.daemon is not None
             rt = follower.daemon.api
             assert rt is not None
             assert isinstance(rt.security, EnvelopeSecurity)
             assert rt.security.envelope.encrypted
-            sock = str(follower.daemon.cfg.socket_path)
+            sock = follower.socket
             async with open_client(sock, namespace=NS) as cl:
                 r = await cl.put("sealed", "yes")
                 kv = await cl.get("sealed")

@@ -9,11 +9,12 @@ from hypothesis import strategies as st
 
 from raftd.api.errors import ApiError
 from raftd.api.server import ApiConfigError, parse_request, parse_tcp_address
-from raftd.api.service import LanePool, key_bounds, validate
+from raftd.api.service import LanePool, validate
 from raftd.client import _proto as P
 from raftd.wire.framing import FrameDecoder, FrameError, encode_frame
 from raftd.wire.pb import api_pb2 as apb
 from raftd.wire.pb import kv_pb2 as kpb
+from raftd.wire.ranges import key_bounds
 
 C = apb.Error
 

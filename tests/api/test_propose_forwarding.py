@@ -46,9 +46,9 @@ async def test_follower_write_is_proposed_by_raft_and_answered_after_local_apply
     async with cluster(tmp_path) as (c, _):
         with trio.fail_after(60):
             leader = await c.leader()
-            follower = next(n for n in c.nodes if n is not leader)
+            follower = c.other(leader)
             assert follower.daemon is not None
-            sock = str(follower.daemon.cfg.socket_path)
+            sock = follower.socket
             assert follower.daemon.api is not None
             calls_before = follower.daemon.api.forwarders[NS].stats["calls"]
             async with open_client(sock, namespace=NS) as cl:
@@ -70,9 +70,9 @@ async def test_lost_proposals_are_proposed_again_and_applied_once(tmp_path: Path
         async with cluster(tmp_path) as (c, _):
             with trio.fail_after(60):
                 leader = await c.leader()
-                follower = next(n for n in c.nodes if n is not leader)
+                follower = c.other(leader)
                 assert follower.daemon is not None
-                sock = str(follower.daemon.cfg.socket_path)
+                sock = follower.socket
                 async with open_client(sock, namespace=NS) as cl:
                     r1 = await cl.put("once", "1")
                     r2 = await cl.put("twice", "2")
@@ -95,11 +95,11 @@ async def test_leader_without_prop_support_gets_writes_by_command(
         async with cluster(tmp_path) as (c, _):
             with trio.fail_after(60):
                 leader = await c.leader()
-                follower = next(n for n in c.nodes if n is not leader)
+                follower = c.other(leader)
                 assert follower.daemon is not None
                 api = follower.daemon.api
                 assert api is not None
-                sock = str(follower.daemon.cfg.socket_path)
+                sock = follower.socket
                 async with open_client(sock, namespace=NS) as cl:
                     t0 = trio.current_time()
                     await cl.put("k0", "v")

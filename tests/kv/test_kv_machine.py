@@ -9,10 +9,11 @@ import random
 import pytest
 
 from raftd.kv import commands as C
-from raftd.kv.machine import ApplyResult, KVStateMachine, prefix_end
+from raftd.kv.machine import ApplyResult, KVStateMachine
 from raftd.kv.snapfmt import SnapshotFormatError
 from raftd.storage.base import StorageWriteError
 from raftd.wire.pb import kv_pb2 as pb
+from raftd.wire.ranges import prefix_end
 from tests.storage.helpers import seed_from_env
 
 from .conftest import Machine

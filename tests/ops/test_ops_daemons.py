@@ -8,144 +8,80 @@ import functools
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
-from raftd.app.config import DaemonConfig
-from raftd.app.daemon import Daemon
 from raftd.client import open_client
-from raftd.core import Message
 from raftd.kv import commands
-from raftd.runtime.group import Group, LeadershipLost, NotLeader
-from raftd.testing.launch import free_port
-from raftd.transport.host import load_or_create_identity, peer_id_of
+from raftd.runtime.group import LeadershipLost, NotLeader
+from raftd.testing.inproc import Cluster, Node
 
 from .helpers import get, poll_until, raw_request, sample, scrape
-
-if TYPE_CHECKING:
-    from trio_typing import TaskStatus
 
 NS = "/raft/ops"
 
 
-@dataclass
-class Node:
-    dir: Path
-    port: int
-    peer_id: str
-    daemon: Daemon | None = None
-
-    @property
-    def group(self) -> Group:
-        assert self.daemon is not None
-        return self.daemon.groups[NS]
-
-    @property
-    def ops_port(self) -> int:
-        assert self.daemon is not None
-        ops = self.daemon.ops
-        assert ops is not None
-        return ops.port
-
-    async def readyz(self) -> tuple[int, dict[str, Any]]:
-        r = await get(self.ops_port, "/readyz")
-        assert r.headers["content-type"] == "application/json"
-        return r.status, json.loads(r.body)
+def ops_port(node: Node) -> int:
+    assert node.daemon is not None
+    ops = node.daemon.ops
+    assert ops is not None
+    return ops.port
 
 
-class Cluster:
-    def __init__(self, base: Path, n: int, nursery: trio.Nursery) -> None:
-        self.nursery = nursery
-        self.nodes: list[Node] = []
-        for i in range(n):
-            d = base / f"n{i}"
-            d.mkdir()
-            self.nodes.append(Node(d, free_port(), peer_id_of(load_or_create_identity(d))))
-        self.peers = [f"/ip4/127.0.0.1/tcp/{n.port}/p2p/{n.peer_id}" for n in self.nodes]
-
-    async def start(self, node: Node) -> None:
-        cfg = DaemonConfig(
-            data_dir=node.dir,
-            namespaces=[NS],
-            listen=[f"/ip4/127.0.0.1/tcp/{node.port}"],
-            peers=self.peers,
-            discovery=[],
-            metrics="127.0.0.1:0",
-        )
-        node.daemon = Daemon(cfg)
-
-        async def runner(task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            assert node.daemon is not None
-            await node.daemon.run(task_status=task_status)
-
-        await self.nursery.start(runner)
-
-    def live(self) -> list[Node]:
-        return [n for n in self.nodes if n.daemon is not None]
-
-    def isolate(self, node: Node) -> None:
-        def drop_all(pid: str, m: Message) -> bool:
-            return False
-
-        def drop_to(pid: str, m: Message) -> bool:
-            return pid != node.peer_id
-
-        for n in self.live():
-            assert n.daemon is not None
-            for t in n.daemon.transports.values():
-                t.set_filter(drop_all if n is node else drop_to)
-
-    def heal(self) -> None:
-        for n in self.live():
-            assert n.daemon is not None
-            for t in n.daemon.transports.values():
-                t.set_filter(None)
-
-    def leader(self) -> Node | None:
-        leaders = [n for n in self.live() if n.group.is_leader]
-        return leaders[0] if len(leaders) == 1 else None
+async def readyz(node: Node) -> tuple[int, dict[str, Any]]:
+    r = await get(ops_port(node), "/readyz")
+    assert r.headers["content-type"] == "application/json"
+    return r.status, json.loads(r.body)
 
 
 @asynccontextmanager
-async def cluster(tmp_path: Path, n: int = 3) -> AsyncIterator[Cluster]:
+async def cluster(tmp_path: Path, n: int = 3) -> AsyncIterator[tuple[Cluster, trio.Nursery]]:
+    """``n`` daemons with their ops endpoints on free ports, not started: start each with
+    ``c.start(nursery, node)``."""
+    c = Cluster(tmp_path, n, [NS], "local", overrides=lambda i: {"metrics": "127.0.0.1:0"})
     async with trio.open_nursery() as nursery:
-        yield Cluster(tmp_path, n, nursery)
+        yield c, nursery
         nursery.cancel_scope.cancel()
 
 
+def unique_leader(c: Cluster) -> Node | None:
+    """The leader if exactly one live node says it leads, else None."""
+    leaders = [n for n in c.live() if n.group(NS).is_leader]
+    return leaders[0] if len(leaders) == 1 else None
+
+
 async def ready(node: Node) -> bool:
-    return (await node.readyz())[0] == 200
+    return (await readyz(node))[0] == 200
 
 
 async def not_ready(node: Node) -> bool:
-    return (await node.readyz())[0] == 503
+    return (await readyz(node))[0] == 503
 
 
 async def test_metrics_and_readiness_follow_the_cluster(tmp_path: Path) -> None:
-    async with cluster(tmp_path) as c:
+    async with cluster(tmp_path) as (c, nursery):
         with trio.fail_after(60):
             n0, n1, n2 = c.nodes
             # One of three voters alone: alive, never ready (no leader without a quorum).
-            await c.start(n0)
-            assert (await get(n0.ops_port, "/healthz")).status == 200
-            status, body = await n0.readyz()
+            await c.start(nursery, n0)
+            assert (await get(ops_port(n0), "/healthz")).status == 200
+            status, body = await readyz(n0)
             assert status == 503 and body["ready"] is False
             assert body["namespaces"][NS]["reason"] == "no leader known", body
-            m = await scrape(n0.ops_port)
+            m = await scrape(ops_port(n0))
             assert sample(m, "raftd_has_leader", namespace=NS) == 0
             assert sample(m, "raftd_ready", namespace=NS) == 0
             assert sample(m, "raftd_role", namespace=NS, role="leader") == 0
             assert sample(m, "raftd_members", namespace=NS, kind="voter") == 3
 
-            await c.start(n1)
-            await c.start(n2)
+            await c.start(nursery, n1)
+            await c.start(nursery, n2)
             for n in c.nodes:
                 with trio.fail_after(20):
                     await poll_until(functools.partial(ready, n))
-            _, body = await n0.readyz()
+            _, body = await readyz(n0)
             assert body == {
                 "ready": True,
                 "reason": "ok",
@@ -156,14 +92,14 @@ async def test_metrics_and_readiness_follow_the_cluster(tmp_path: Path) -> None:
 
             # Exactly one leader, and every node says who it is.
             ld = await _leader(c)
-            roles = [await scrape(n.ops_port) for n in c.nodes]
+            roles = [await scrape(ops_port(n)) for n in c.nodes]
             assert [sample(r, "raftd_role", namespace=NS, role="leader") for r in roles].count(
                 1
             ) == 1
-            before = await scrape(ld.ops_port)
+            before = await scrape(ops_port(ld))
             for i in range(20):
                 await _put(c, b"k%d" % i)
-            after = await scrape(ld.ops_port)
+            after = await scrape(ops_port(ld))
             for name in ("raftd_commit_index", "raftd_applied_index"):
                 assert sample(after, name, namespace=NS) >= sample(before, name, namespace=NS) + 20
             ok = sample(after, "raftd_proposals_total", namespace=NS, result="ok")
@@ -180,9 +116,9 @@ async def test_metrics_and_readiness_follow_the_cluster(tmp_path: Path) -> None:
             assert sample(after, "raftd_info", peer_id=ld.peer_id, version="0.1.0") == 1
 
             # A follower sees the commit index grow too.
-            f = next(n for n in c.nodes if n is not ld)
-            await f.group.wait_applied(ld.group.applied_index())
-            fm = await scrape(f.ops_port)
+            f = c.other(ld)
+            await f.group(NS).wait_applied(ld.group(NS).applied_index())
+            fm = await scrape(ops_port(f))
             assert (
                 sample(fm, "raftd_commit_index", namespace=NS)
                 >= sample(before, "raftd_commit_index", namespace=NS) + 20
@@ -193,18 +129,18 @@ async def test_metrics_and_readiness_follow_the_cluster(tmp_path: Path) -> None:
             # daemon runs its API server, as it normally does).
             assert f.daemon is not None
             if getattr(f.daemon, "api", None) is not None:
-                async with open_client(str(f.daemon.cfg.socket_path), namespace=NS) as client:
+                async with open_client(f.socket, namespace=NS) as client:
                     await client.put(b"via-follower", b"1")
-                fm = await scrape(f.ops_port)
+                fm = await scrape(ops_port(f))
                 assert sample(fm, "raftd_forwarded_requests_total", namespace=NS) >= 1
 
             # Isolated, the follower loses its leader: not ready; healed, ready again.
             c.isolate(f)
             with trio.fail_after(15):
                 await poll_until(lambda: not_ready(f))
-            _, body = await f.readyz()
+            _, body = await readyz(f)
             assert body["namespaces"][NS]["reason"] == "no leader known"
-            fm = await scrape(f.ops_port)
+            fm = await scrape(ops_port(f))
             assert sample(fm, "raftd_has_leader", namespace=NS) == 0
             assert sample(fm, "raftd_transport_dropped_total", namespace=NS, reason="fault") > 0
             assert await ready(ld) or await _leader(c)  # the majority side keeps serving
@@ -213,13 +149,13 @@ async def test_metrics_and_readiness_follow_the_cluster(tmp_path: Path) -> None:
                 await poll_until(lambda: ready(f))
 
             # Garbage on the ops port: 400, and the listener keeps serving.
-            assert (await raw_request(f.ops_port, b"\x16\x03\x01garbage\r\n\r\n")).status == 400
-            assert (await raw_request(f.ops_port, b"NOT HTTP AT ALL\r\n\r\n")).status == 400
-            assert (await get(f.ops_port, "/nope")).status == 404
-            assert (await get(f.ops_port, "/readyz?max_lag=-1")).status == 400
-            assert (await get(f.ops_port, "/metrics")).status == 200
+            assert (await raw_request(ops_port(f), b"\x16\x03\x01garbage\r\n\r\n")).status == 400
+            assert (await raw_request(ops_port(f), b"NOT HTTP AT ALL\r\n\r\n")).status == 400
+            assert (await get(ops_port(f), "/nope")).status == 404
+            assert (await get(ops_port(f), "/readyz?max_lag=-1")).status == 400
+            assert (await get(ops_port(f), "/metrics")).status == 200
             om = await raw_request(
-                f.ops_port,
+                ops_port(f),
                 b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text\r\n\r\n",
             )
             assert om.headers["content-type"].startswith("application/openmetrics-text")
@@ -229,26 +165,26 @@ async def test_metrics_and_readiness_follow_the_cluster(tmp_path: Path) -> None:
 async def test_readyz_lag_bound(tmp_path: Path) -> None:
     """A node whose applied index trails the commit index by more than the bound is not
     ready; the bound is per probe (``?max_lag=``) or per server."""
-    async with cluster(tmp_path, n=1) as c:
+    async with cluster(tmp_path, n=1) as (c, nursery):
         with trio.fail_after(30):
             (n0,) = c.nodes
-            await c.start(n0)
+            await c.start(nursery, n0)
             with trio.fail_after(15):
                 await poll_until(lambda: ready(n0))
             await _put(c, b"a")
-            g = n0.group
+            g = n0.group(NS)
             assert g.node is not None
             commit = g.status()["commit"]
-            assert (await get(n0.ops_port, "/readyz?max_lag=0")).status == 200
+            assert (await get(ops_port(n0), "/readyz?max_lag=0")).status == 200
             # Pretend the state machine is behind: applied = commit - 5.
             real = g.sm.applied_index
             g.sm.applied_index = lambda: commit - 5  # type: ignore[method-assign]
             try:
-                r = await get(n0.ops_port, "/readyz?max_lag=4")
+                r = await get(ops_port(n0), "/readyz?max_lag=4")
                 assert r.status == 503
                 assert "lags commit index" in json.loads(r.body)["reason"]
-                assert (await get(n0.ops_port, "/readyz?max_lag=5")).status == 200
-                assert (await get(n0.ops_port, "/readyz")).status == 200  # default 1000
+                assert (await get(ops_port(n0), "/readyz?max_lag=5")).status == 200
+                assert (await get(ops_port(n0), "/readyz")).status == 200  # default 1000
             finally:
                 g.sm.applied_index = real  # type: ignore[method-assign]
             # While shutting down, never ready (checked before the daemon gets to run on:
@@ -266,10 +202,10 @@ async def test_leader_measures_peer_rtt(tmp_path: Path) -> None:
     """The leader's /metrics has a positive, sane RTT for each follower (timed from its
     heartbeats); followers expose none; a leader that hands leadership over drops its
     series and the new leader measures its own."""
-    async with cluster(tmp_path) as c:
+    async with cluster(tmp_path) as (c, nursery):
         with trio.fail_after(90):
             for n in c.nodes:
-                await c.start(n)
+                await c.start(nursery, n)
             ld = await _leader(c)
             followers = [n for n in c.nodes if n is not ld]
 
@@ -280,45 +216,40 @@ async def test_leader_measures_peer_rtt(tmp_path: Path) -> None:
                 )
 
             async def measured(node: Node, peers: list[Node]) -> bool:
-                return has_rtt(await scrape(node.ops_port), peers)
+                return has_rtt(await scrape(ops_port(node)), peers)
 
             with trio.fail_after(20):
                 await poll_until(functools.partial(measured, ld, followers))
-            m = await scrape(ld.ops_port)
+            m = await scrape(ops_port(ld))
             for f in followers:
                 rtt = sample(m, "raftd_peer_rtt_seconds", namespace=NS, peer=f.peer_id)
                 assert 0 < rtt < 5, (f.peer_id, rtt)
-            assert set(ld.group.peer_rtt) == {f.peer_id for f in followers}
-            assert all(0 < v < 5 for v in ld.group.peer_rtt.values())
+            assert set(ld.group(NS).peer_rtt) == {f.peer_id for f in followers}
+            assert all(0 < v < 5 for v in ld.group(NS).peer_rtt.values())
             for f in followers:
-                assert not f.group.peer_rtt
-                assert "raftd_peer_rtt_seconds" not in await scrape(f.ops_port)
+                assert not f.group(NS).peer_rtt
+                assert "raftd_peer_rtt_seconds" not in await scrape(ops_port(f))
 
             # Hand leadership to a follower: the old leader's numbers go, the new one's come.
             new = followers[0]
-            ld.group.transfer_leader(new.peer_id)
+            ld.group(NS).transfer_leader(new.peer_id)
             with trio.fail_after(20):
-                while not new.group.is_leader or ld.group.is_leader:
-                    await (new.group if not new.group.is_leader else ld.group).wait_state_change()
-            assert not ld.group.peer_rtt
-            assert "raftd_peer_rtt_seconds" not in await scrape(ld.ops_port)
+                while not new.group(NS).is_leader or ld.group(NS).is_leader:
+                    await (
+                        new.group(NS) if not new.group(NS).is_leader else ld.group(NS)
+                    ).wait_state_change()
+            assert not ld.group(NS).peer_rtt
+            assert "raftd_peer_rtt_seconds" not in await scrape(ops_port(ld))
             others = [n for n in c.nodes if n is not new]
             with trio.fail_after(20):
                 await poll_until(functools.partial(measured, new, others))
-            assert all(0 < v < 5 for v in new.group.peer_rtt.values())
+            assert all(0 < v < 5 for v in new.group(NS).peer_rtt.values())
 
 
 async def _leader(c: Cluster) -> Node:
     with trio.fail_after(15):
-        while (ld := c.leader()) is None:
-            async with trio.open_nursery() as waiters:
-                for n in c.live():
-
-                    async def wake(g: Group) -> None:
-                        await g.wait_state_change()
-                        waiters.cancel_scope.cancel()
-
-                    waiters.start_soon(wake, n.group)
+        while (ld := unique_leader(c)) is None:
+            await c.wait_state_change(NS)
         return ld
 
 
@@ -326,7 +257,7 @@ async def _put(c: Cluster, key: bytes) -> None:
     while True:
         ld = await _leader(c)
         try:
-            await ld.group.propose(commands.put(key, b"v"))
+            await ld.group(NS).propose(commands.put(key, b"v"))
             return
         except (NotLeader, LeadershipLost):
-            await ld.group.wait_state_change()
+            await ld.group(NS).wait_state_change()

@@ -28,7 +28,7 @@ async def test_save_restore_into_fresh_cluster(tmp_path: Path) -> None:
                 expected[key] = value
             await ld.group().propose(commands.delete(b"key/000"))
             del expected[b"key/000"]
-            follower = next(n for n in c.nodes if n is not ld)
+            follower = c.other(ld)
             await follower.group().read_barrier()  # a backup taken on a follower
             chunks: list[bytes] = []
             info = write_backup(follower.group().sm, NS, chunks.append)

@@ -62,7 +62,7 @@ async def test_lagging_follower_catches_up_by_snapshot(tmp_path: Path) -> None:
     async with cluster(tmp_path, preset="tiny") as (c, _):
         with trio.fail_after(60):
             ld = await c.leader()
-            lagger = next(n for n in c.nodes if n is not ld)
+            lagger = c.other(ld)
             c.isolate(lagger)
             g = ld.group()
             async with trio.open_nursery() as writers:
@@ -103,7 +103,7 @@ async def test_follower_read_barrier_sees_leader_writes(tmp_path: Path) -> None:
     async with cluster(tmp_path) as (c, _):
         with trio.fail_after(30):
             ld = await c.leader()
-            f = next(n for n in c.nodes if n is not ld)
+            f = c.other(ld)
             await put(ld.group(), b"rk", b"rv")
             # Immediately after the ack, a linearizable read on a follower must see it.
             await f.group().read_barrier()

@@ -29,8 +29,7 @@ async def test_entries_sent_before_the_leaders_persist_survive_its_failure(
             ld = await c.leader()
             follower, other = (n for n in c.nodes if n is not ld)
             assert ld.daemon is not None and ld.daemon.db is not None
-            assert follower.daemon is not None
-            sock = str(follower.daemon.cfg.socket_path)
+            sock = follower.socket
             async with open_client(sock, namespace=NS, timeout=30) as cl:
                 for i in range(10):
                     await cl.put(f"before{i}", "v")
@@ -93,10 +92,9 @@ async def test_a_stuck_leader_disk_does_not_stall_the_cluster(tmp_path: Path) ->
     async with cluster(tmp_path) as (c, _):
         with trio.fail_after(60):
             ld = await c.leader()
-            follower = next(n for n in c.nodes if n is not ld)
+            follower = c.other(ld)
             assert ld.daemon is not None and ld.daemon.db is not None
-            assert follower.daemon is not None
-            sock = str(follower.daemon.cfg.socket_path)
+            sock = follower.socket
             async with open_client(sock, namespace=NS, timeout=30) as cl:
                 for i in range(10):
                     await cl.put(f"before{i}", "v")

@@ -25,7 +25,7 @@ async def test_force_new_cluster_keeps_acknowledged_writes(tmp_path: Path) -> No
                 key = b"k%03d" % i
                 await ld.group().propose(commands.put(key, b"v"))
                 acked.append(key)
-            survivor = next(n for n in c.nodes if n is not ld)
+            survivor = c.other(ld)
             await survivor.group().wait_applied(ld.group().applied_index())
     # All five are down; three (the leader among them) never come back.
     reports = force_new_cluster(survivor.dir)

@@ -21,10 +21,10 @@ async def test_a_stalled_follower_disk_causes_no_election(tmp_path: Path) -> Non
     async with cluster(tmp_path) as (c, _):
         with trio.fail_after(60):
             ld = await c.leader()
-            slow = next(n for n in c.nodes if n is not ld)
+            slow = c.other(ld)
             assert ld.daemon is not None and slow.daemon is not None
             assert slow.daemon.db is not None
-            sock = str(ld.daemon.cfg.socket_path)
+            sock = ld.socket
             async with open_client(sock, namespace=NS, timeout=30) as cl:
                 await cl.put("first", "v")
                 sg = slow.group()

@@ -64,7 +64,7 @@ async def test_keyed_cluster_replicates_and_installs_snapshots(tmp_path: Path) -
     async with cluster(tmp_path, preset="tiny", overrides=lambda i: {"key_file": k}) as (c, _):
         with trio.fail_after(60):
             ld = await c.leader()
-            lagger = next(n for n in c.nodes if n is not ld)
+            lagger = c.other(ld)
             c.isolate(lagger)
             for i in range(400):
                 await put(ld.group(), b"k%d" % i, b"v")
@@ -115,7 +115,7 @@ async def test_raw_stream_injection_is_refused(tmp_path: Path) -> None:
     async with cluster(tmp_path, overrides=lambda i: {"key_file": k}) as (c, _):
         with trio.fail_after(60):
             ld = await c.leader()
-            target = next(n for n in c.nodes if n is not ld)
+            target = c.other(ld)
             assert target.daemon is not None
             proto = protocol_id(NS, "raft")
             before = auth_failures(target.daemon)

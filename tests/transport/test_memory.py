@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -33,6 +34,16 @@ def node(net: MemoryNetwork, name: str, **kw: object) -> tuple[MemoryTransport, 
     return t, rec
 
 
+@asynccontextmanager
+async def running(*transports: MemoryTransport) -> AsyncIterator[None]:
+    """Run ``transports`` for the duration of the block."""
+    async with trio.open_nursery() as n:
+        for t in transports:
+            await n.start(t.run)
+        yield
+        n.cancel_scope.cancel()
+
+
 def test_satisfies_the_contract() -> None:
     t: Transport = MemoryNetwork().transport("a")
     assert t.local_id == "a"
@@ -42,9 +53,7 @@ async def test_delivery_in_order_and_validation(autojump_clock: trio.testing.Moc
     net = MemoryNetwork()
     a, _ = node(net, "a")
     b, rb = node(net, "b")
-    async with trio.open_nursery() as n:
-        await n.start(a.run)
-        await n.start(b.run)
+    async with running(a, b):
         for i in range(100):
             a.send("b", msg("a", "b", i))
         a.send("b", msg("c", "b", 100))  # spoofed frm: refused by the receiver
@@ -55,31 +64,25 @@ async def test_delivery_in_order_and_validation(autojump_clock: trio.testing.Moc
         assert [m.index for m in rb.messages] == list(range(100))
         assert b.stats.refused == 1
         assert a.stats.dropped_invalid == 2
-        n.cancel_scope.cancel()
 
 
 async def test_queue_bound_drops(autojump_clock: trio.testing.MockClock) -> None:
     net = MemoryNetwork()
     a, _ = node(net, "a", queue_size=5)
     b, rb = node(net, "b")
-    async with trio.open_nursery() as n:
-        await n.start(a.run)
-        await n.start(b.run)
+    async with running(a, b):
         for i in range(20):
             a.send("b", msg("a", "b", i))
         assert a.stats.dropped_queue_full == 15
         assert a.pending("b") == 5
         await rb.wait_for(lambda: len(rb.messages) == 5)
-        n.cancel_scope.cancel()
 
 
 async def test_cut_and_down_peers_are_unreachable(autojump_clock: trio.testing.MockClock) -> None:
     net = MemoryNetwork()
     a, ra = node(net, "a")
     b, rb = node(net, "b")
-    async with trio.open_nursery() as n:
-        await n.start(a.run)
-        await n.start(b.run)
+    async with running(a, b):
         net.cut("a", "b")
         a.send("b", msg("a", "b", 1))
         await ra.wait_for(lambda: ra.unreachable == ["b"])
@@ -90,16 +93,13 @@ async def test_cut_and_down_peers_are_unreachable(autojump_clock: trio.testing.M
             await trio.sleep(0.05)
         a.send("nobody", msg("a", "nobody", 3))
         await ra.wait_for(lambda: "nobody" in ra.unreachable)
-        n.cancel_scope.cancel()
 
 
 async def test_fault_delay_keeps_order(autojump_clock: trio.testing.MockClock) -> None:
     net = MemoryNetwork()
     a, _ = node(net, "a")
     b, rb = node(net, "b")
-    async with trio.open_nursery() as n:
-        await n.start(a.run)
-        await n.start(b.run)
+    async with running(a, b):
         a.set_fault(delay_s=0.5)
         t0 = trio.current_time()
         for i in range(10):
@@ -110,7 +110,6 @@ async def test_fault_delay_keeps_order(autojump_clock: trio.testing.MockClock) -
         a.set_fault(drop_rate=1.0, seed=1)
         a.send("b", msg("a", "b", 99))
         assert a.stats.dropped_fault == 1
-        n.cancel_scope.cancel()
 
 
 async def test_snapshot(tmp_path: Path) -> None:
@@ -123,9 +122,7 @@ async def test_snapshot(tmp_path: Path) -> None:
             yield bytes([i]) * 1000
 
     with trio.fail_after(10):
-        async with trio.open_nursery() as n:
-            await n.start(a.run)
-            await n.start(b.run)
+        async with running(a, b):
             meta = SnapshotMetadata(index=3, term=2)
             assert await a.send_snapshot("b", meta, chunks())
             [got] = rb.snapshots
@@ -134,4 +131,4 @@ async def test_snapshot(tmp_path: Path) -> None:
             assert got.message.type == MessageType.SNAP and got.message.frm == "a"
             assert await trio.to_thread.run_sync(os.listdir, tmp_path) == []
             assert not await a.send_snapshot("zz", meta, chunks())
-            n.cancel_scope.cancel()
+            assert (a.stats.snapshots_sent, a.stats.snapshots_failed) == (1, 1)

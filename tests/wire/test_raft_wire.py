@@ -8,16 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raftd.core.types import (
-    ConfState,
-    Entry,
-    EntryType,
-    HardState,
-    Message,
-    MessageType,
-    Snapshot,
-    SnapshotMetadata,
-)
+from raftd.core import types as core
 from raftd.wire.pb import raft_pb2 as pb
 from raftd.wire.raft import (
     WireError,
@@ -35,17 +26,19 @@ U64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
 NODE = st.text(max_size=60)  # any str: proto3 strings are UTF-8, Python str always encodes
 SMALL_BYTES = st.binary(max_size=64)
 
-entries = st.builds(Entry, term=U64, index=U64, type=st.sampled_from(EntryType), data=SMALL_BYTES)
+entries = st.builds(
+    core.Entry, term=U64, index=U64, type=st.sampled_from(core.EntryType), data=SMALL_BYTES
+)
 conf_states = st.builds(
-    ConfState,
+    core.ConfState,
     voters=st.lists(NODE, max_size=5).map(tuple),
     learners=st.lists(NODE, max_size=3).map(tuple),
 )
-metas = st.builds(SnapshotMetadata, index=U64, term=U64, conf_state=conf_states)
-snapshots = st.builds(Snapshot, metadata=metas, data=SMALL_BYTES)
+metas = st.builds(core.SnapshotMetadata, index=U64, term=U64, conf_state=conf_states)
+snapshots = st.builds(core.Snapshot, metadata=metas, data=SMALL_BYTES)
 messages = st.builds(
-    Message,
-    type=st.sampled_from(MessageType),
+    core.Message,
+    type=st.sampled_from(core.MessageType),
     to=NODE,
     frm=NODE,
     term=U64,
@@ -60,7 +53,7 @@ messages = st.builds(
 )
 
 
-def surrogate_free(m: Message) -> bool:
+def surrogate_free(m: core.Message) -> bool:
     # Lone surrogates are valid Python str but not UTF-8; the encoder must refuse them
     # (tested separately), so the round-trip property excludes them.
     texts = [m.to, m.frm]
@@ -76,17 +69,17 @@ def surrogate_free(m: Message) -> bool:
 
 
 def test_enum_numbers_match_core() -> None:
-    for t in MessageType:
+    for t in core.MessageType:
         assert pb.MessageType.Value(f"MESSAGE_TYPE_{t.name}") == t.value
-    assert len(pb.MessageType.values()) == len(MessageType)
-    for e in EntryType:
+    assert len(pb.MessageType.values()) == len(core.MessageType)
+    for e in core.EntryType:
         assert pb.EntryType.Value(f"ENTRY_TYPE_{e.name}") == e.value
-    assert len(pb.EntryType.values()) == len(EntryType)
+    assert len(pb.EntryType.values()) == len(core.EntryType)
 
 
 @settings(max_examples=300)
 @given(messages)
-def test_message_roundtrip(m: Message) -> None:
+def test_message_roundtrip(m: core.Message) -> None:
     if not surrogate_free(m):
         with pytest.raises(WireError):
             encode_message(m)
@@ -97,20 +90,20 @@ def test_message_roundtrip(m: Message) -> None:
 
 @settings(max_examples=100)
 @given(st.lists(messages, max_size=8))
-def test_batch_roundtrip_preserves_order(ms: list[Message]) -> None:
+def test_batch_roundtrip_preserves_order(ms: list[core.Message]) -> None:
     ms = [m for m in ms if surrogate_free(m)]
     assert decode_batch(encode_batch(ms)) == ms
 
 
 def test_snapshot_presence_is_kept() -> None:
-    empty = Message(MessageType.SNAP, to="b", frm="a", snapshot=Snapshot())
-    assert decode_message(encode_message(empty)).snapshot == Snapshot()
-    none = Message(MessageType.APP, to="b", frm="a")
+    empty = core.Message(core.MessageType.SNAP, to="b", frm="a", snapshot=core.Snapshot())
+    assert decode_message(encode_message(empty)).snapshot == core.Snapshot()
+    none = core.Message(core.MessageType.APP, to="b", frm="a")
     assert decode_message(encode_message(none)).snapshot is None
 
 
 def test_hard_state_roundtrip() -> None:
-    hs = HardState(term=7, vote="n2", commit=42)
+    hs = core.HardState(term=7, vote="n2", commit=42)
     assert hard_state_from_pb(hard_state_to_pb(hs)) == hs
 
 
@@ -143,11 +136,11 @@ def test_invalid_utf8_is_rejected() -> None:
 
 def test_negative_integer_cannot_be_encoded() -> None:
     with pytest.raises(WireError, match="term=-1"):
-        encode_batch([Message(MessageType.APP, term=-1)])
+        encode_batch([core.Message(core.MessageType.APP, term=-1)])
 
 
 def test_truncated_batch_is_rejected() -> None:
-    data = encode_batch([Message(MessageType.APP, to="b", frm="a", context=b"x" * 50)])
+    data = encode_batch([core.Message(core.MessageType.APP, to="b", frm="a", context=b"x" * 50)])
     with pytest.raises(WireError):
         decode_batch(data[:-10])
 
@@ -161,7 +154,9 @@ def test_fuzz_decode_batch_raises_only_wire_error(data: bytes) -> None:
 
 @settings(max_examples=500)
 @given(st.lists(messages, min_size=1, max_size=3), st.data())
-def test_fuzz_mutated_batches_raise_only_wire_error(ms: list[Message], data: st.DataObject) -> None:
+def test_fuzz_mutated_batches_raise_only_wire_error(
+    ms: list[core.Message], data: st.DataObject
+) -> None:
     raw = bytearray(encode_batch([m for m in ms if surrogate_free(m)]))
     if not raw:
         return
@@ -174,4 +169,4 @@ def test_fuzz_mutated_batches_raise_only_wire_error(ms: list[Message], data: st.
 
 def test_lone_surrogate_cannot_be_encoded() -> None:
     with pytest.raises(WireError):
-        encode_message(Message(MessageType.APP, to="\ud800"))
+        encode_message(core.Message(core.MessageType.APP, to="\ud800"))
