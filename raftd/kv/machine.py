@@ -426,6 +426,7 @@ class KVStateMachine:
         self._history = EventHistory(m.revision)
         self._listeners: list[Callable[[], None]] = []
         self._lease_listeners: list[Callable[[], None]] = []
+        self._held: list[list[Callable[[], None]]] | None = None
 
     @classmethod
     def memory(cls) -> KVStateMachine:
@@ -474,8 +475,26 @@ class KVStateMachine:
         restore. ``fn`` must not block nor raise."""
         self._lease_listeners.append(fn)
 
+    def hold_notifications(self) -> None:
+        """Queue listener calls instead of making them, until
+        :meth:`release_notifications`. For work run on another thread (a snapshot
+        restore): listeners belong to the thread that registered them."""
+        if self._held is None:
+            self._held = []
+
+    def release_notifications(self) -> None:
+        """Make the queued listener calls (each listener list once) and stop holding."""
+        held, self._held = self._held, None
+        for listeners in held or ():
+            self._notify(listeners)
+
     def _notify(self, listeners: list[Callable[[], None]] | None = None) -> None:
-        for fn in list(self._listeners if listeners is None else listeners):
+        chosen = self._listeners if listeners is None else listeners
+        if self._held is not None:
+            if not any(h is chosen for h in self._held):
+                self._held.append(chosen)
+            return
+        for fn in list(chosen):
             try:
                 fn()
             except Exception:  # pragma: no cover - listeners must not raise

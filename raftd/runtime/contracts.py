@@ -35,3 +35,12 @@ class GroupStateMachine(Snapshottable, Protocol):
         ``session``. Entries at or below :meth:`applied_index` are skipped, never
         applied twice; a gap raises ``ValueError`` before anything is applied."""
         ...
+
+    def hold_notifications(self) -> None:
+        """Queue the state machine's listener calls (they run on the event loop's thread)
+        while it is restored on a worker thread."""
+        ...
+
+    def release_notifications(self) -> None:
+        """Make the queued listener calls, on the calling (event loop's) thread."""
+        ...

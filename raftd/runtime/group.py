@@ -861,7 +861,13 @@ class Group(Generic[ST, SM]):
                 )
             self._observe(self.stats.fsync_seconds, time.perf_counter() - t0)
             if rd.snapshot is not None:
-                await trio.to_thread.run_sync(finish_pending_install, self.storage, self.sm)
+                # The restore runs on a worker thread; the listeners it notifies (watch
+                # and lease timers, trio events) must be called from this one.
+                self.sm.hold_notifications()
+                try:
+                    await trio.to_thread.run_sync(finish_pending_install, self.storage, self.sm)
+                finally:
+                    self.sm.release_notifications()
                 self.stats.snapshots_installed += 1
                 self.conf = rd.snapshot.metadata.conf_state
                 self._applied_event.set()

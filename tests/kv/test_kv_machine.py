@@ -459,3 +459,21 @@ def test_corrupt_record_is_a_named_error(tmp_path: os.PathLike[str]) -> None:
         m.sm.get(b"key")
     assert ei.value.namespace == "/raft/kv" and ei.value.key == raw_key
     m.close()
+
+
+def test_held_notifications_are_made_once_on_release(machine: Machine) -> None:
+    src = KVStateMachine.memory()
+    src.apply(1, C.put(b"k", b"v"))
+    data = snapshot_bytes(src)
+    sm = machine.sm
+    calls: list[str] = []
+    sm.add_listener(lambda: calls.append("events"))
+    sm.add_lease_listener(lambda: calls.append("leases"))
+    sm.hold_notifications()
+    sm.restore(io.BytesIO(data), index=1)
+    Driver(sm)(C.put(b"k2", b"v2"))
+    assert calls == []  # held: a restore on a worker thread calls nobody there
+    sm.release_notifications()
+    assert sorted(calls) == ["events", "leases"]
+    Driver(sm)(C.put(b"k3", b"v3"))
+    assert calls[-1] == "events"  # no longer held

@@ -6,6 +6,7 @@ run faster and show the group runtime's behaviour directly.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import trio
 from raftd.kv import commands
 from raftd.runtime.group import Group, LeadershipLost, NotLeader
 from raftd.testing.inproc import NS, Cluster, cluster
+from raftd.wire.pb import kv_pb2 as kpb
 
 
 async def put(g: Group, key: bytes, value: bytes) -> int:
@@ -82,6 +84,20 @@ async def test_lagging_follower_catches_up_by_snapshot(tmp_path: Path) -> None:
             kv = lg.sm.get(b"w7-124")
             assert kv is not None and kv.value == b"x" * 50
             assert len(lg.sm.range(b"w", b"x").kvs) == 1000
+            # The install ran on a worker thread; the node's timers still answer. As
+            # leader, it expires a lease when its TTL runs out.
+            grant = kpb.Command(lease_grant=kpb.LeaseGrantRequest(ttl=1))
+            r = await g.propose(commands.encode(grant))
+            assert r.result is not None
+            lease_id = int(r.result.lease_grant.id)
+            await lg.wait_applied(r.index)
+            while not lg.is_leader:
+                with contextlib.suppress(NotLeader, LeadershipLost):
+                    g.transfer_leader(lagger.peer_id)
+                with trio.move_on_after(1.0):
+                    await lg.wait_state_change()
+            while lg.sm.lease(lease_id) is not None:
+                await lg.wait_applied(lg.applied_index() + 1)
 
 
 async def test_namespaces_are_isolated(tmp_path: Path) -> None:
