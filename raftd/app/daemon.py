@@ -80,6 +80,10 @@ class Daemon:
     #: Called once when a signal asks for shutdown (the process runner arms its
     #: shutdown bound there; in-process daemons have none).
     on_shutdown_requested: Callable[[], None] | None = None
+    #: Seconds this daemon's process has been running (the process runner reads it from
+    #: /proc); formation counts a fresh node's first bootstrap window from the process
+    #: start. In-process daemons count from their own start.
+    started_ago: Callable[[], float] = lambda: 0.0
 
     def stop(self) -> None:
         """Ask for a graceful shutdown (as SIGTERM does)."""
@@ -164,6 +168,7 @@ class Daemon:
                     transports=self.transports,
                     db=db,
                     envelope=self.envelope,
+                    started_ago=self.started_ago(),
                 )
                 await nursery.start(self.formation.run)
             # The local API server and leader forwarding.

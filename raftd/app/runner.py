@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import trio
 
@@ -19,7 +20,7 @@ def run_daemon(cfg: DaemonConfig) -> int:
     from raftd.app.daemon import Daemon, DaemonError
 
     log = logging.getLogger("raftd")
-    daemon = Daemon(cfg)
+    daemon = Daemon(cfg, started_ago=process_age)
     guard = ShutdownGuard(shutdown_bound_s(cfg.timing.election_s), lambda: daemon.phase)
     daemon.on_shutdown_requested = guard.arm
     try:
@@ -48,3 +49,17 @@ def _leaves(exc: BaseException) -> list[BaseException]:
             out.extend(_leaves(e))
         return out
     return [exc]
+
+
+def process_age() -> float:
+    """Seconds since this process started, from ``/proc`` (0.0 where it cannot tell)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            # Field 22 (starttime, clock ticks after boot); the name before ")" may
+            # contain spaces.
+            start_ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))

@@ -5,7 +5,7 @@ decides the same way. See ``DESIGN.md`` for the rules and their trade-offs.
 - :func:`summarize_clusters`: what the announcements say about each cluster.
 - :func:`decide_fresh`: a node with no state joins the best cluster it sees, or (no
   cluster seen) once the bootstrap window has passed and no new fresh node appeared for
-  half a window, the lowest peer id among the fresh nodes it sees founds one; alone, only
+  a third of a window, the lowest peer id among the fresh nodes it sees founds one; alone, only
   after the longer solo window (or ``--expect 1``).
 - :func:`dissolve_target` / :func:`conflict_with`: duplicate clusters. Order by
   (holds user writes first, founded earlier, cluster id); a cluster without user writes
@@ -172,10 +172,14 @@ class FreshView:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """``recheck``: seconds after which the passing of time alone may change a "wait"
+    (a window ends); new information may change it any time."""
+
     kind: Literal["join", "bootstrap", "wait"]
     reason: str
     cluster: ClusterSummary | None = None
     founder: str = ""
+    recheck: float = math.inf
 
 
 def decide_fresh(v: FreshView) -> Decision:
@@ -195,19 +199,27 @@ def decide_fresh(v: FreshView) -> Decision:
             return Decision("wait", f"waiting for {v.expect} founders (have {len(cands)})")
     else:
         if v.elapsed < v.window:
-            return Decision("wait", "bootstrap window")
-        if v.quiet < v.window / 2:
+            return Decision("wait", "bootstrap window", recheck=v.window - v.elapsed)
+        if v.quiet < v.window / 3:
             # Nodes are still appearing (a slow or staggered start): the lowest id may
             # not have shown up yet.
-            return Decision("wait", f"founders still appearing ({len(cands)} so far)")
+            return Decision(
+                "wait",
+                f"founders still appearing ({len(cands)} so far)",
+                recheck=v.window / 3 - v.quiet,
+            )
         if v.unheard and v.elapsed < v.patience:
             # On an overloaded host (or a large fleet starting at once) discovery finds
             # addresses long before the exchanges with them complete. Founding now would
             # give one cluster per impatient node, each to be merged later, at a much
             # higher cost than this wait.
-            return Decision("wait", f"{v.unheard} discovered peers not heard from yet")
+            return Decision(
+                "wait",
+                f"{v.unheard} discovered peers not heard from yet",
+                recheck=v.patience - v.elapsed,
+            )
         if len(cands) == 1 and v.elapsed < v.solo_window:
-            return Decision("wait", "alone: solo window")
+            return Decision("wait", "alone: solo window", recheck=v.solo_window - v.elapsed)
     if founder == v.self_id:
         return Decision("bootstrap", f"lowest of {len(cands)} founders", founder=founder)
     return Decision("wait", f"founder is {founder}", founder=founder)

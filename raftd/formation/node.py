@@ -130,6 +130,7 @@ class NamespaceFormation:
         config: FormationConfig,
         rng: random.Random | None = None,
         on_change: Callable[[], None] | None = None,
+        started_ago: float = 0.0,
     ) -> None:
         self.ns = namespace
         self.group = group
@@ -171,7 +172,8 @@ class NamespaceFormation:
         #: First Raft traffic from each sender we had no node info about (the gate).
         self._gate_heard: dict[str, float] = {}
         self._joined_at = -math.inf
-        self._fresh_since = 0.0
+        self._fresh_since = -math.inf
+        self._born = self.now() - started_ago
         self._next_join = -math.inf
         self.founding: ClusterRecord | None = None
         self._dissolve_into: str | None = None
@@ -535,7 +537,10 @@ class NamespaceFormation:
             # higher stale term would make us refuse the cluster we join next.
             wipe_group(self.group, self.db, self.data_dir)
         self.phase = FRESH
-        self._fresh_since = self.now()
+        # The first window counts from the process start (``started_ago``): nodes
+        # started together get the same window however long each one's start-up took.
+        first = self._fresh_since == -math.inf
+        self._fresh_since = self._born if first else self.now()
         self._gate_heard.clear()
         self._leaderless.clear()
         self._candidates = frozenset()
@@ -589,7 +594,8 @@ class NamespaceFormation:
                     continue
                 attempts += 1
                 self._next_join = self.now() + min(2.0, self.cfg.tick_s * 2**attempts)
-            await self.sleep_or_kick(self.cfg.tick_s)
+            # Wake when a window ends, not up to a tick later (new information kicks).
+            await self.sleep_or_kick(min(self.cfg.tick_s, max(0.0, d.recheck) + 0.001))
 
     async def _join(self, cluster: ClusterSummary, *, empty: bool = True) -> bool:
         """Ask ``cluster`` to take us (its leader, else members, which relay)."""

@@ -81,7 +81,10 @@ class Formation:
         transports: Mapping[str, Libp2pTransport],
         db: LevelDB,
         envelope: Envelope,
+        started_ago: float = 0.0,
     ) -> None:
+        """``started_ago``: how long the process ran before this formation was built; a
+        fresh node's first bootstrap window counts from the process start."""
         cfg = settings
         self.peer_id = peer_id
         self.config = FormationConfig.of(cfg)
@@ -112,6 +115,7 @@ class Formation:
                 config=self.config,
                 rng=self._rng,
                 on_change=self._mark_dirty,
+                started_ago=started_ago,
             )
         self.status_path: Path = cfg.data_dir / STATUS_FILE
         self._dirty = trio.Event()

@@ -65,11 +65,24 @@ def test_lowest_peer_id_founds_the_others_wait_for_it() -> None:
 
 
 def test_no_bootstrap_while_founders_keep_appearing() -> None:
+    """No new founder for a third of the window (0.5 s of 1.5 s) before anyone founds."""
     d = decide_fresh(fresh(self_id="a", candidates=frozenset({"a", "b"}), quiet=0.2))
     assert d.kind == "wait" and "appearing" in d.reason
-    assert decide_fresh(fresh(self_id="a", candidates=frozenset({"a", "b"}), quiet=1.0)).kind == (
+    assert math.isclose(d.recheck, 0.3)
+    assert decide_fresh(fresh(self_id="a", candidates=frozenset({"a", "b"}), quiet=0.5)).kind == (
         "bootstrap"
     )
+
+
+def test_a_wait_says_when_time_alone_may_end_it() -> None:
+    """The control loop sleeps until a window ends rather than polling for it."""
+    two = frozenset({"a", "b"})
+    assert math.isclose(decide_fresh(fresh(elapsed=1.0, candidates=two)).recheck, 0.5)
+    assert math.isclose(decide_fresh(fresh(elapsed=2.0)).recheck, 3.0)  # solo window
+    d = decide_fresh(fresh(self_id="a", candidates=two, unheard=1, patience=15.0))
+    assert math.isclose(d.recheck, 5.0)
+    # Waiting for someone else (a founder, a leader) ends with news, not with time.
+    assert decide_fresh(fresh(self_id="b", candidates=two)).recheck == math.inf
 
 
 def test_a_node_alone_waits_for_the_solo_window_then_founds() -> None:
