@@ -12,6 +12,12 @@ a last line of JSON. Needs root (network namespaces).
 second (each through the next daemon in turn, so most are forwarded), and the trial
 reports the leader changes seen in that time (distinct leader and term pairs in the
 status files, polled every 0.2 s, minus one) and the puts that failed.
+
+``--cut-leader K``: once formed (and after any hold), K times: the leader's link goes
+down (no reset reaches anyone: its peers only stop hearing it), and the sample is the
+time until a put through another node is acknowledged (each attempt bounded by 0.3 s,
+through the survivors in turn); then the link comes back and the old leader must catch
+up before the next cut. Prints each sample, then the median and the worst.
 """
 
 from __future__ import annotations
@@ -19,12 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from harness.fleet import Fleet, one_cluster
+from harness.fleet import Fleet, FleetNode, one_cluster
 from harness.netns import Topology, require_netns
 
 __all__ = ["main"]
@@ -66,6 +73,60 @@ def hold(fleet: Fleet, seconds: float, rate: float) -> tuple[int, int, int]:
     return max(0, len(seen) - 1), ok, failed
 
 
+def cut_leader(fleet: Fleet, cuts: int, ns: str | None = None) -> list[float]:
+    """See the module docstring; returns the samples in seconds (nan: not replaced
+    within 30 s)."""
+    samples: list[float] = []
+    for k in range(cuts):
+        lead = settled_leader(fleet, ns)
+        others = [x for x in fleet if x is not lead]
+        for x in others:  # connections open, forwarding warm
+            with x.client(timeout=5.0) as c:
+                c.put("cut/warm", "v")
+        t0 = time.monotonic()
+        lead.host.link_down()
+        sample = math.nan
+        i = 0
+        while time.monotonic() < t0 + 30.0:
+            node = others[i % len(others)]
+            i += 1
+            try:
+                with node.client(timeout=0.3) as c:
+                    c.put(f"cut/{k}", "x")
+                sample = time.monotonic() - t0
+                break
+            except Exception:
+                continue
+        lead.host.link_up()
+        print(f"cut {k + 1}/{cuts}: new leader acknowledged a put after {sample:.3f}s", flush=True)
+        samples.append(sample)
+    return samples
+
+
+def settled_leader(fleet: Fleet, ns: str | None, within: float = 30.0) -> FleetNode:
+    """The node every daemon names as leader (asked through its socket, not the status
+    file, which may lag), itself included, once all have applied the same index (a
+    cut-off leader is back and caught up)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            sts = []
+            for x in fleet:
+                with x.client(ns, timeout=1.0) as c:
+                    sts.append(c.status()[0])
+        except Exception:
+            time.sleep(0.1)
+            continue
+        leaders = {st.leader for st in sts}
+        if len(leaders) == 1 and len({st.applied for st in sts}) == 1:
+            (pid,) = leaders
+            roles = {st.id: st.role for st in sts}
+            if pid and roles.get(pid) == "leader":
+                return fleet.by_id(pid)
+        time.sleep(0.1)
+    raise RuntimeError(f"no settled leader within {within:.0f} s:\n{fleet.describe()}")
+
+
 def one_trial(n: int, args: argparse.Namespace, base: Path) -> tuple[float, float, float]:
     extra: list[str] = []
     if args.expect:
@@ -96,6 +157,14 @@ def one_trial(n: int, args: argparse.Namespace, base: Path) -> tuple[float, floa
                             f"{changes} leader changes, {ok} puts ok, {failed} failed",
                             flush=True,
                         )
+                    if args.cut_leader > 0:
+                        cuts = sorted(cut_leader(fleet, args.cut_leader))
+                        print(
+                            f"nodes={n} leader cut off {len(cuts)} times: replaced (next "
+                            f"acknowledged put) median {statistics.median(cuts):.3f}s, "
+                            f"worst {cuts[-1]:.3f}s",
+                            flush=True,
+                        )
                     return up_at, leader_at, now
                 time.sleep(0.02)
             print(fleet.explain(), file=sys.stderr)
@@ -116,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", help="keep the data directories under this path")
     ap.add_argument("--hold", type=float, default=0.0, help="seconds to keep each formed fleet")
     ap.add_argument("--rate", type=float, default=10.0, help="puts per second while held")
+    ap.add_argument("--cut-leader", type=int, default=0, help="times to cut the leader's link")
     args = ap.parse_args(argv)
     reason = require_netns()
     if reason is not None:
