@@ -6,17 +6,17 @@ so the strings below are etcd's, byte for byte.
 
 from __future__ import annotations
 
-import grpc
+from raftd.etcd.status import StatusCode
 
 __all__ = ["EtcdError", "invalid"]
 
-_C = grpc.StatusCode
+_C = StatusCode
 
 
 class EtcdError(Exception):
     """An error answered to an etcd client: a gRPC status code and etcd's message."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -25,7 +25,7 @@ class EtcdError(Exception):
         return f"EtcdError({self.code.name}, {self.message!r})"
 
 
-def _e(code: grpc.StatusCode, message: str) -> EtcdError:
+def _e(code: StatusCode, message: str) -> EtcdError:
     return EtcdError(code, message)
 
 

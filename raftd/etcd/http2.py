@@ -38,13 +38,13 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import grpc
 import hpack
 import trio
 
 from raftd.etcd.endpoint import TlsFiles
 from raftd.etcd.errors import EtcdError
 from raftd.etcd.service import EtcdService
+from raftd.etcd.status import StatusCode
 from raftd.wire.pb.etcd import rpc_pb2 as epb
 
 if TYPE_CHECKING:
@@ -141,8 +141,8 @@ def _grpc_message(text: str) -> bytes:
     return bytes(out)
 
 
-def _trailers(code: grpc.StatusCode, message: str) -> bytes:
-    return _literal(b"grpc-status", str(code.value[0]).encode()) + _literal(
+def _trailers(code: StatusCode, message: str) -> bytes:
+    return _literal(b"grpc-status", str(int(code)).encode()) + _literal(
         b"grpc-message", _grpc_message(message)
     )
 
@@ -422,11 +422,11 @@ class _Conn:
         h = {bytes(k): bytes(v) for k, v in headers}
         m = self.methods.get(h.get(b":path", b"").decode("utf-8", "replace"))
         if m is None:
-            self._finish(st, grpc.StatusCode.UNIMPLEMENTED, "unknown service or method")
+            self._finish(st, StatusCode.UNIMPLEMENTED, "unknown service or method")
             return
         enc = h.get(b"grpc-encoding", b"identity")
         if enc != b"identity":
-            self._finish(st, grpc.StatusCode.UNIMPLEMENTED, "compression is not supported")
+            self._finish(st, StatusCode.UNIMPLEMENTED, "compression is not supported")
             return
         st.kind, st.handler, st.req_type = m
         st.deadline = trio.current_time() + _timeout_s(h.get(b"grpc-timeout"))
@@ -456,12 +456,12 @@ class _Conn:
         while len(buf) - pos >= 5:
             size = _HDR.unpack_from(buf, pos + 1)[0]
             if buf[pos]:
-                self._fail(st, grpc.StatusCode.UNIMPLEMENTED, "compressed messages")
+                self._fail(st, StatusCode.UNIMPLEMENTED, "compressed messages")
                 return
             if size > MAX_MESSAGE:
                 self._fail(
                     st,
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    StatusCode.RESOURCE_EXHAUSTED,
                     f"received message larger than max ({size} vs. {MAX_MESSAGE})",
                 )
                 return
@@ -470,12 +470,12 @@ class _Conn:
             try:
                 req = st.req_type.FromString(buf[pos + 5 : pos + 5 + size])
             except Exception:
-                self._fail(st, grpc.StatusCode.INTERNAL, "cannot parse the request")
+                self._fail(st, StatusCode.INTERNAL, "cannot parse the request")
                 return
             pos += 5 + size
             if st.kind == _UNARY:
                 if st.requests:
-                    self._fail(st, grpc.StatusCode.INTERNAL, "a unary call takes one request")
+                    self._fail(st, StatusCode.INTERNAL, "a unary call takes one request")
                     return
                 st.requests.append(req)
             else:
@@ -483,7 +483,7 @@ class _Conn:
                 try:
                     st.send_ch.send_nowait(req)
                 except trio.WouldBlock:
-                    self._fail(st, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests queued")
+                    self._fail(st, StatusCode.RESOURCE_EXHAUSTED, "too many requests queued")
                     return
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # the handler has finished: its answer is on the way
@@ -499,24 +499,24 @@ class _Conn:
         if st.closed:
             return
         if len(st.requests) != 1 or st.rbuf:
-            self._fail(st, grpc.StatusCode.INTERNAL, "a unary call needs exactly one request")
+            self._fail(st, StatusCode.INTERNAL, "a unary call needs exactly one request")
             return
         assert self.nursery is not None
         self.nursery.start_soon(self._run_unary, st, st.requests.pop())
 
-    def _fail(self, st: _Stream, code: grpc.StatusCode, message: str) -> None:
+    def _fail(self, st: _Stream, code: StatusCode, message: str) -> None:
         if st.scope is not None:
             st.scope.cancel()
         self._finish(st, code, message)
 
     # -- answering ---------------------------------------------------------------------------
-    def _finish(self, st: _Stream, code: grpc.StatusCode, message: str = "") -> None:
+    def _finish(self, st: _Stream, code: StatusCode, message: str = "") -> None:
         """Trailers (or a trailers-only answer) ending the call."""
         if st.closed:
             return
         st.closed = True
         self.streams.pop(st.sid, None)
-        block = _TRAILERS_OK if code == grpc.StatusCode.OK else _trailers(code, message)
+        block = _TRAILERS_OK if code == StatusCode.OK else _trailers(code, message)
         if not st.headers_sent:
             block = _RESPONSE_HEADERS + block
         self._queue(_frame(_HEADERS, _END_HEADERS | _END_STREAM, st.sid, block))
@@ -567,17 +567,17 @@ class _Conn:
                 resp = await st.handler(req, st.deadline)  # type: ignore[misc]
                 if not self._answer_now(st, resp):
                     await self._send(st, resp)
-                    self._finish(st, grpc.StatusCode.OK)
+                    self._finish(st, StatusCode.OK)
                 return
             except EtcdError as exc:
                 self._finish(st, exc.code, exc.message)
                 return
             except Exception as exc:
                 log.exception("etcd call failed")
-                self._finish(st, grpc.StatusCode.UNKNOWN, f"etcdserver: {exc}")
+                self._finish(st, StatusCode.UNKNOWN, f"etcdserver: {exc}")
                 return
         if scope.cancelled_caught and not st.closed:
-            self._finish(st, grpc.StatusCode.DEADLINE_EXCEEDED, "context deadline exceeded")
+            self._finish(st, StatusCode.DEADLINE_EXCEEDED, "context deadline exceeded")
 
     async def _run_stream(self, st: _Stream) -> None:
         assert st.recv_ch is not None
@@ -597,12 +597,12 @@ class _Conn:
                             break
                     else:
                         await fn(st.recv_ch, send)
-                self._finish(st, grpc.StatusCode.OK)
+                self._finish(st, StatusCode.OK)
             except EtcdError as exc:
                 self._finish(st, exc.code, exc.message)
             except Exception as exc:
                 log.exception("etcd stream failed")
-                self._finish(st, grpc.StatusCode.UNKNOWN, f"etcdserver: {exc}")
+                self._finish(st, StatusCode.UNKNOWN, f"etcdserver: {exc}")
 
 
 class EtcdH2Server:

@@ -32,7 +32,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import NoReturn
 
-import grpc
 import trio
 
 from raftd.api.errors import ApiError
@@ -42,6 +41,7 @@ from raftd.etcd import errors, snapfile
 from raftd.etcd.errors import EtcdError
 from raftd.etcd.ids import member_id
 from raftd.etcd.kv import apply_range_options, event_of, kv_of, range_at, txn_command
+from raftd.etcd.status import StatusCode
 from raftd.kv.watch import PUT
 from raftd.wire.pb import api_pb2 as apb
 from raftd.wire.pb import kv_pb2 as kpb
@@ -125,16 +125,16 @@ class EtcdService:
                 raise errors.NO_LEADER
             if "storage failed" in msg and "No space" in msg:
                 raise errors.NO_SPACE
-            raise EtcdError(grpc.StatusCode.UNAVAILABLE, f"etcdserver: {msg}")
+            raise EtcdError(StatusCode.UNAVAILABLE, f"etcdserver: {msg}")
         if err.code == C.INVALID_ARGUMENT:
             if lease and "already exists" in msg:
                 raise errors.LEASE_EXIST
             raise errors.invalid(msg)
         if err.code == C.NOT_FOUND:
-            raise EtcdError(grpc.StatusCode.NOT_FOUND, f"etcdserver: {msg}")
+            raise EtcdError(StatusCode.NOT_FOUND, f"etcdserver: {msg}")
         if err.code == C.FAILED_PRECONDITION:
-            raise EtcdError(grpc.StatusCode.FAILED_PRECONDITION, f"etcdserver: {msg}")
-        raise EtcdError(grpc.StatusCode.UNKNOWN, f"etcdserver: {msg}")
+            raise EtcdError(StatusCode.FAILED_PRECONDITION, f"etcdserver: {msg}")
+        raise EtcdError(StatusCode.UNKNOWN, f"etcdserver: {msg}")
 
     async def _call(
         self, req: apb.Request, deadline: float, *, lease: bool = False

@@ -15,6 +15,7 @@ import trio
 from raftd.etcd import errors
 from raftd.etcd.errors import EtcdError
 from raftd.etcd.http2 import MAX_MESSAGE, EtcdH2Server
+from raftd.etcd.status import StatusCode
 from raftd.wire.pb.etcd import kv_pb2 as mvcc
 from raftd.wire.pb.etcd import rpc_pb2 as epb
 
@@ -48,7 +49,7 @@ class Service:
                 self.two_cancelled.set()
 
     async def txn(self, req: epb.TxnRequest, deadline: float) -> epb.TxnResponse:
-        raise EtcdError(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: nö, 100% sure")
+        raise EtcdError(StatusCode.FAILED_PRECONDITION, "etcdserver: nö, 100% sure")
 
     async def watch(self, requests: trio.MemoryReceiveChannel[Any], send: Any) -> None:
         async for req in requests:

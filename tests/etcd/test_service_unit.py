@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 import pytest
 import trio
 
 from raftd.etcd import errors
 from raftd.etcd.errors import EtcdError
 from raftd.etcd.service import EtcdService
+from raftd.etcd.status import StatusCode
 from raftd.kv import commands
 from raftd.kv.machine import KVStateMachine
 from raftd.wire.pb.etcd import rpc_pb2 as epb
@@ -50,7 +50,7 @@ async def test_range_at_revision_within_and_beyond_the_window() -> None:
     sm.history.reset(sm.revision())  # what a restart leaves: no changes held
     with pytest.raises(EtcdError) as ei:
         await s.range(epb.RangeRequest(key=b"k", revision=1, serializable=True), far)
-    assert ei.value is errors.COMPACTED and ei.value.code == grpc.StatusCode.OUT_OF_RANGE
+    assert ei.value is errors.COMPACTED and ei.value.code == StatusCode.OUT_OF_RANGE
     r = await s.range(epb.RangeRequest(key=b"k", revision=3, serializable=True), far)
     assert r.kvs[0].value == b"v3"
     with pytest.raises(EtcdError) as ei:

@@ -17,6 +17,7 @@ from raftd.etcd.errors import EtcdError
 from raftd.etcd.ids import cluster_id, member_id
 from raftd.etcd.kv import apply_range_options, range_at, txn_command
 from raftd.etcd.snapfile import PAGE, padding, payload_size
+from raftd.etcd.status import StatusCode
 from raftd.kv.backend import KeyRecord
 from raftd.kv.watch import DELETE, PUT, KeyEvent
 from raftd.wire.pb import kv_pb2 as kpb
@@ -150,15 +151,15 @@ def test_txn_lease_and_range_compares_translate() -> None:
 def test_txn_refusals(req: epb.TxnRequest, message: str) -> None:
     with pytest.raises(EtcdError) as ei:
         txn_command(req)
-    assert ei.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert ei.value.code == StatusCode.INVALID_ARGUMENT
     assert ei.value.message.startswith("etcdserver: ") and message in ei.value.message
 
 
 def test_error_messages_are_etcds() -> None:
-    assert errors.COMPACTED.code == grpc.StatusCode.OUT_OF_RANGE
+    assert errors.COMPACTED.code == StatusCode.OUT_OF_RANGE
     assert errors.COMPACTED.message == "etcdserver: mvcc: required revision has been compacted"
     assert errors.LEASE_NOT_FOUND.message == "etcdserver: requested lease not found"
-    assert errors.LEASE_NOT_FOUND.code == grpc.StatusCode.NOT_FOUND
+    assert errors.LEASE_NOT_FOUND.code == StatusCode.NOT_FOUND
 
 
 def test_ids_stable_distinct_nonzero() -> None:
@@ -238,3 +239,9 @@ def test_cluster_id_static_and_after_formation() -> None:
     assert cid() == cluster_id("/raft/x", "c-123")
     nf.record = SimpleNamespace(id="other")  # fixed once formed
     assert cid() == cluster_id("/raft/x", "c-123")
+
+
+def test_status_codes_are_grpcs() -> None:
+    """raftd's own enum carries gRPC's numbers, name for name."""
+    theirs = {c.name: c.value[0] for c in grpc.StatusCode}
+    assert {c.name: c.value for c in StatusCode} == theirs
