@@ -159,6 +159,28 @@ def _run_daemon(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_etcd_namespace_serves_the_named_namespace_only(tmp_path: Path) -> None:
+    """``--etcd-namespace``: etcd clients read and write that namespace, not the first."""
+    etcdctl = Etcdctl(etcdctl_path(), [])
+    with LocalCluster(
+        1,
+        base_dir=tmp_path / "c",
+        namespaces=("/raft/first", "/raft/second"),
+        etcd=True,
+        extra_args=["--etcd-namespace", "/raft/second"],
+    ) as cluster:
+        node = cluster.nodes[0]
+        etcdctl.endpoints = [node.etcd_endpoint]
+        etcdctl.out("put", "where", "second")
+        with node.client(namespace="/raft/second") as c:
+            kv = c.get("where")
+            assert kv is not None and kv.value == b"second"
+        with node.client(namespace="/raft/first") as c:
+            assert c.get("where") is None
+            c.put("only-first", "1")
+        assert etcdctl.out("get", "only-first") == ""
+
+
 def test_non_loopback_without_tls_is_refused(tmp_path: Path) -> None:
     p = _run_daemon(tmp_path, "--etcd-listen", "0.0.0.0:2379")
     assert p.returncode == 2
