@@ -9,6 +9,10 @@ the top frames by own time (samples where the frame was running) and by total ti
 (samples where it was on the stack), each as a share of that process's samples, and
 keeps the raw collapsed stacks in ``--out`` (feed them to any flame-graph tool).
 
+``--via etcd`` runs the put load through every node's etcd v3 endpoint with etcd's own
+Go load tool (``../shared/anchors/etcd/bench.sh``) instead, so that the two paths'
+profiles can be set side by side.
+
 py-spy is in the ``dev`` extra; it needs ptrace rights (root, or
 ``kernel.yama.ptrace_scope=0``).
 """
@@ -81,6 +85,19 @@ def parse_collapsed(text: str) -> FrameTable:
     return table
 
 
+def _etcd_load(endpoints: list[str], clients: int, conns: int, seconds: float) -> str:
+    """Put load from etcd's Go load tool over ``endpoints`` for ``seconds``: its summary."""
+    from harness.bench.etcd import ANCHOR
+
+    if not ANCHOR.exists():
+        return f"{ANCHOR} not found: no etcd load"
+    cmd = ["bash", str(ANCHOR), "--endpoints", ",".join(endpoints), "--op", "put"]
+    cmd += ["--clients", str(clients), "--conns", str(conns), "--total", str(10**9)]
+    cmd += ["--maxdur", f"{int(seconds)}s", "--no-json"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    return (p.stdout + p.stderr).strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="scripts/profile", description=__doc__.split("\n\n")[0])
     ap.add_argument("mode", choices=sorted(OPS))
@@ -93,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--endpoints", choices=["all", "leader"], default="all")
     ap.add_argument("--out", type=Path, help="keep the raw stacks here")
     ap.add_argument("--gil", action="store_true", help="only samples of the thread holding the GIL")
+    ap.add_argument(
+        "--via",
+        choices=["native", "etcd"],
+        default="native",
+        help="drive the load through raftd's socket API or, with etcd's Go load tool, "
+        "through the etcd endpoints (put only)",
+    )
     args = ap.parse_args(argv)
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():
@@ -102,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     from raftd.testing.cluster import LocalCluster
 
-    with LocalCluster(3) as cluster:
+    if args.via == "etcd" and args.mode != "put":
+        print("--via etcd drives put only")
+        return 2
+    with LocalCluster(3, etcd=args.via == "etcd") as cluster:
         lead = cluster.wait_leader()
         follower = next(n for n in cluster.nodes if n is not lead)
         nodes = cluster.nodes if args.endpoints == "all" else [lead]
@@ -139,19 +166,22 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                 )
             )
-        res = trio.run(
-            lambda: run_load(
-                sockets,
-                args.mode,
-                clients=args.clients,
-                conns=args.conns,
-                total=10**9,
-                duration=args.seconds,
-                key_space=args.key_space,
-                preload=False,
+        if args.via == "etcd":
+            print(_etcd_load(cluster.etcd_endpoints(), args.clients, args.conns, args.seconds))
+        else:
+            res = trio.run(
+                lambda: run_load(
+                    sockets,
+                    args.mode,
+                    clients=args.clients,
+                    conns=args.conns,
+                    total=10**9,
+                    duration=args.seconds,
+                    key_space=args.key_space,
+                    preload=False,
+                )
             )
-        )
-        print(res.line())
+            print(res.line())
         for name, raw, proc in procs:
             proc.wait(timeout=args.seconds + 30)
             if not raw.exists():

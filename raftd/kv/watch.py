@@ -5,10 +5,11 @@ revision) after its batch is durable. A watch asks for the events from some revi
 the history answers from memory, so a watcher that reconnects can resume from the last
 revision it saw, as long as that revision is still held.
 
-Bounds: at most ``max_events`` events and about ``max_bytes`` bytes of keys and values
-(defaults 50,000 events / 32 MiB). The oldest *whole revisions* are dropped first, and
-:attr:`EventHistory.floor` is the oldest revision still complete: a watch from an older
-revision must be refused ("compacted") and the client must re-read and watch again.
+Bounds: at most ``max_events`` events and about ``max_bytes`` bytes of memory (keys,
+values, previous values and a fixed cost per event; defaults 50,000 events / 32 MiB).
+The oldest *whole revisions* are dropped first, and :attr:`EventHistory.floor` is the
+oldest revision still complete: a watch from an older revision must be refused
+("compacted") and the client must re-read and watch again.
 
 The history is not persisted. After a restart it starts empty at the state machine's
 revision (``floor = revision + 1``); after a snapshot install it is cleared the same way,
@@ -18,6 +19,8 @@ since the events that the snapshot skipped are unknown.
 from __future__ import annotations
 
 import bisect
+import struct
+from array import array
 
 from raftd.kv.backend import KeyRecord
 
@@ -30,6 +33,8 @@ DEFAULT_MAX_EVENTS = 50_000
 DEFAULT_MAX_BYTES = 32 << 20
 #: Dropped events kept in the list before it is compacted, at least.
 _COMPACT_MIN = 1024
+#: What a held event costs beside its packed bytes (object header, list and array slots).
+_OVERHEAD = 56
 
 
 class KeyEvent:
@@ -106,12 +111,72 @@ class KeyEvent:
         return n
 
 
-def _rev(e: KeyEvent) -> int:
-    return e.revision
+# One held event, packed into a single bytes object (see EventHistory):
+# type, flags (has a record, has a prev), key length, value length, prev value length,
+# then the record's and the prev's (create, mod, version, lease) as present, then the
+# key, the value and the prev's value.
+_PACK_HEAD = struct.Struct("<BBIII")
+_PACK_META = struct.Struct("<qqqq")
+_HAS_RECORD = 1
+_HAS_PREV = 2
+
+
+def _pack(e: KeyEvent) -> bytes:
+    prev = e.prev
+    flags = 0
+    parts: list[bytes] = []
+    vlen = plen = 0
+    if e._value is not None:
+        flags |= _HAS_RECORD
+        vlen = len(e._value)
+        parts.append(_PACK_META.pack(e._create, e._mod, e._version, e._lease))
+    if prev is not None:
+        flags |= _HAS_PREV
+        plen = len(prev.value)
+        parts.append(
+            _PACK_META.pack(prev.create_revision, prev.mod_revision, prev.version, prev.lease)
+        )
+    parts.append(e.key)
+    if e._value is not None:
+        parts.append(e._value)
+    if prev is not None:
+        parts.append(prev.value)
+    return _PACK_HEAD.pack(e.type, flags, len(e.key), vlen, plen) + b"".join(parts)
+
+
+def _key_of(blob: bytes) -> bytes:
+    _, flags, klen, _, _ = _PACK_HEAD.unpack_from(blob)
+    pos = _PACK_HEAD.size + _PACK_META.size * ((flags & 1) + (flags >> 1))
+    return blob[pos : pos + klen]
+
+
+def _unpack(revision: int, blob: bytes) -> KeyEvent:
+    type_, flags, klen, vlen, plen = _PACK_HEAD.unpack_from(blob)
+    pos = _PACK_HEAD.size
+    record = prev = None
+    if flags & _HAS_RECORD:
+        rmeta = _PACK_META.unpack_from(blob, pos)
+        pos += _PACK_META.size
+    if flags & _HAS_PREV:
+        pmeta = _PACK_META.unpack_from(blob, pos)
+        pos += _PACK_META.size
+    key = blob[pos : pos + klen]
+    pos += klen
+    if flags & _HAS_RECORD:
+        record = KeyRecord(blob[pos : pos + vlen], *rmeta)
+        pos += vlen
+    if flags & _HAS_PREV:
+        prev = KeyRecord(blob[pos : pos + plen], *pmeta)
+    return KeyEvent(revision, type_, key, record, prev)
 
 
 class EventHistory:
-    """Events of the most recent revisions, in revision order (see the module doc)."""
+    """Events of the most recent revisions, in revision order (see the module doc).
+
+    Each held event is one packed ``bytes`` object (its revision in a parallel array):
+    about half the memory of :class:`KeyEvent` objects and the records they point to,
+    and nothing for the garbage collector to traverse. :meth:`read` builds the
+    :class:`KeyEvent` objects it returns (new objects on every read)."""
 
     def __init__(
         self,
@@ -124,14 +189,15 @@ class EventHistory:
             raise ValueError("history bounds must be positive")
         self.max_events = max_events
         self.max_bytes = max_bytes
-        self._events: list[KeyEvent] = []
-        self._head = 0  # index of the oldest held event in _events
+        self._blobs: list[bytes] = []
+        self._revs = array("q")  # the revision of each blob
+        self._head = 0  # index of the oldest held event
         self._bytes = 0
         self.floor = revision + 1
         self.last = revision
 
     def __len__(self) -> int:
-        return len(self._events) - self._head
+        return len(self._blobs) - self._head
 
     @property
     def size_bytes(self) -> int:
@@ -139,7 +205,8 @@ class EventHistory:
 
     def reset(self, revision: int) -> None:
         """Forget everything; the next event will be after ``revision``."""
-        self._events = []
+        self._blobs = []
+        self._revs = array("q")
         self._head = 0
         self._bytes = 0
         self.floor = revision + 1
@@ -151,30 +218,32 @@ class EventHistory:
             return
         if events[0].revision <= self.last:
             raise ValueError(f"history: revision {events[0].revision} is not after {self.last}")
-        self._events.extend(events)
-        self._bytes += sum(e.size() for e in events)
+        blobs = [_pack(e) for e in events]
+        self._blobs.extend(blobs)
+        self._revs.extend(e.revision for e in events)
+        self._bytes += sum(map(len, blobs)) + _OVERHEAD * len(blobs)
         self.last = events[-1].revision
         self._trim()
 
     def _trim(self) -> None:
-        evs = self._events
+        blobs, revs = self._blobs, self._revs
         dropped_rev = 0
-        while len(evs) - self._head > self.max_events or self._bytes > self.max_bytes:
-            e = evs[self._head]
+        while len(blobs) - self._head > self.max_events or self._bytes > self.max_bytes:
+            self._bytes -= len(blobs[self._head]) + _OVERHEAD
+            dropped_rev = revs[self._head]
             self._head += 1
-            self._bytes -= e.size()
-            dropped_rev = e.revision
         if dropped_rev:
             # Never keep half a revision: a watcher from it would miss events.
-            while self._head < len(evs) and evs[self._head].revision == dropped_rev:
-                self._bytes -= evs[self._head].size()
+            while self._head < len(blobs) and revs[self._head] == dropped_rev:
+                self._bytes -= len(blobs[self._head]) + _OVERHEAD
                 self._head += 1
             self.floor = dropped_rev + 1
         # Dropped events stay referenced by the list until it is compacted: compact once
         # they are an eighth of it, so the list holds at most ~8/7 of the bound (moving
         # the pointers costs about eight per event appended, amortized).
-        if self._head >= _COMPACT_MIN and self._head * 8 >= len(evs):
-            del evs[: self._head]
+        if self._head >= _COMPACT_MIN and self._head * 8 >= len(blobs):
+            del blobs[: self._head]
+            del revs[: self._head]
             self._head = 0
 
     def read(
@@ -185,17 +254,23 @@ class EventHistory:
         read from next. Raises ``LookupError`` if ``start < floor`` (compacted)."""
         if start < self.floor:
             raise LookupError(f"revision {start} is compacted (oldest held: {self.floor})")
-        evs = self._events
-        i = bisect.bisect_left(evs, start, lo=self._head, key=_rev)
+        blobs, revs = self._blobs, self._revs
+        i = bisect.bisect_left(revs, start, lo=self._head)
         out: list[KeyEvent] = []
         nxt = max(start, self.last + 1)
-        n = len(evs)
+        n = len(blobs)
+        everything = not key and end is None
         while i < n:
-            e = evs[i]
-            if len(out) >= limit and e.revision != out[-1].revision:
-                nxt = e.revision
+            rev = revs[i]
+            if len(out) >= limit and rev != out[-1].revision:
+                nxt = rev
                 break
-            if e.key >= key and (end is None or e.key < end):
-                out.append(e)
+            blob = blobs[i]
+            if everything:
+                out.append(_unpack(rev, blob))
+            else:
+                k = _key_of(blob)
+                if k >= key and (end is None or k < end):
+                    out.append(_unpack(rev, blob))
             i += 1
         return out, nxt

@@ -3,6 +3,9 @@ released (the list is compacted), and reads stay exact across compactions."""
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from raftd.kv.backend import KeyRecord
 from raftd.kv.watch import DELETE, PUT, EventHistory, KeyEvent
 
@@ -18,7 +21,7 @@ def test_dropped_events_are_released_and_reads_stay_exact() -> None:
     held_max = 0
     for rev in range(1, 40_001):
         h.append([_ev(rev)])
-        held_max = max(held_max, len(h._events))
+        held_max = max(held_max, len(h._blobs))
         if rev % 997 == 0 or rev == 40_000:
             assert len(h) == min(rev, bound)
             assert h.floor == max(1, rev - bound + 1)
@@ -44,3 +47,46 @@ def test_event_keeps_what_it_was_given() -> None:
     d = KeyEvent(9, DELETE, b"k", None, new)
     assert d.record is None and d.prev == new and d.size() == 64 + 1 + 3
     assert "record=None" in repr(d)
+
+
+_records = st.one_of(
+    st.none(),
+    st.builds(
+        KeyRecord,
+        st.binary(max_size=300),
+        st.integers(0, 2**63 - 1),
+        st.integers(0, 2**63 - 1),
+        st.integers(0, 2**63 - 1),
+        st.integers(0, 2**63 - 1),
+    ),
+)
+
+
+@given(
+    st.lists(
+        st.tuples(st.binary(max_size=40), _records, _records, st.integers(1, 3)),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_held_events_read_back_as_appended(specs: list[tuple[bytes, object, object, int]]) -> None:
+    """Events come back from the (packed) history field for field, whatever their keys,
+    values, leases and revisions, whole or filtered by a key range."""
+    h = EventHistory(0)
+    events: list[KeyEvent] = []
+    rev = 0
+    for key, record, prev, step in specs:
+        rev += step
+        assert record is None or isinstance(record, KeyRecord)
+        assert prev is None or isinstance(prev, KeyRecord)
+        events.append(KeyEvent(rev, PUT if record is not None else DELETE, key, record, prev))
+    for e in events:
+        h.append([e])
+    got, nxt = h.read(1, b"", None, limit=len(events))
+    assert got == events and nxt == rev + 1
+    assert [e.size() for e in got] == [e.size() for e in events]
+    lo, hi = sorted((specs[0][0], specs[-1][0]))
+    ranged, _ = h.read(1, lo, hi, limit=len(events))
+    assert ranged == [e for e in events if lo <= e.key < hi]
+    later, _ = h.read(events[-1].revision, b"", None)
+    assert later == [events[-1]]
