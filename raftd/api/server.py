@@ -40,6 +40,7 @@ import trio
 
 from raftd.api.errors import ApiError
 from raftd.api.service import WRITE_OPS, NamespaceService
+from raftd.api.sockio import SocketIO
 from raftd.wire.framing import FrameDecoder, FrameError, FrameTooLarge, encode_frame
 from raftd.wire.pb import api_pb2 as apb
 
@@ -238,6 +239,7 @@ class _Connection:
     def __init__(self, server: ApiServer, stream: trio.abc.Stream, *, needs_auth: bool) -> None:
         self.server = server
         self.stream = stream
+        self.io = SocketIO(stream)
         self.config = server.config
         self.authenticated = not needs_auth
         self.scope = trio.CancelScope()
@@ -319,7 +321,7 @@ class _Connection:
             self.writing = True
             with trio.move_on_after(timeout) as scope:
                 try:
-                    await self.stream.send_all(b"".join(parts))
+                    await self.io.send_all(b"".join(parts))
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     self.writing = False
                     self.scope.cancel()
@@ -359,7 +361,7 @@ class _Connection:
         chunk = self.config.read_chunk
         while True:
             try:
-                data = await self.stream.receive_some(chunk)
+                data = await self.io.receive_some(chunk)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
             if not data:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import hpack
 import trio
 
+from raftd.api.sockio import SocketIO
 from raftd.etcd.endpoint import TlsFiles
 from raftd.etcd.errors import EtcdError
 from raftd.etcd.service import EtcdService
@@ -238,6 +239,7 @@ class _Conn:
 
     def __init__(self, stream: trio.abc.Stream, methods: dict[str, Any]) -> None:
         self.stream = stream
+        self.io = SocketIO(stream)
         self.methods = methods
         self.decoder = hpack.Decoder()
         self.out = bytearray()
@@ -265,7 +267,7 @@ class _Conn:
                 continue
             data, self.out = bytes(self.out), bytearray()
             with trio.fail_after(SEND_TIMEOUT_S):
-                await self.stream.send_all(data)
+                await self.io.send_all(data)
 
     def _settings(self) -> bytes:
         payload = struct.pack(">HIHI", 0x3, MAX_STREAMS, _S_INITIAL_WINDOW, STREAM_WINDOW)
@@ -352,7 +354,7 @@ class _Conn:
                     raise _ConnectionError(_PROTOCOL_ERROR, "unexpected CONTINUATION")
             buf = buf[pos:]
             pos = 0
-            data = await self.stream.receive_some(1 << 18)
+            data = await self.io.receive_some(1 << 18)
             if not data:
                 return
             buf = buf + data if buf else data
