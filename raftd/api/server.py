@@ -40,7 +40,7 @@ import trio
 
 from raftd.api.errors import ApiError
 from raftd.api.service import WRITE_OPS, NamespaceService
-from raftd.api.sockio import SocketIO
+from raftd.transport.sockio import SocketIO
 from raftd.wire.framing import FrameDecoder, FrameError, FrameTooLarge, encode_frame
 from raftd.wire.pb import api_pb2 as apb
 

@@ -41,11 +41,11 @@ from typing import TYPE_CHECKING, Any
 import hpack
 import trio
 
-from raftd.api.sockio import SocketIO
 from raftd.etcd.endpoint import TlsFiles
 from raftd.etcd.errors import EtcdError
 from raftd.etcd.service import EtcdService
 from raftd.etcd.status import StatusCode
+from raftd.transport.sockio import SocketIO
 from raftd.wire.pb.etcd import rpc_pb2 as epb
 
 if TYPE_CHECKING:

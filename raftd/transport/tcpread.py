@@ -5,9 +5,11 @@ socket (its 2-byte length, then the body, and Yamux's 12-byte header inside it),
 one a syscall and often a scheduler round. :func:`install` replaces
 ``libp2p.io.trio.TrioTCPStream.read`` with a version that receives up to 64 KiB at a
 time and serves later reads from that buffer: a batch of frames that arrived together
-costs one ``recv``. The byte stream every layer above sees is unchanged (same bytes, same
-order; a read returns at most ``n`` bytes and at least one, or ``b""`` at the end), and
-so are the errors. It applies to every TCP connection of the process.
+costs one ``recv``, and a read that emptied the socket waits for the next bytes before
+it calls ``recv`` again (:class:`~raftd.transport.sockio.SocketIO`). The byte stream
+every layer above sees is unchanged (same bytes, same order; a read returns at most
+``n`` bytes and at least one, or ``b""`` at the end), and so are the errors. It applies
+to every TCP connection of the process.
 
 This is a patch of the library's class, done once at host creation, in place of
 changing the installed package: upstream, it belongs in ``TrioTCPStream`` itself.
@@ -24,6 +26,8 @@ from typing import Any
 import trio
 from libp2p.io.exceptions import ConnectionClosedError
 from libp2p.io.trio import TrioTCPStream
+
+from raftd.transport.sockio import SocketIO
 
 __all__ = ["CHUNK", "install", "last_received"]
 
@@ -44,8 +48,11 @@ async def _buffered_read(self: Any, n: int | None = None) -> bytes:
             out = bytes(buf[:n])
             del buf[:n]
             return out
+        io: SocketIO | None = getattr(self, "_raftd_io", None)
+        if io is None:
+            io = self._raftd_io = SocketIO(self.stream)
         try:
-            data: bytes = await self.stream.receive_some(max(n or 0, CHUNK))
+            data: bytes = await io.receive_some(max(n or 0, CHUNK))
         except trio.BrokenResourceError as error:
             raise ConnectionClosedError(
                 f"TCP connection reset by remote peer: {error}", transport="tcp"
