@@ -27,47 +27,61 @@ import trio
 from libp2p.io.exceptions import ConnectionClosedError
 from libp2p.io.trio import TrioTCPStream
 
+from raftd.transport.fastlock import take
 from raftd.transport.sockio import SocketIO
 
-__all__ = ["CHUNK", "install", "last_received"]
+__all__ = ["CHUNK", "install", "last_received", "tcp_io"]
 
 #: Bytes asked of the socket per receive.
 CHUNK = 64 * 1024
 
 
+def tcp_io(stream: Any) -> SocketIO:
+    """The :class:`SocketIO` of a ``TrioTCPStream`` (one per stream, made on first use)."""
+    io: SocketIO | None = getattr(stream, "_raftd_io", None)
+    if io is None:
+        io = stream._raftd_io = SocketIO(stream.stream)
+    return io
+
+
 async def _buffered_read(self: Any, n: int | None = None) -> bytes:
-    async with self.read_lock:
-        if n is not None and n == 0:
-            return b""
-        buf: bytearray | None = getattr(self, "_raftd_rbuf", None)
-        if buf:
-            if n is None or n >= len(buf):
-                out = bytes(buf)
-                buf.clear()
-                return out
-            out = bytes(buf[:n])
-            del buf[:n]
+    lock = self.read_lock
+    await take(lock)
+    try:
+        return await _read_locked(self, n)
+    finally:
+        lock.release()
+
+
+async def _read_locked(self: Any, n: int | None) -> bytes:
+    if n is not None and n == 0:
+        return b""
+    buf: bytearray | None = getattr(self, "_raftd_rbuf", None)
+    if buf:
+        if n is None or n >= len(buf):
+            out = bytes(buf)
+            buf.clear()
             return out
-        io: SocketIO | None = getattr(self, "_raftd_io", None)
-        if io is None:
-            io = self._raftd_io = SocketIO(self.stream)
-        try:
-            data: bytes = await io.receive_some(max(n or 0, CHUNK))
-        except trio.BrokenResourceError as error:
-            raise ConnectionClosedError(
-                f"TCP connection reset by remote peer: {error}", transport="tcp"
-            ) from error
-        except trio.ClosedResourceError:
-            return b""  # closed locally: end of stream, as the library does
-        if data:
-            self._raftd_rx_at = trio.current_time()
-        if n is None or len(data) <= n:
-            return data
-        if buf is None:
-            self._raftd_rbuf = bytearray(data[n:])
-        else:
-            buf.extend(data[n:])
-        return data[:n]
+        out = bytes(buf[:n])
+        del buf[:n]
+        return out
+    try:
+        data: bytes = await tcp_io(self).receive_some(max(n or 0, CHUNK))
+    except trio.BrokenResourceError as error:
+        raise ConnectionClosedError(
+            f"TCP connection reset by remote peer: {error}", transport="tcp"
+        ) from error
+    except trio.ClosedResourceError:
+        return b""  # closed locally: end of stream, as the library does
+    if data:
+        self._raftd_rx_at = trio.current_time()
+    if n is None or len(data) <= n:
+        return data
+    if buf is None:
+        self._raftd_rbuf = bytearray(data[n:])
+    else:
+        buf.extend(data[n:])
+    return data[:n]
 
 
 def last_received(stream: Any) -> float | None:
