@@ -40,7 +40,7 @@ async def test_a_held_lock_is_waited_for_in_line() -> None:
     async def worker(i: int) -> None:
         async with fast:
             order.append(i)
-            await trio.sleep(0)  # hold it across a checkpoint
+            await trio.lowlevel.checkpoint()  # hold it across a checkpoint
             order.append(i)
 
     await fast.acquire()
@@ -51,7 +51,7 @@ async def test_a_held_lock_is_waited_for_in_line() -> None:
         # Everyone queued behind us: nobody may jump the line when we let go.
         with trio.testing.assert_checkpoints():
             fast.release()
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
     assert order == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
 
 
