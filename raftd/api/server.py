@@ -40,6 +40,7 @@ import trio
 
 from raftd.api.errors import ApiError
 from raftd.api.service import WRITE_OPS, NamespaceService
+from raftd.transport.fastlock import take_all
 from raftd.transport.sockio import SocketIO
 from raftd.wire.framing import FrameDecoder, FrameError, FrameTooLarge, encode_frame
 from raftd.wire.pb import api_pb2 as apb
@@ -264,8 +265,7 @@ class _Connection:
                     # End of input: stop the watches, let the requests in flight answer.
                     for scope in list(self.watches.values()):
                         scope.cancel()
-                    for _ in range(self.config.max_in_flight):
-                        await self.in_flight.acquire()
+                    await take_all(self.in_flight, self.config.max_in_flight)
                     while self.watches:
                         self.watches_changed = trio.Event()
                         await self.watches_changed.wait()

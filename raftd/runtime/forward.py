@@ -45,6 +45,7 @@ from google.protobuf.message import DecodeError
 from libp2p.custom_types import TProtocol
 
 from raftd.transport.base import protocol_id
+from raftd.transport.fastlock import take_all
 from raftd.transport.libp2p import FrameReader, parse_peer_id
 from raftd.wire.framing import FrameError, encode_frame
 from raftd.wire.pb import api_pb2 as apb
@@ -790,7 +791,6 @@ class CmdHandler:
                 await in_flight.acquire()  # back-pressure: stop reading when full
                 n.start_soon(one, req)
             # End of input: let the requests in flight answer, flush, stop the writer.
-            for _ in range(cfg.max_in_flight):
-                await in_flight.acquire()
+            await take_all(in_flight, cfg.max_in_flight)
             closing[0] = True
             wake[0].set()

@@ -15,7 +15,7 @@ from libp2p.network.stream.net_stream import NetStream
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from raftd.transport.fastlock import FastLock, take
+from raftd.transport.fastlock import FastLock, take, take_all
 from raftd.transport.host import load_or_create_identity, open_host
 
 PROTO = TProtocol("/raftd-test/echo-lines/1")
@@ -53,6 +53,30 @@ async def test_a_held_lock_is_waited_for_in_line() -> None:
             fast.release()
             await trio.lowlevel.checkpoint()
     assert order == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+
+
+async def test_taking_every_slot_waits_only_for_the_held_ones() -> None:
+    sem = trio.Semaphore(1000)
+    counter = _StepCounter()
+    trio.lowlevel.add_instrument(counter)
+    await take_all(sem, 1000)  # all free: one checkpoint, not a thousand
+    trio.lowlevel.remove_instrument(counter)
+    assert sem.value == 0 and counter.steps <= 2, counter.steps
+    for _ in range(1000):
+        sem.release()
+    await sem.acquire()  # one slot held by "a request in flight"
+    finished = trio.Event()
+
+    async def drain() -> None:
+        await take_all(sem, 1000)
+        finished.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drain)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not finished.is_set()  # still waiting for the held slot
+        sem.release()
+    assert finished.is_set() and sem.value == 0
 
 
 class _StepCounter(trio.abc.Instrument):
