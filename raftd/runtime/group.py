@@ -451,6 +451,11 @@ class Group(Generic[ST, SM]):
         """Wait for the next change of role or leader."""
         await self._state_event.wait()
 
+    def state_change_event(self) -> trio.Event:
+        """The event set at the next change of role or leader. Taking it is what fixes
+        "next": a change after this call sets it, however late the caller waits."""
+        return self._state_event
+
     async def wait_applied(self, index: int) -> None:
         while self.sm.applied_index() < index:
             self._check_usable()

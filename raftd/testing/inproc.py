@@ -130,15 +130,20 @@ class Cluster:
                 await self.wait_state_change(ns)
 
     async def wait_state_change(self, ns: str = NS) -> None:
-        """Wait for any live node's next role or leader change in ``ns``."""
-        async with trio.open_nursery() as waiters:
-            for n in self.live():
+        """Wait for any live node's next role or leader change in ``ns`` after this call.
 
-                async def wake(g: Group) -> None:
-                    await g.wait_state_change()
+        The events are taken before anything yields: a change that happens before the
+        waiting tasks first run still wakes this wait (a lost wake-up otherwise, seen as
+        a leader elected but never noticed)."""
+        events = [n.group(ns).state_change_event() for n in self.live()]
+        async with trio.open_nursery() as waiters:
+            for ev in events:
+
+                async def wake(e: trio.Event) -> None:
+                    await e.wait()
                     waiters.cancel_scope.cancel()
 
-                waiters.start_soon(wake, n.group(ns))
+                waiters.start_soon(wake, ev)
 
 
 @asynccontextmanager
