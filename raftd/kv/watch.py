@@ -146,7 +146,8 @@ def _pack(e: KeyEvent) -> bytes:
 
 def _key_of(blob: bytes) -> bytes:
     _, flags, klen, _, _ = _PACK_HEAD.unpack_from(blob)
-    pos = _PACK_HEAD.size + _PACK_META.size * ((flags & 1) + (flags >> 1))
+    metas = bool(flags & _HAS_RECORD) + bool(flags & _HAS_PREV)
+    pos = _PACK_HEAD.size + _PACK_META.size * metas
     return blob[pos : pos + klen]
 
 

@@ -1,4 +1,4 @@
-"""Buffered reads under py-libp2p's Noise and Yamux.
+"""Buffered reads and direct writes under py-libp2p's Noise and Yamux.
 
 py-libp2p 0.8.1 reads each Noise message with two or three ``recv`` calls on the TCP
 socket (its 2-byte length, then the body, and Yamux's 12-byte header inside it), each
@@ -9,7 +9,10 @@ costs one ``recv``, and a read that emptied the socket waits for the next bytes 
 it calls ``recv`` again (:class:`~raftd.transport.sockio.SocketIO`). The byte stream
 every layer above sees is unchanged (same bytes, same order; a read returns at most
 ``n`` bytes and at least one, or ``b""`` at the end), and so are the errors. It applies
-to every TCP connection of the process.
+to every TCP connection of the process. Writes go to the socket at once
+(``SocketIO.send_all``), after the stream's write lock taken without a checkpoint when it
+is free; errors are the library's (a reset peer is ``ConnectionClosedError``, a stream
+closed here ends the write silently).
 
 This is a patch of the library's class, done once at host creation, in place of
 changing the installed package: upstream, it belongs in ``TrioTCPStream`` itself.
@@ -30,13 +33,13 @@ from libp2p.io.trio import TrioTCPStream
 from raftd.transport.fastlock import take
 from raftd.transport.sockio import SocketIO
 
-__all__ = ["CHUNK", "install", "last_received", "tcp_io"]
+__all__ = ["CHUNK", "install", "last_received"]
 
 #: Bytes asked of the socket per receive.
 CHUNK = 64 * 1024
 
 
-def tcp_io(stream: Any) -> SocketIO:
+def _io(stream: Any) -> SocketIO:
     """The :class:`SocketIO` of a ``TrioTCPStream`` (one per stream, made on first use)."""
     io: SocketIO | None = getattr(stream, "_raftd_io", None)
     if io is None:
@@ -66,7 +69,7 @@ async def _read_locked(self: Any, n: int | None) -> bytes:
         del buf[:n]
         return out
     try:
-        data: bytes = await tcp_io(self).receive_some(max(n or 0, CHUNK))
+        data: bytes = await _io(self).receive_some(max(n or 0, CHUNK))
     except trio.BrokenResourceError as error:
         raise ConnectionClosedError(
             f"TCP connection reset by remote peer: {error}", transport="tcp"
@@ -84,6 +87,21 @@ async def _read_locked(self: Any, n: int | None) -> bytes:
     return data[:n]
 
 
+async def _write(self: Any, data: bytes) -> None:
+    lock = self.write_lock
+    await take(lock)
+    try:
+        await _io(self).send_all(data)
+    except trio.BrokenResourceError as error:
+        raise ConnectionClosedError(
+            f"TCP connection reset by remote peer: {error}", transport="tcp"
+        ) from error
+    except trio.ClosedResourceError:
+        return  # closed locally: as the library does
+    finally:
+        lock.release()
+
+
 def last_received(stream: Any) -> float | None:
     """``trio.current_time()`` when ``stream`` (a ``TrioTCPStream``) last received bytes;
     None if never, or if the stream is not read through :func:`install`'s buffer."""
@@ -92,6 +110,7 @@ def last_received(stream: Any) -> float | None:
 
 
 def install() -> None:
-    """Make every ``TrioTCPStream`` read through a buffer. Idempotent."""
-    if TrioTCPStream.read is not _buffered_read:
-        TrioTCPStream.read = _buffered_read  # type: ignore[method-assign]
+    """Make every ``TrioTCPStream`` read through a buffer and write its socket directly.
+    Idempotent."""
+    TrioTCPStream.read = _buffered_read  # type: ignore[method-assign]
+    TrioTCPStream.write = _write  # type: ignore[method-assign]

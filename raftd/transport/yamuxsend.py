@@ -9,7 +9,7 @@ formats a debug line for every frame whatever the log level. Measured on a 3-nod
 cluster at one put in flight, each frame sent cost about eight task steps, and each
 step a few tens of µs of the event loop.
 
-:func:`install` replaces three methods of the library's classes:
+:func:`install` replaces two methods of the library's classes:
 
 - ``YamuxStream.write``: when the stream is open, its locks are free and its send window
   holds the whole payload (the usual case for a Raft frame), the frame is built without
@@ -18,12 +18,9 @@ step a few tens of µs of the event loop.
 - ``Yamux._write_frame``: the connection's write lock is taken without a checkpoint when
   it is free (in FIFO order behind any waiter otherwise), the debug line is formatted
   only when that level is on, and the one checkpoint at the end is kept, so a task that
-  writes in a loop still lets the others run and still sees a cancellation;
-- ``TrioTCPStream.write``: the same for its write lock, and the bytes go out through
-  :class:`~raftd.transport.sockio.SocketIO` (the socket is written at once; the task
-  waits only when the socket buffer is full). Errors are the library's: a reset peer is
-  ``ConnectionClosedError``, a stream closed here ends the write silently.
+  writes in a loop still lets the others run and still sees a cancellation.
 
+Below them, :mod:`raftd.transport.tcpread` writes the TCP socket the same way.
 The bytes on the wire and their order are unchanged, and so is what the locks exclude.
 Like :mod:`raftd.transport.tcpread`, this patches the library's classes once, at host
 creation; upstream, it belongs in the library itself.
@@ -36,13 +33,10 @@ import struct
 from typing import Any
 
 import trio
-from libp2p.io.exceptions import ConnectionClosedError
-from libp2p.io.trio import TrioTCPStream
 from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 
 from raftd.transport.fastlock import take
-from raftd.transport.tcpread import tcp_io
 
 __all__ = ["install"]
 
@@ -82,23 +76,7 @@ async def _write_frame(self: Any, data: bytes) -> None:
     await trio.lowlevel.checkpoint()
 
 
-async def _tcp_write(self: Any, data: bytes) -> None:
-    lock = self.write_lock
-    await take(lock)
-    try:
-        await tcp_io(self).send_all(data)
-    except trio.BrokenResourceError as error:
-        raise ConnectionClosedError(
-            f"TCP connection reset by remote peer: {error}", transport="tcp"
-        ) from error
-    except trio.ClosedResourceError:
-        return  # closed locally: as the library does
-    finally:
-        lock.release()
-
-
 def install() -> None:
-    """Patch the three methods (see the module docstring). Idempotent."""
+    """Patch the two methods (see the module docstring). Idempotent."""
     YamuxStream.write = _stream_write  # type: ignore[method-assign]
     Yamux._write_frame = _write_frame  # type: ignore[method-assign]
-    TrioTCPStream.write = _tcp_write  # type: ignore[method-assign]
