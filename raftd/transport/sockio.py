@@ -9,6 +9,8 @@ request's cost. :class:`SocketIO` reads and writes the socket's file descriptor 
 - :meth:`SocketIO.receive_some` waits for readability first when the previous read
   emptied the socket (it returned less than asked), so the doomed ``recv`` is skipped;
 - :meth:`SocketIO.send_all` writes at once and waits only when the socket is full;
+  :meth:`SocketIO.send_nowait` writes what fits without waiting, so a writer can put a
+  timeout around only the rare send that must wait;
 - a reader that always finds data still passes a cancellation point every
   :data:`CHECKPOINT_EVERY` reads, so it can neither starve other tasks nor miss a
   cancellation.
@@ -79,6 +81,19 @@ class SocketIO:
                 self._streak = 0
                 await trio.lowlevel.checkpoint()
             return data
+
+    def send_nowait(self, data: bytes) -> int:
+        """Write what fits in the socket now; the number of bytes written (0 when it is
+        full, and always 0 for a stream without a descriptor of its own, such as TLS:
+        send those with :meth:`send_all`). Never waits and is no checkpoint."""
+        if self._fd < 0:
+            return 0
+        try:
+            return os.write(self._open_fd(), data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise self._error(exc) from exc
 
     async def send_all(self, data: bytes) -> None:
         """Write all of ``data``, waiting for room in the socket when it is full."""

@@ -4,6 +4,7 @@ both ways, deadlines, cancellation, errors, streams, and bad peers."""
 
 from __future__ import annotations
 
+import select
 import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 import trio
+import trio.testing
 
 from raftd.etcd import errors
 from raftd.etcd.errors import EtcdError
@@ -21,13 +23,15 @@ from raftd.wire.pb.etcd import rpc_pb2 as epb
 
 
 class Service:
-    """Answers Range with a value of the asked size (``limit`` bytes), Put by waiting
-    until cancelled, Txn with an error, and Watch by echoing each create request's key
-    ``limit`` times."""
+    """Answers Range with a value of the asked size (``limit`` bytes) (for the key
+    ``gate``, once :attr:`gate` is set), Put by waiting until cancelled, Txn with an
+    error, and Watch by echoing each create request's key ``limit`` times."""
 
     def __init__(self) -> None:
         self.cancelled = 0
         self.two_cancelled = trio.Event()
+        self.gate = trio.Event()
+        self.at_gate = trio.Event()
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         async def unknown(req: Any, deadline: float) -> Any:
@@ -36,6 +40,9 @@ class Service:
         return unknown
 
     async def range(self, req: epb.RangeRequest, deadline: float) -> epb.RangeResponse:
+        if req.key == b"gate":
+            self.at_gate.set()
+            await self.gate.wait()
         out = epb.RangeResponse(count=1)
         out.kvs.append(mvcc.KeyValue(key=req.key, value=b"v" * req.limit))
         return out
@@ -195,3 +202,83 @@ async def test_bad_peers_do_not_disturb_others(server: tuple[EtcdH2Server, Servi
             return len(rng(epb.RangeRequest(key=b"k", limit=5), timeout=10).kvs[0].value)
 
     assert await in_thread(call) == 5
+
+
+def _h2_frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    return (
+        len(payload).to_bytes(3, "big") + bytes((ftype, flags)) + sid.to_bytes(4, "big") + payload
+    )
+
+
+def _h2_call(enc: Any, sid: int, path: str, msg: bytes) -> bytes:
+    block = enc.encode(
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "x"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+    )
+    body = b"\x00" + len(msg).to_bytes(4, "big") + msg
+    return _h2_frame(1, 0x4, sid, block) + _h2_frame(0, 0x1, sid, body)
+
+
+async def _h2_frames_until(
+    sock: Any, done: Callable[[list[tuple[int, int, int]]], bool]
+) -> list[list[tuple[int, int, int]]]:
+    """Frames (type, flags, stream) grouped by the ``recv`` that brought them, until
+    ``done`` holds for all received so far."""
+    chunks: list[list[tuple[int, int, int]]] = []
+    buf = b""
+    seen: list[tuple[int, int, int]] = []
+    with trio.fail_after(15):
+        while not done(seen):
+            data = await sock.recv(65536)
+            assert data, "connection closed"
+            buf += data
+            got = []
+            while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+                n = int.from_bytes(buf[:3], "big")
+                got.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big")))
+                buf = buf[9 + n :]
+            chunks.append(got)
+            seen.extend(got)
+    return chunks
+
+
+async def test_ping_ack_rides_with_the_next_answer_while_calls_are_in_flight(
+    server: tuple[EtcdH2Server, Service],
+) -> None:
+    import hpack
+
+    srv, svc = server
+    ack = (6, 1, 0)
+    sock = trio.socket.socket()
+    await sock.connect(("127.0.0.1", srv.port))
+    enc = hpack.Encoder()
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _h2_frame(4, 0, 0)
+    # No call in flight (an idle client's keepalive): acknowledged at once.
+    await sock.send(preface + _h2_frame(6, 0, 0, b"12345678"))
+    await _h2_frames_until(sock, lambda seen: ack in seen)
+    # A Range is in flight, held at the gate: a PING that follows it is not answered on
+    # its own...
+    req = epb.RangeRequest(key=b"gate").SerializeToString()
+    await sock.send(
+        _h2_call(enc, 1, "/etcdserverpb.KV/Range", req) + _h2_frame(6, 0, 0, b"abcdefgh")
+    )
+    with trio.fail_after(15):
+        await svc.at_gate.wait()
+    await trio.testing.wait_all_tasks_blocked()
+    assert select.select([sock.fileno()], [], [], 0)[0] == []  # nothing came
+    # ...but leaves with the answer, in the same write.
+    svc.gate.set()
+    chunks = await _h2_frames_until(sock, lambda seen: ack in seen and (1, 5, 1) in seen)
+    assert any(ack in c and (1, 5, 1) in c for c in chunks), chunks
+    # With only a Put that never ends in flight, a PING is still answered, after the
+    # bounded delay.
+    put = epb.PutRequest(key=b"k").SerializeToString()
+    await sock.send(_h2_call(enc, 3, "/etcdserverpb.KV/Put", put) + _h2_frame(6, 0, 0, b"zzzzzzzz"))
+    await _h2_frames_until(sock, lambda seen: ack in seen)
+    sock.close()

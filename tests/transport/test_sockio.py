@@ -65,6 +65,33 @@ async def test_peer_reset_is_a_broken_resource() -> None:
     await a.aclose()
 
 
+async def test_send_nowait_takes_what_fits_and_never_waits() -> None:
+    a, b = _pair()
+    io_a, io_b = SocketIO(a), SocketIO(b)
+    assert io_a.send_nowait(b"abc") == 3
+    assert await io_b.receive_some(10) == b"abc"
+    big = b"y" * (16 << 20)  # more than any socket buffer
+    taken = io_a.send_nowait(big)
+    assert 0 < taken < len(big)
+    assert io_a.send_nowait(b"more") == 0  # full: nothing taken, no wait
+    got = 0
+    async with trio.open_nursery() as nursery:
+
+        async def drain() -> None:
+            nonlocal got
+            while got < len(big):
+                got += len(await io_b.receive_some(1 << 20))
+
+        nursery.start_soon(drain)
+        await io_a.send_all(big[taken:])
+    assert got == len(big)
+    await b.aclose()
+    with pytest.raises(trio.BrokenResourceError):
+        for _ in range(100):  # the first writes may still be taken by the kernel
+            io_a.send_nowait(b"x" * 65536)
+    await a.aclose()
+
+
 async def test_closing_here_ends_a_waiting_read_and_refuses_later_ones() -> None:
     a, b = _pair()
     io_b = SocketIO(b)
@@ -87,6 +114,8 @@ async def test_closing_here_ends_a_waiting_read_and_refuses_later_ones() -> None
         await io_b.receive_some(10)
     with pytest.raises(trio.ClosedResourceError):
         await io_b.send_all(b"x")
+    with pytest.raises(trio.ClosedResourceError):
+        io_b.send_nowait(b"x")
     for s in (a, c, d):
         await s.aclose()
 
@@ -110,6 +139,7 @@ async def test_a_reader_that_always_finds_data_can_be_cancelled() -> None:
 async def test_streams_other_than_sockets_use_their_own_methods() -> None:
     left, right = trio.testing.memory_stream_pair()
     io = SocketIO(left)
+    assert io.send_nowait(b"ignored") == 0  # no descriptor: send_all is the way
     await io.send_all(b"hello")
     assert await right.receive_some(10) == b"hello"
     await right.send_all(b"world")
