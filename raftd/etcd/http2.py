@@ -262,7 +262,8 @@ class _Conn:
         self.going_away = False
         self.nursery: trio.Nursery | None = None
         self.unary_in_flight = 0
-        self.flush_at = math.inf  # deferred PING acknowledgements are due then
+        self.acks = bytearray()  # deferred PING acknowledgements...
+        self.flush_at = math.inf  # ...due then
         self.writer_scope: trio.CancelScope | None = None
 
     # -- output -----------------------------------------------------------------------------
@@ -276,7 +277,9 @@ class _Conn:
             self._queue(ack)
             return
         # Rides with the next answer (see PING_ACK_DELAY_S): no wake-up of the writer.
-        self.out += ack
+        # It goes after that answer, so a grpc-go client has taken the answer's DATA
+        # while its ping was still outstanding, and does not ping again for it.
+        self.acks += ack
         if self.flush_at == math.inf:
             self.flush_at = trio.current_time() + PING_ACK_DELAY_S
             if self.writer_scope is not None:
@@ -288,6 +291,9 @@ class _Conn:
                 await self.out_ready.wait()
             self.writer_scope = None
             self.out_ready = trio.Event()
+            if self.acks:
+                self.out += self.acks
+                self.acks = bytearray()
             if not self.out:
                 continue
             data, self.out = bytes(self.out), bytearray()
