@@ -1,6 +1,6 @@
 """The etcd v3 gRPC endpoint served in the daemon's trio loop: HTTP/2 (RFC 9113) and
-gRPC's framing, written for what gRPC over HTTP/2 uses, with ``hpack`` for header
-decoding.
+gRPC's framing, written for what gRPC over HTTP/2 uses, with :mod:`raftd.etcd.hpackdec`
+(on the ``hpack`` package's tables) for header decoding.
 
 Why not grpcio: its per-call cost in Python (its asyncio server) plus the hand-over
 between its thread and trio cost more CPU than the rest of a put (measured in the
@@ -12,7 +12,7 @@ What is implemented, per connection (:class:`_Conn`):
 
 - the preface and SETTINGS exchange; PING answered (see :data:`PING_ACK_DELAY_S`);
   GOAWAY sent at shutdown and obeyed when received; PRIORITY and unknown frames ignored;
-- HEADERS and CONTINUATION decoded with ``hpack`` (the peer's dynamic table); our own
+- HEADERS and CONTINUATION decoded with the peer's dynamic table; our own
   header blocks use no dynamic table (static-table names and literals), so the peer's
   SETTINGS_HEADER_TABLE_SIZE never matters;
 - flow control both ways: inbound windows are large (a whole request of the 4 MiB limit
@@ -38,11 +38,11 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import hpack
 import trio
 
 from raftd.etcd.endpoint import TlsFiles
 from raftd.etcd.errors import EtcdError
+from raftd.etcd.hpackdec import HeaderBlockError, HeaderDecoder
 from raftd.etcd.service import EtcdService
 from raftd.etcd.status import StatusCode
 from raftd.transport.sockio import SocketIO
@@ -245,11 +245,11 @@ class _Conn:
     """One client connection: a reader loop (this task), a writer task, one task per
     call, all in one nursery."""
 
-    def __init__(self, stream: trio.abc.Stream, methods: dict[str, Any]) -> None:
+    def __init__(self, stream: trio.abc.Stream, methods: dict[bytes, Any]) -> None:
         self.stream = stream
         self.io = SocketIO(stream)
         self.methods = methods
-        self.decoder = hpack.Decoder()
+        self.decoder = HeaderDecoder()
         self.out = bytearray()
         self.out_ready = trio.Event()
         self.window_changed = trio.Event()
@@ -440,8 +440,8 @@ class _Conn:
 
     def _on_headers(self, sid: int, flags: int, block: bytes) -> None:
         try:
-            headers = self.decoder.decode(block, raw=True)
-        except hpack.HPACKError as exc:
+            h = self.decoder.decode(block)
+        except HeaderBlockError as exc:
             raise _ConnectionError(_COMPRESSION_ERROR, f"bad header block: {exc}") from None
         if sid in self.streams:  # trailers from the client: the end of its input
             if flags & _END_STREAM:
@@ -455,8 +455,7 @@ class _Conn:
             return
         st = _Stream(sid, self.peer_initial)
         self.streams[sid] = st
-        h = {bytes(k): bytes(v) for k, v in headers}
-        m = self.methods.get(h.get(b":path", b"").decode("utf-8", "replace"))
+        m = self.methods.get(h.get(b":path", b""))
         if m is None:
             self._finish(st, StatusCode.UNIMPLEMENTED, "unknown service or method")
             return
@@ -659,7 +658,7 @@ class EtcdH2Server:
         self.host = host
         self.port = port
         self.tls = tls
-        self.methods = method_table(service)
+        self.methods = {path.encode(): m for path, m in method_table(service).items()}
         self._ssl: ssl.SSLContext | None = self._ssl_context(tls) if tls is not None else None
 
     @property
