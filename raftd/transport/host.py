@@ -46,7 +46,7 @@ from libp2p.peer.id import ID
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
-from raftd.transport import fastlock, tcpread, yamuxsend, yamuxwin
+from raftd.transport import fastlock, tcpread, yamuxrecv, yamuxsend, yamuxwin
 
 __all__ = [
     "IDENTITY_FILE",
@@ -159,10 +159,12 @@ def create_host(
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
     # Even so, the library grants credit after almost every small read: see yamuxwin.
     # Reads and writes skip a scheduler round per free lock and per syscall: tcpread,
-    # yamuxsend, fastlock.
+    # yamuxsend, fastlock; the usual frames skip the library's per-frame logging and
+    # timeout: yamuxrecv.
     yamuxwin.install()
     tcpread.install()
     yamuxsend.install()
+    yamuxrecv.install()
     fastlock.install()
     host: Any = new_host(  # Any: libp2p's interfaces lack the attributes set below
         key_pair=key_pair,
