@@ -319,17 +319,11 @@ class _Connection:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
             self.writing = True
-            data = b"".join(parts)
             try:
-                # The timeout's cancel scope is paid only by a send that must wait.
-                sent = self.io.send_nowait(data)
-                if sent < len(data):
-                    with trio.move_on_after(timeout) as scope:
-                        await self.io.send_all(data[sent:])
-                    if scope.cancelled_caught:
-                        log.info("API client does not read its responses: closing the connection")
-                        self.scope.cancel()
-                        return
+                if not await self.io.send_all_within(b"".join(parts), timeout):
+                    log.info("API client does not read its responses: closing the connection")
+                    self.scope.cancel()
+                    return
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 self.writing = False
                 self.scope.cancel()

@@ -298,10 +298,8 @@ class _Conn:
                 continue
             data, self.out = bytes(self.out), bytearray()
             self.flush_at = math.inf
-            sent = self.io.send_nowait(data)
-            if sent < len(data):
-                with trio.fail_after(SEND_TIMEOUT_S):
-                    await self.io.send_all(data[sent:])
+            if not await self.io.send_all_within(data, SEND_TIMEOUT_S):
+                raise trio.TooSlowError(f"peer read nothing for {SEND_TIMEOUT_S} s")
 
     def _settings(self) -> bytes:
         payload = struct.pack(">HIHI", 0x3, MAX_STREAMS, _S_INITIAL_WINDOW, STREAM_WINDOW)

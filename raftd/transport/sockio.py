@@ -9,8 +9,8 @@ request's cost. :class:`SocketIO` reads and writes the socket's file descriptor 
 - :meth:`SocketIO.receive_some` waits for readability first when the previous read
   emptied the socket (it returned less than asked), so the doomed ``recv`` is skipped;
 - :meth:`SocketIO.send_all` writes at once and waits only when the socket is full;
-  :meth:`SocketIO.send_nowait` writes what fits without waiting, so a writer can put a
-  timeout around only the rare send that must wait;
+  :meth:`SocketIO.send_all_within` bounds a send by a timeout whose cancel scope is set
+  up only when the socket is full;
 - a reader that always finds data still passes a cancellation point every
   :data:`CHECKPOINT_EVERY` reads, so it can neither starve other tasks nor miss a
   cancellation.
@@ -110,3 +110,15 @@ class SocketIO:
             except OSError as exc:
                 raise self._error(exc) from exc
             view = view[n:]
+
+    async def send_all_within(self, data: bytes, seconds: float) -> bool:
+        """:meth:`send_all` within ``seconds``; False if the time ran out (part of
+        ``data`` may have been written). What fits in the socket is written at once, and
+        only the rest pays for a cancel scope."""
+        sent = self.send_nowait(data)
+        if sent == len(data):
+            return True
+        with trio.move_on_after(seconds):
+            await self.send_all(data[sent:])
+            return True
+        return False

@@ -28,8 +28,8 @@ whenever this code runs, a holder is a task that has not yet started its critica
 section, and code without an ``await`` cannot interleave with it. Checking the locks
 instead would be worse than useless: trio hands a released lock to the next waiter
 before that waiter runs, so a lock with a queue looks held at every frame, and sending
-each frame to the library to wait in that queue keeps the queue alive (measured: 1,645
-of 1,800 frames refused that way in one test run). Every other frame (SYN, ACK, FIN, RST,
+each frame to the library to wait in that queue keeps the queue alive, and almost no
+frame would take the fast path. Every other frame (SYN, ACK, FIN, RST,
 PING, GO_AWAY, a body not yet in the buffer, an unknown stream) is handed to the
 library's loop unchanged, and the library reads and handles it as before. The body of a
 frame that must still arrive is read by the library, bounded by its timeout as before.

@@ -144,3 +144,12 @@ async def test_streams_other_than_sockets_use_their_own_methods() -> None:
     assert await right.receive_some(10) == b"hello"
     await right.send_all(b"world")
     assert await io.receive_some(10) == b"world"
+
+
+async def test_send_all_within_gives_up_on_a_peer_that_reads_nothing() -> None:
+    a, b = _pair()
+    io_a = SocketIO(a)
+    assert await io_a.send_all_within(b"fits", 1.0)
+    assert not await io_a.send_all_within(b"z" * (16 << 20), 0.2)  # nobody reads
+    await a.aclose()
+    await b.aclose()
