@@ -12,9 +12,12 @@ Security of the listeners:
   gets UNAUTHENTICATED and the connection is closed.
 
 Each connection: a reader (the connection's task) parses varint-delimited frames
-(:class:`raftd.wire.framing.FrameDecoder`, limit ``max_frame_size``) and starts one task
-per request, at most ``max_in_flight`` at a time (then it stops reading: back-pressure);
-a writer task sends the responses in completion order, batching what is ready into one
+(:class:`raftd.wire.framing.FrameDecoder`, limit ``max_frame_size``) and serves each
+request, at most ``max_in_flight`` at a time (then it stops reading: back-pressure). The
+usual writes (``INLINE_WRITE_OPS``) need no task: they are started here and answered from
+the group's completion callback (:meth:`NamespaceService.start_write`), their deadlines
+kept by one timer task per connection; every other request runs in a task of its own. A
+writer task sends the responses in completion order, batching what is ready into one
 ``send_all`` bounded by ``write_timeout``. Bad input is answered, not fatal to the
 daemon: an undecodable request gets INVALID_ARGUMENT (id 0) and the connection goes on;
 an oversized frame gets TOO_LARGE and a malformed length prefix INVALID_ARGUMENT, then the
@@ -24,9 +27,12 @@ connection closes (the byte stream cannot be resynchronized).
 from __future__ import annotations
 
 import contextlib
+import heapq
 import hmac
 import ipaddress
+import itertools
 import logging
+import math
 import os
 import socket as stdsocket
 import stat
@@ -39,7 +45,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from raftd.api.errors import ApiError
-from raftd.api.service import WRITE_OPS, NamespaceService
+from raftd.api.service import INLINE_WRITE_OPS, WRITE_OPS, InlineWrite, NamespaceService
 from raftd.transport.fastlock import take_all
 from raftd.transport.sockio import SocketIO
 from raftd.wire.framing import FrameDecoder, FrameError, FrameTooLarge, encode_frame
@@ -252,6 +258,10 @@ class _Connection:
         self.writer_done = trio.Event()
         self.watches_changed = trio.Event()
         self.nursery: trio.Nursery | None = None
+        #: Inline writes by deadline (finished ones are dropped lazily).
+        self.deadlines: list[tuple[float, int, InlineWrite]] = []
+        self.tiebreak = itertools.count()
+        self.timer: trio.CancelScope | None = None
 
     async def serve(self) -> None:
         try:
@@ -259,6 +269,7 @@ class _Connection:
                 async with trio.open_nursery() as nursery:
                     self.nursery = nursery
                     nursery.start_soon(self._writer)
+                    nursery.start_soon(self._expire_loop)
                     if not self.authenticated:
                         nursery.start_soon(self._auth_timer)
                     await self._read_loop()
@@ -273,7 +284,25 @@ class _Connection:
                     await self.writer_done.wait()
                     nursery.cancel_scope.cancel()
         finally:
+            for _, _, w in self.deadlines:
+                w.abandon()
             await self._close()
+
+    async def _expire_loop(self) -> None:
+        """Answer the inline writes whose deadline passed; sleep until the next one."""
+        heap = self.deadlines
+        while True:
+            now = trio.current_time()
+            while heap and (heap[0][2].finished or heap[0][0] <= now):
+                heapq.heappop(heap)[2].expire()  # a no-op once finished
+            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self.timer:
+                await trio.sleep_forever()
+            self.timer = None
+
+    def _inline_reply(self, resp: apb.Response) -> None:
+        self.pending.pop(resp.id, None)
+        self.in_flight.release()
+        self.send_nowait(resp)
 
     async def _close(self) -> None:
         with trio.move_on_after(0.5) as guard:
@@ -331,6 +360,26 @@ class _Connection:
             self.writing = False
 
     async def send(self, resp: apb.Response) -> None:
+        # The writer may be gone (the connection is closing): then drop it.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.send_ch.send(self._frame(resp))
+
+    def send_nowait(self, resp: apb.Response) -> None:
+        """:meth:`send` from code that cannot wait: a full queue hands the frame to a task."""
+        frame = self._frame(resp)
+        try:
+            self.send_ch.send_nowait(frame)
+        except trio.WouldBlock:
+            if self.nursery is not None:
+                self.nursery.start_soon(self._send_frame, frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def _send_frame(self, frame: bytes) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.send_ch.send(frame)
+
+    def _frame(self, resp: apb.Response) -> bytes:
         data = resp.SerializeToString()
         if len(data) > self.config.max_frame_size:
             data = (
@@ -342,9 +391,7 @@ class _Connection:
                 .response(resp.id)
                 .SerializeToString()
             )
-        # The writer may be gone (the connection is closing): then drop it.
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.send_ch.send(encode_frame(data))
+        return encode_frame(data)
 
     async def _final(self, code: int, message: str, request_id: int = 0) -> None:
         """Answer a fatal error (framing, authentication), flush, close."""
@@ -429,9 +476,23 @@ class _Connection:
             resp.watch_cancel.found = wscope is not None
             await self.send(resp)
             return
-        await self.in_flight.acquire()
+        try:
+            # Without a scheduler round when there is room (the usual case); the reader
+            # still yields at its socket (SocketIO's checkpoint every few reads).
+            self.in_flight.acquire_nowait()
+        except trio.WouldBlock:
+            await self.in_flight.acquire()
         self.pending[req.id] = op in WRITE_OPS
         log.debug("API request %d: %s (timeout %d ms)", req.id, op, req.timeout_ms)
+        if op in INLINE_WRITE_OPS:
+            w = svc.start_write(req, self._inline_reply, self.nursery.start_soon)
+            if w is not None:
+                if not w.finished:
+                    heapq.heappush(self.deadlines, (w.deadline, next(self.tiebreak), w))
+                    timer = self.timer
+                    if timer is not None and w.deadline < timer.deadline:
+                        timer.deadline = w.deadline
+                return
         self.nursery.start_soon(self._run, svc, req)
 
     async def _auth(self, req: apb.Request) -> None:

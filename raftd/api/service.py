@@ -44,7 +44,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -72,12 +72,14 @@ from raftd.wire.pb import kv_pb2 as kpb
 from raftd.wire.ranges import key_bounds
 
 __all__ = [
+    "INLINE_WRITE_OPS",
     "LEADER_OPS",
     "LOCAL_OPS",
     "MAX_TIMEOUT_S",
     "READ_OPS",
     "WRITE_OPS",
     "AddressBook",
+    "InlineWrite",
     "Lane",
     "LanePool",
     "NamespaceService",
@@ -90,6 +92,9 @@ C = apb.Error
 WRITE_OPS = frozenset(
     {"put", "delete", "delete_range", "cas", "txn", "lease_grant", "lease_revoke"}
 )
+#: Writes that :meth:`NamespaceService.start_write` serves without a task (a lease
+#: grant may have its TTL raised first, so it takes the general path).
+INLINE_WRITE_OPS = WRITE_OPS - {"lease_grant"}
 CONF_OPS = frozenset({"add_voter", "add_learner", "promote", "remove"})
 LEADER_OPS = CONF_OPS | {"transfer_leader", "lease_keepalive", "lease_ttl"}
 READ_OPS = frozenset({"get", "range", "barrier"})
@@ -293,6 +298,31 @@ class NamespaceService:
             resp = ApiError(C.UNAVAILABLE, "state machine is being restored").response()
         resp.id = req.id
         return resp
+
+    def start_write(
+        self,
+        req: apb.Request,
+        reply: Callable[[apb.Response], None],
+        spawn: Callable[[Callable[[], Awaitable[None]]], None],
+    ) -> InlineWrite | None:
+        """Start a write as :meth:`handle` would, without a task of its own: the answer
+        is passed to ``reply`` (exactly once, on the group's task or synchronously here
+        for a request refused at once), with ``resp.id`` set. Returns None, doing
+        nothing, when the request is not one this path takes (then run :meth:`handle`).
+
+        The caller owns the deadline: it calls :meth:`InlineWrite.expire` once
+        ``InlineWrite.deadline`` has passed, and :meth:`InlineWrite.abandon` when it
+        stops caring (no reply then). The rare continuations that must wait for I/O (a
+        leader that ignores PROP messages, a lane's stale sequence) run in a task
+        started with ``spawn``."""
+        op = req.WhichOneof("op")
+        if op not in INLINE_WRITE_OPS:
+            return None
+        if self._cmd_only_leaders.get(self.group.leader, -math.inf) > trio.current_time():
+            return None
+        w = InlineWrite(self, req, op, reply, spawn)
+        w.begin()
+        return w
 
     async def handle_forwarded(self, req: apb.Request, remote: str) -> apb.Response:
         """Run a request another daemon forwarded to us as leader: never forward again
@@ -838,6 +868,175 @@ class NamespaceService:
                 await ev.wait()
 
 
+class InlineWrite:
+    """One write served by :meth:`NamespaceService.start_write`: the same steps as
+    ``_write`` and ``_replicate`` (a lane's session unless the client brought one, the
+    command proposed from here, this daemon's apply result as the answer), driven by the
+    group's completion callback instead of a waiting task. ``finished`` is True once the
+    answer was given or the caller abandoned it."""
+
+    __slots__ = (
+        "deadline",
+        "finished",
+        "lane",
+        "op",
+        "proposal",
+        "reply",
+        "req",
+        "service",
+        "session",
+        "spawn",
+        "waiter",
+    )
+
+    def __init__(
+        self,
+        service: NamespaceService,
+        req: apb.Request,
+        op: str,
+        reply: Callable[[apb.Response], None],
+        spawn: Callable[[Callable[[], Awaitable[None]]], None],
+    ) -> None:
+        self.service = service
+        self.req = req
+        self.op = op
+        self.reply = reply
+        self.spawn = spawn
+        self.deadline = trio.current_time() + service.timeout_of(req)
+        self.finished = False
+        self.lane: Lane | None = None
+        self.session: tuple[bytes, int] = (b"", 0)
+        self.proposal: CommandProposal | None = None
+        self.waiter: Any = None
+
+    def begin(self) -> None:
+        svc, req = self.service, self.req
+        try:
+            validate(req, self.op)
+            if req.client_id:
+                self.session = (req.client_id, req.seq)
+            else:
+                lane = self.lane = svc.lanes.acquire()
+                self.session = (lane.client_id, lane.next())
+            data = command_bytes(req, self.op, *self.session)
+            self.proposal, self.waiter = svc.group.command_start(
+                data, self.session, self._on_result
+            )
+        except ApiError as exc:
+            self._answer(exc.response())
+        except GroupUnavailable as exc:
+            self._answer(ApiError(C.UNAVAILABLE, str(exc)).response())
+        except RestoreInProgressError:
+            self._answer(ApiError(C.UNAVAILABLE, "state machine is being restored").response())
+        except Exception as exc:
+            log.exception("write %s failed", self.op)
+            self._answer(ApiError(C.INTERNAL, f"internal error: {exc!r}").response())
+
+    def expire(self) -> None:
+        """The deadline passed: answer as ``_replicate`` does then."""
+        if self.finished:
+            return
+        attempt = _Attempt()
+        attempt.in_flight = self.proposal is not None and self.proposal.sent
+        err = attempt.deadline_error(write=True, leader=self.service.group.leader)
+        self._answer(err.response())
+
+    def abandon(self) -> None:
+        """Stop waiting without an answer (the connection is gone)."""
+        if not self.finished:
+            self.finished = True
+            self._release()
+
+    def _release(self) -> None:
+        if self.proposal is not None:
+            self.service.group.command_stop(self.session, self.proposal, self.waiter)
+            self.proposal = None
+        if self.lane is not None:
+            self.service.lanes.release(self.lane)
+            self.lane = None
+
+    def _answer(self, resp: apb.Response) -> None:
+        self.finished = True
+        self._release()
+        resp.id = self.req.id
+        self.reply(resp)
+
+    def _on_result(self, waiter: Any) -> None:
+        if self.finished:
+            return
+        svc, op = self.service, self.op
+        err = waiter.error
+        if err is not None:
+            if isinstance(err, ProposalsIgnored) and svc.forwarder is not None:
+                # As in ``_replicate``: an older leader's cmd stream takes the same
+                # session instead (applied at most once).
+                log.warning(
+                    "%s: leader %s applied no proposal from here: sending writes to it by command",
+                    svc.namespace,
+                    err.leader[-8:],
+                )
+                svc._cmd_only_leaders[err.leader] = trio.current_time() + 60.0
+                self._continue(self._by_command)
+                return
+            if isinstance(err, GroupError):
+                sent = self.proposal is not None and self.proposal.sent
+                self._answer(ApiError(C.UNAVAILABLE, str(err), indeterminate=sent).response())
+                return
+            log.error("write %s failed: %r", op, err)
+            self._answer(ApiError(C.INTERNAL, f"internal error: {err!r}").response())
+            return
+        res = waiter.result
+        cr = res.result
+        if cr is None:
+            self._answer(ApiError(C.INTERNAL, "entry applied without a result").response())
+            return
+        if cr.status == kpb.CommandResult.STALE_SEQUENCE and self.lane is not None:
+            # Never applied: move the lane on and try again, as ``_write`` does.
+            self.lane.skip()
+            self._continue(self._general)
+            return
+        try:
+            resp = result_response(op, cr, res.index)
+        except ApiError as exc:
+            resp = exc.response()
+        self._answer(resp)
+
+    def _continue(self, step: Callable[[], Awaitable[apb.Response]]) -> None:
+        """Finish in a task: ``step`` gives the answer (its own deadline is ours)."""
+
+        async def run() -> None:
+            with trio.move_on_at(self.deadline):
+                try:
+                    resp = await step()
+                except ApiError as exc:
+                    resp = exc.response()
+                except Exception as exc:
+                    log.exception("write %s failed", self.op)
+                    resp = ApiError(C.INTERNAL, f"internal error: {exc!r}").response()
+                if not self.finished:
+                    self._answer(resp)
+                return
+            self.expire()
+
+        if self.proposal is not None:
+            # The waiter is resolved: only the proposal's bookkeeping remains.
+            self.service.group.command_stop(self.session, self.proposal, self.waiter)
+        self.spawn(run)
+
+    async def _by_command(self) -> apb.Response:
+        fwd = apb.Request()
+        fwd.CopyFrom(self.req)
+        fwd.client_id, fwd.seq = self.session
+        cr, index = await self.service._replicate_by_command(fwd, self.op, self.deadline)
+        return result_response(self.op, cr, index)
+
+    async def _general(self) -> apb.Response:
+        if self.lane is not None:
+            self.service.lanes.release(self.lane)
+            self.lane = None
+        return await self.service._write(self.req, self.op, self.deadline)
+
+
 class _RetryRound(Exception):
     """The read round's driver gave up: start another round."""
 
@@ -889,7 +1088,12 @@ def _from_pb(err: apb.Error) -> ApiError:
 
 def command_of(req: apb.Request, op: str) -> bytes:
     """The state machine command of a write request (with its client id and seq)."""
-    cmd = kpb.Command(client_id=req.client_id, seq=req.seq)
+    return command_bytes(req, op, req.client_id, req.seq)
+
+
+def command_bytes(req: apb.Request, op: str, client_id: bytes, seq: int) -> bytes:
+    """The state machine command of a write request under the session (client id, seq)."""
+    cmd = kpb.Command(client_id=client_id, seq=seq)
     getattr(cmd, op).CopyFrom(getattr(req, op))
     return cmd.SerializeToString(deterministic=True)
 

@@ -147,30 +147,54 @@ class MetaOnlyStorage:
 
 
 class _Waiter:
-    """A one-shot result slot for a task waiting on the Ready loop.
+    """A one-shot result slot for a task waiting on the Ready loop, or for a callback.
 
     ``index_only`` (read waiters): resolve with the read index as soon as it is known,
-    without waiting for this node to apply it."""
+    without waiting for this node to apply it.
 
-    __slots__ = ("error", "event", "index_only", "result")
+    ``callback``: called with the waiter, on the group's task, once its ``result`` or
+    ``error`` is set (instead of waking a task; :meth:`wait` is then not used). It must
+    not block; an exception it raises is logged, never passed to the group."""
 
-    def __init__(self, *, index_only: bool = False) -> None:
-        self.event = trio.Event()
+    __slots__ = ("callback", "done", "error", "event", "index_only", "result")
+
+    def __init__(
+        self,
+        *,
+        index_only: bool = False,
+        callback: Callable[[_Waiter], None] | None = None,
+    ) -> None:
+        self.event: trio.Event | None = trio.Event() if callback is None else None
+        self.callback = callback
+        self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
         self.index_only = index_only
 
     def set(self, result: Any) -> None:
-        if not self.event.is_set():
+        if not self.done:
+            self.done = True
             self.result = result
-            self.event.set()
+            self._notify()
 
     def fail(self, error: BaseException) -> None:
-        if not self.event.is_set():
+        if not self.done:
+            self.done = True
             self.error = error
+            self._notify()
+
+    def _notify(self) -> None:
+        if self.event is not None:
             self.event.set()
+            return
+        assert self.callback is not None
+        try:
+            self.callback(self)
+        except Exception:
+            log.exception("a command's completion callback raised")
 
     async def wait(self) -> Any:
+        assert self.event is not None, "a callback waiter is not awaited"
         await self.event.wait()
         if self.error is not None:
             raise self.error
@@ -495,21 +519,39 @@ class Group(Generic[ST, SM]):
         election timeout, until the context exits. Leaving the context gives up waiting;
         ``proposal.sent`` then says whether it may still apply. Raises
         :class:`GroupUnavailable` from ``wait`` when the group fails or stops."""
+        p, w = self.command_start(data, session)
+        try:
+            yield p, w
+        finally:
+            self.command_stop(session, p, w)
+
+    def command_start(
+        self,
+        data: bytes,
+        session: Session,
+        callback: Callable[[_Waiter], None] | None = None,
+    ) -> tuple[CommandProposal, _Waiter]:
+        """:meth:`command` without a context: the caller must call :meth:`command_stop`
+        with the same arguments once it stops waiting (after the result, or to give up).
+        With ``callback``, the result is delivered by calling it on the group's task
+        (see :class:`_Waiter`) instead of by ``await proposal.wait(waiter)``: a request
+        needs no task of its own to wait for its write."""
         self._check_usable()
         p = self._commands.get(session)
         if p is None:
             p = self._commands[session] = CommandProposal(data)
             self._commands_due.append(session)
             self._wake.set()
-        w = _Waiter()
+        w = _Waiter(callback=callback)
         p.waiters.append(w)
-        try:
-            yield p, w
-        finally:
-            if w in p.waiters:
-                p.waiters.remove(w)
-            if not p.waiters and self._commands.get(session) is p:
-                del self._commands[session]
+        return p, w
+
+    def command_stop(self, session: Session, p: CommandProposal, w: _Waiter) -> None:
+        """Stop waiting on a command started with :meth:`command_start` (idempotent)."""
+        if w in p.waiters:
+            p.waiters.remove(w)
+        if not p.waiters and self._commands.get(session) is p:
+            del self._commands[session]
 
     async def propose_conf_change(self, cc: ConfChange) -> ConfState:
         """Leader only: one single-server membership change; returns the new membership."""
@@ -817,7 +859,7 @@ class Group(Generic[ST, SM]):
             self._commands_due.append(k)
         for k in ignored:
             err = ProposalsIgnored(lead[0])
-            for w in self._commands.pop(k).waiters:
+            for w in tuple(self._commands.pop(k).waiters):
                 w.fail(err)
 
     #: Scheduler rounds given to the transport's readers before an election timeout or
@@ -1020,7 +1062,7 @@ class Group(Generic[ST, SM]):
                 if r.session is not None:
                     p = self._commands.pop(r.session, None)
                     if p is not None:
-                        for w in p.waiters:
+                        for w in tuple(p.waiters):  # a callback may leave the list
                             w.set(r)
                         self.stats.proposals_ok += 1
         for e in entries:
@@ -1086,7 +1128,7 @@ class Group(Generic[ST, SM]):
             w.fail(err)
         self._proposals.clear()
         for p in self._commands.values():
-            for w in p.waiters:
+            for w in tuple(p.waiters):  # a callback may leave the list
                 w.fail(err)
         self._commands.clear()
         self._commands_due.clear()

@@ -1,0 +1,196 @@
+"""Writes answered without a task per request (``NamespaceService.start_write``).
+
+Daemons in one trio process (real libp2p hosts, real LevelDB, the real API server on
+its unix socket), so the tests can count the tasks the server spawns and look at the
+group's pending commands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+import trio.lowlevel
+
+from raftd.api.service import NamespaceService
+from raftd.testing.inproc import NS, Cluster, Node, cluster
+from raftd.wire.framing import FrameDecoder, encode_frame
+from raftd.wire.pb import api_pb2 as apb
+from raftd.wire.pb import kv_pb2 as kpb
+
+C = apb.Error
+
+
+class SpawnCounter(trio.abc.Instrument):
+    """Counts spawned tasks by their coroutine's name."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.names.append(task.name.rpartition(".")[2])
+
+
+class Raw:
+    """A raw API connection: frames out, responses in (any order)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.decoder = FrameDecoder(1 << 22)
+        self.got: dict[int, apb.Response] = {}
+
+    async def send(self, *reqs: apb.Request) -> None:
+        await self.stream.send_all(b"".join(encode_frame(r.SerializeToString()) for r in reqs))
+
+    async def answers(self, ids: list[int]) -> list[apb.Response]:
+        while not all(i in self.got for i in ids):
+            data = await self.stream.receive_some(65536)
+            assert data, "the daemon closed the connection"
+            for f in self.decoder.feed(data):
+                r = apb.Response.FromString(f)
+                self.got[r.id] = r
+        return [self.got.pop(i) for i in ids]
+
+
+@asynccontextmanager
+async def raw(node: Node) -> AsyncIterator[Raw]:
+    stream = await trio.open_unix_socket(node.socket)
+    async with stream:
+        yield Raw(stream)
+
+
+def put(
+    rid: int, key: bytes, value: bytes, *, timeout_ms: int = 0, client_id: bytes = b"", seq: int = 0
+) -> apb.Request:
+    return apb.Request(
+        id=rid,
+        namespace=NS,
+        put=kpb.PutRequest(key=key, value=value),
+        timeout_ms=timeout_ms,
+        client_id=client_id,
+        seq=seq,
+    )
+
+
+def service(node: Node) -> NamespaceService:
+    assert node.daemon is not None and node.daemon.api is not None
+    return node.daemon.api.services[NS]
+
+
+async def follower_of(c: Cluster) -> Node:
+    ld = await c.leader()
+    return c.other(ld)
+
+
+async def wait_no_commands(node: Node) -> None:
+    """Until the group holds no command waiting for an answer."""
+    g = node.group()
+    while g._commands:  # noqa: ASYNC110 - the group has no event for it
+        await trio.sleep(0.01)
+
+
+async def test_pipelined_writes_spawn_no_task_per_request(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as (c, _):
+        with trio.fail_after(60):
+            f = await follower_of(c)
+            counter = SpawnCounter()
+            async with raw(f) as conn:
+                await conn.send(put(1, b"warm", b"up"))
+                (first,) = await conn.answers([1])
+                assert first.error.code == C.OK, first
+                trio.lowlevel.add_instrument(counter)
+                try:
+                    n = 200
+                    ids = list(range(2, n + 2))
+                    await conn.send(*(put(i, b"k%d" % i, b"v%d" % i) for i in ids))
+                    answers = await conn.answers(ids)
+                finally:
+                    trio.lowlevel.remove_instrument(counter)
+            assert [a.error.code for a in answers] == [C.OK] * n
+            assert len({a.revision for a in answers}) == n  # one revision per put
+            # Each answer is this daemon's own apply result: a stale read here sees it.
+            for i in ids:
+                kv = f.group().sm.get(b"k%d" % i)
+                assert kv is not None and kv.value == b"v%d" % i
+            assert "_run" not in counter.names, counter.names
+            # Whatever the daemon spawned meanwhile (timers, transport) is not per request.
+            assert len(counter.names) < n // 4, counter.names
+            await wait_no_commands(f)
+
+
+async def test_refused_at_once_and_other_ops_still_served(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as (c, _):
+        with trio.fail_after(60):
+            f = await follower_of(c)
+            async with raw(f) as conn:
+                await conn.send(
+                    put(1, b"", b"v"),  # empty key
+                    put(2, b"k", b"v", client_id=b"me"),  # client id without a seq
+                    apb.Request(id=3, namespace=NS, lease_grant=kpb.LeaseGrantRequest(ttl=30)),
+                    put(4, b"k", b"v", client_id=b"me", seq=1),
+                    put(5, b"k", b"v2", client_id=b"me", seq=1),  # same session: deduplicated
+                )
+                a1, a2, a3, a4, a5 = await conn.answers([1, 2, 3, 4, 5])
+            assert a1.error.code == C.INVALID_ARGUMENT and "empty key" in a1.error.message
+            assert a2.error.code == C.INVALID_ARGUMENT and "seq" in a2.error.message
+            assert a3.error.code == C.OK and a3.lease_grant.id > 0  # the general path
+            assert a4.error.code == C.OK and a5.error.code == C.OK, (a4, a5)
+            assert a4.revision == a5.revision
+            kv = f.group().sm.get(b"k")
+            assert kv is not None and kv.value == b"v" and kv.version == 1
+
+
+async def test_deadline_answers_and_releases_the_command(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as (c, _):
+        with trio.fail_after(60):
+            f = await follower_of(c)
+            c.isolate(f)
+            async with raw(f) as conn:
+                await conn.send(put(1, b"cut", b"off", timeout_ms=700))
+                (a,) = await conn.answers([1])
+            # Handed to a leader that never answered: it may still apply.
+            assert a.error.code in (C.DEADLINE_EXCEEDED, C.UNAVAILABLE), a
+            assert a.error.indeterminate or a.error.code == C.UNAVAILABLE
+            assert not f.group()._commands
+            c.heal()
+
+
+async def test_closed_connection_drops_its_pending_writes(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as (c, _):
+        with trio.fail_after(60):
+            f = await follower_of(c)
+            c.isolate(f)
+            async with raw(f) as conn:
+                await conn.send(*(put(i, b"p%d" % i, b"v", timeout_ms=600_000) for i in range(5)))
+                await conn.send(put(9, b"short", b"v", timeout_ms=300))
+                while len(f.group()._commands) < 6:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            # The client is gone. Answering the short write fails, which ends the
+            # connection: its other writes stop waiting long before their deadline (the
+            # group would otherwise propose them again at every election timeout).
+            await wait_no_commands(f)
+            c.heal()
+
+
+async def test_stale_lane_sequence_is_retried_once_applied_once(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as (c, _):
+        with trio.fail_after(60):
+            f = await follower_of(c)
+            svc = service(f)
+            async with raw(f) as conn:
+                await conn.send(put(1, b"s", b"1"))
+                (a1,) = await conn.answers([1])
+                assert a1.error.code == C.OK
+                # The lane's seq goes back (a clock that went back): the next write on
+                # it is STALE_SEQUENCE, never applied, and retried on a fresh seq.
+                lane = svc.lanes._free[-1]
+                lane.seq -= 10
+                await conn.send(put(2, b"s", b"2"))
+                (a2,) = await conn.answers([2])
+            assert a2.error.code == C.OK, a2
+            assert a2.revision == a1.revision + 1
+            kv = f.group().sm.get(b"s")
+            assert kv is not None and kv.value == b"2" and kv.version == 2
+            await wait_no_commands(f)
