@@ -261,6 +261,7 @@ class _Connection:
         #: Inline writes by deadline (finished ones are dropped lazily).
         self.deadlines: list[tuple[float, int, InlineWrite]] = []
         self.tiebreak = itertools.count()
+        self.heap_floor = 64
         self.timer: trio.CancelScope | None = None
 
     async def serve(self) -> None:
@@ -298,6 +299,21 @@ class _Connection:
             with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self.timer:
                 await trio.sleep_forever()
             self.timer = None
+
+    def _track(self, w: InlineWrite) -> None:
+        heap = self.deadlines
+        heapq.heappush(heap, (w.deadline, next(self.tiebreak), w))
+        timer = self.timer
+        if timer is not None and w.deadline < timer.deadline:
+            timer.deadline = w.deadline
+        if len(heap) >= 2 * self.heap_floor:
+            # Answered writes leave the heap lazily, at their deadline; under steady load
+            # that would keep a deadline's worth of them. Sweep them out whenever the
+            # heap has doubled since the last sweep: amortized O(1) a write, and the
+            # heap stays within twice the writes in flight.
+            heap[:] = [e for e in heap if not e[2].finished]
+            heapq.heapify(heap)
+            self.heap_floor = max(64, len(heap))
 
     def _inline_reply(self, resp: apb.Response) -> None:
         self.pending.pop(resp.id, None)
@@ -488,10 +504,7 @@ class _Connection:
             w = svc.start_write(req, self._inline_reply, self.nursery.start_soon)
             if w is not None:
                 if not w.finished:
-                    heapq.heappush(self.deadlines, (w.deadline, next(self.tiebreak), w))
-                    timer = self.timer
-                    if timer is not None and w.deadline < timer.deadline:
-                        timer.deadline = w.deadline
+                    self._track(w)
                 return
         self.nursery.start_soon(self._run, svc, req)
 

@@ -194,3 +194,26 @@ async def test_stale_lane_sequence_is_retried_once_applied_once(tmp_path: Path) 
             kv = f.group().sm.get(b"s")
             assert kv is not None and kv.value == b"2" and kv.version == 2
             await wait_no_commands(f)
+
+
+def test_answered_writes_do_not_pile_up_until_their_deadline() -> None:
+    """The deadline heap is swept as it grows: it holds at most about twice the writes in
+    flight, not a deadline's worth of answered ones."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from raftd.api.server import ApiServerConfig, _Connection
+
+    server: Any = SimpleNamespace(config=ApiServerConfig(socket_path=None))
+    conn = _Connection(server, stream=SimpleNamespace(), needs_auth=False)  # type: ignore[arg-type]
+    open_writes: list[Any] = []
+    worst = 0
+    for i in range(10_000):
+        w: Any = SimpleNamespace(deadline=1000.0 + i, finished=False)
+        conn._track(w)
+        open_writes.append(w)
+        if len(open_writes) > 50:  # 50 in flight: the oldest is answered
+            open_writes.pop(0).finished = True
+        worst = max(worst, len(conn.deadlines))
+    assert worst <= 2 * max(64, 51), worst
+    assert {id(e[2]) for e in conn.deadlines} >= {id(w) for w in open_writes}
