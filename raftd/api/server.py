@@ -14,9 +14,10 @@ Security of the listeners:
 Each connection: a reader (the connection's task) parses varint-delimited frames
 (:class:`raftd.wire.framing.FrameDecoder`, limit ``max_frame_size``) and serves each
 request, at most ``max_in_flight`` at a time (then it stops reading: back-pressure). The
-usual writes (``INLINE_WRITE_OPS``) need no task: they are started here and answered from
-the group's completion callback (:meth:`NamespaceService.start_write`), their deadlines
-kept by one timer task per connection; every other request runs in a task of its own. A
+usual writes (``INLINE_WRITE_OPS``) and the reads need no task: they are started here and
+answered from the group's callbacks, or at once (:meth:`NamespaceService.start_write`,
+:meth:`NamespaceService.start_read`), their deadlines kept by one timer task per
+connection; every other request runs in a task of its own. A
 writer task sends the responses in completion order, batching what is ready into one
 ``send_all`` bounded by ``write_timeout``. Bad input is answered, not fatal to the
 daemon: an undecodable request gets INVALID_ARGUMENT (id 0) and the connection goes on;
@@ -45,7 +46,14 @@ from typing import TYPE_CHECKING
 import trio
 
 from raftd.api.errors import ApiError
-from raftd.api.service import INLINE_WRITE_OPS, WRITE_OPS, InlineWrite, NamespaceService
+from raftd.api.service import (
+    INLINE_WRITE_OPS,
+    READ_OPS,
+    WRITE_OPS,
+    InlineRead,
+    InlineWrite,
+    NamespaceService,
+)
 from raftd.transport.fastlock import take_all
 from raftd.transport.sockio import SocketIO
 from raftd.wire.framing import FrameDecoder, FrameError, FrameTooLarge, encode_frame
@@ -65,6 +73,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("raftd.api.server")
+
+#: A request served without a task of its own (its deadline kept by the connection).
+InlineRequest = InlineWrite | InlineRead
 
 C = apb.Error
 DEFAULT_MAX_FRAME_SIZE = 4 * 1024 * 1024
@@ -259,7 +270,7 @@ class _Connection:
         self.watches_changed = trio.Event()
         self.nursery: trio.Nursery | None = None
         #: Inline writes by deadline (finished ones are dropped lazily).
-        self.deadlines: list[tuple[float, int, InlineWrite]] = []
+        self.deadlines: list[tuple[float, int, InlineRequest]] = []
         self.tiebreak = itertools.count()
         self.heap_floor = 64
         self.timer: trio.CancelScope | None = None
@@ -300,7 +311,7 @@ class _Connection:
                 await trio.sleep_forever()
             self.timer = None
 
-    def _track(self, w: InlineWrite) -> None:
+    def _track(self, w: InlineRequest) -> None:
         heap = self.deadlines
         heapq.heappush(heap, (w.deadline, next(self.tiebreak), w))
         timer = self.timer
@@ -500,12 +511,15 @@ class _Connection:
             await self.in_flight.acquire()
         self.pending[req.id] = op in WRITE_OPS
         log.debug("API request %d: %s (timeout %d ms)", req.id, op, req.timeout_ms)
+        w: InlineRequest | None = None
         if op in INLINE_WRITE_OPS:
             w = svc.start_write(req, self._inline_reply, self.nursery.start_soon)
-            if w is not None:
-                if not w.finished:
-                    self._track(w)
-                return
+        elif op in READ_OPS:
+            w = svc.start_read(req, self._inline_reply, self.nursery.start_soon)
+        if w is not None:
+            if not w.finished:
+                self._track(w)
+            return
         self.nursery.start_soon(self._run, svc, req)
 
     async def _auth(self, req: apb.Request) -> None:

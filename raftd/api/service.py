@@ -37,6 +37,7 @@ it never reached a leader; otherwise ``DEADLINE_EXCEEDED`` (or ``UNAVAILABLE``) 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -79,6 +80,7 @@ __all__ = [
     "READ_OPS",
     "WRITE_OPS",
     "AddressBook",
+    "InlineRead",
     "InlineWrite",
     "Lane",
     "LanePool",
@@ -230,6 +232,11 @@ class NamespaceService:
         self._cmd_only_leaders: dict[NodeId, float] = {}
         self._pending_round: _Round | None = None
         self._inflight_round: _Round | None = None
+        #: Inline linearizable reads: the round in flight, and those for the next one.
+        self._round_reads: list[InlineRead] | None = None
+        self._next_reads: list[InlineRead] = []
+        self._round_started = 0.0
+        self._round_gen = 0
         group.add_leader_listener(self._on_leader_change)
         group.add_conf_listener(self._on_conf_change)
         group.sm.add_listener(self._on_apply)
@@ -323,6 +330,73 @@ class NamespaceService:
         w = InlineWrite(self, req, op, reply, spawn)
         w.begin()
         return w
+
+    def start_read(
+        self,
+        req: apb.Request,
+        reply: Callable[[apb.Response], None],
+        spawn: Callable[[Callable[[], Awaitable[None]]], None],
+    ) -> InlineRead | None:
+        """Serve a read as :meth:`handle` would, without a task of its own, under the
+        same contract as :meth:`start_write`: a stale read is answered here and now; a
+        linearizable one joins the next ReadIndex round, which this service keeps at
+        most one of in flight (as ``_coalesced_read_barrier`` does), and is answered
+        from the group's callback. Returns None for requests this path does not take
+        (another op, or a ``min_revision`` not yet reached)."""
+        op = req.WhichOneof("op")
+        if op not in READ_OPS or req.min_revision > self.group.sm.revision():
+            return None
+        r = InlineRead(self, req, op, reply, spawn)
+        r.begin()
+        return r
+
+    def _join_read_round(self, r: InlineRead) -> None:
+        self._next_reads.append(r)
+        if self._round_reads is None:
+            self._start_read_round()
+        elif trio.current_time() - self._round_started > self.preset.election_s:
+            # A ReadIndex request or its answer can be lost with the leader unchanged,
+            # and nothing else ends that round: give up on it, and serve its reads with
+            # the next one (which starts after all of them arrived).
+            self._next_reads[:0] = self._round_reads
+            self._round_reads = None
+            self._start_read_round()
+
+    def _start_read_round(self) -> None:
+        reads, self._next_reads = self._next_reads, []
+        reads = [r for r in reads if not r.finished]
+        if not reads:
+            return
+        self._round_gen += 1
+        try:
+            self.group.read_barrier_start(functools.partial(self._read_round_done, self._round_gen))
+        except NotLeader:
+            for r in reads:
+                r.fallback()  # waits for a leader within its deadline
+            return
+        except GroupUnavailable as exc:
+            for r in reads:
+                r.fail(ApiError(C.UNAVAILABLE, str(exc)))
+            return
+        self._round_reads = reads
+        self._round_started = trio.current_time()
+
+    def _read_round_done(self, gen: int, waiter: Any) -> None:
+        if gen != self._round_gen:
+            return  # a round given up on: its reads went to a later one
+        reads, self._round_reads = self._round_reads or [], None
+        err = waiter.error
+        for r in reads:
+            if r.finished:
+                continue
+            if err is None:
+                r.finish(waiter.result)
+            elif isinstance(err, GroupUnavailable):
+                r.fail(ApiError(C.UNAVAILABLE, str(err)))
+            else:
+                r.fallback()  # the leader changed: retried as the general path does
+        if self._next_reads:
+            self._start_read_round()
 
     async def handle_forwarded(self, req: apb.Request, remote: str) -> apb.Response:
         """Run a request another daemon forwarded to us as leader: never forward again
@@ -431,6 +505,10 @@ class NamespaceService:
     async def _read(self, req: apb.Request, op: str, deadline: float) -> apb.Response:
         linearizable = req.consistency == apb.LINEARIZABLE
         index = await self._prepare_read(linearizable, req.min_revision, deadline)
+        return self._read_now(req, op, index)
+
+    def _read_now(self, req: apb.Request, op: str, index: int) -> apb.Response:
+        """The local part of a read, once its read index (0: a stale read) is applied."""
         sm = self.group.sm
         resp = apb.Response(raft_index=index, revision=sm.revision())
         if op == "get":
@@ -1035,6 +1113,98 @@ class InlineWrite:
             self.service.lanes.release(self.lane)
             self.lane = None
         return await self.service._write(self.req, self.op, self.deadline)
+
+
+class InlineRead:
+    """One read served by :meth:`NamespaceService.start_read` (see there); the caller
+    keeps its deadline as for :class:`InlineWrite`."""
+
+    __slots__ = ("deadline", "finished", "op", "reply", "req", "service", "spawn")
+
+    def __init__(
+        self,
+        service: NamespaceService,
+        req: apb.Request,
+        op: str,
+        reply: Callable[[apb.Response], None],
+        spawn: Callable[[Callable[[], Awaitable[None]]], None],
+    ) -> None:
+        self.service = service
+        self.req = req
+        self.op = op
+        self.reply = reply
+        self.spawn = spawn
+        self.deadline = trio.current_time() + service.timeout_of(req)
+        self.finished = False
+
+    def begin(self) -> None:
+        try:
+            validate(self.req, self.op)
+        except ApiError as exc:
+            self.fail(exc)
+            return
+        if self.req.consistency == apb.LINEARIZABLE:
+            self.service._join_read_round(self)
+        else:
+            self.finish(0)
+
+    def finish(self, index: int) -> None:
+        """Answer from the local state machine (``index`` is applied here)."""
+        try:
+            resp = self.service._read_now(self.req, self.op, index)
+        except ApiError as exc:
+            resp = exc.response()
+        except RestoreInProgressError:
+            resp = ApiError(C.UNAVAILABLE, "state machine is being restored").response()
+        except Exception as exc:
+            log.exception("read %s failed", self.op)
+            resp = ApiError(C.INTERNAL, f"internal error: {exc!r}").response()
+        self._answer(resp)
+
+    def fail(self, err: ApiError) -> None:
+        self._answer(err.response())
+
+    def fallback(self) -> None:
+        """Finish on the general path, in a task, within the same deadline."""
+
+        async def run() -> None:
+            svc = self.service
+            with trio.move_on_at(self.deadline):
+                try:
+                    resp = await svc._read(self.req, self.op, self.deadline)
+                except ApiError as exc:
+                    resp = exc.response()
+                except RestoreInProgressError:
+                    resp = ApiError(C.UNAVAILABLE, "state machine is being restored").response()
+                except Exception as exc:
+                    log.exception("read %s failed", self.op)
+                    resp = ApiError(C.INTERNAL, f"internal error: {exc!r}").response()
+                if not self.finished:
+                    self._answer(resp)
+                return
+            self.expire()
+
+        self.spawn(run)
+
+    def expire(self) -> None:
+        """The deadline passed: answer as ``_read_index_retrying`` does then."""
+        if self.finished:
+            return
+        if self.service.group.leader == NONE:
+            self.fail(ApiError(C.UNAVAILABLE, "no leader within the deadline (no quorum?)"))
+        else:
+            self.fail(ApiError(C.DEADLINE_EXCEEDED, "deadline exceeded waiting for the read index"))
+
+    def abandon(self) -> None:
+        """Stop without an answer (the connection is gone); a round skips it."""
+        self.finished = True
+
+    def _answer(self, resp: apb.Response) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        resp.id = self.req.id
+        self.reply(resp)
 
 
 class _RetryRound(Exception):

@@ -574,6 +574,17 @@ class Group(Generic[ST, SM]):
         asking (retry later), :class:`GroupUnavailable` when the group cannot serve."""
         return await self._read_index(index_only=True)
 
+    def read_barrier_start(self, callback: Callable[[_Waiter], None]) -> None:
+        """:meth:`read_barrier` without a waiting task: ``callback(waiter)`` runs on the
+        group's task once ``waiter.result`` (the read index, applied here) or
+        ``waiter.error`` (:class:`NotLeader`, :class:`GroupUnavailable`) is set. Raises
+        :class:`NotLeader` at once when no leader is known."""
+        self._check_usable()
+        if self.leader == NONE:
+            raise NotLeader(NONE)
+        self._read_waiters.append(_Waiter(callback=callback))
+        self._wake.set()
+
     async def _read_index(self, *, index_only: bool) -> int:
         self._check_usable()
         if self.leader == NONE:
@@ -761,14 +772,15 @@ class Group(Generic[ST, SM]):
         if self._commands_due:
             self._propose_commands(node)
         if self._read_waiters:
+            # Taken first: a waiter's callback may ask for the next round at once.
+            waiters, self._read_waiters = self._read_waiters, []
             if node.lead == NONE:
-                for w in self._read_waiters:
+                for w in waiters:
                     w.fail(NotLeader(NONE))
             else:
                 ctx = f"{self.id}:{next(self._read_seq)}".encode()
-                self._reads_in_flight[ctx] = self._read_waiters
+                self._reads_in_flight[ctx] = waiters
                 node.read_index(ctx)
-            self._read_waiters = []
 
     def _step_failed(self, m: Message, exc: Exception) -> None:
         log.error(
@@ -1132,9 +1144,9 @@ class Group(Generic[ST, SM]):
                 w.fail(err)
         self._commands.clear()
         self._commands_due.clear()
-        for w in self._read_waiters:
+        waiters, self._read_waiters = self._read_waiters, []
+        for w in waiters:
             w.fail(err)
-        self._read_waiters.clear()
         for waiters in self._reads_in_flight.values():
             for w in waiters:
                 w.fail(err)

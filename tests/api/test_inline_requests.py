@@ -1,4 +1,5 @@
-"""Writes answered without a task per request (``NamespaceService.start_write``).
+"""Writes and reads answered without a task per request (``NamespaceService.start_write``,
+``start_read``).
 
 Daemons in one trio process (real libp2p hosts, real LevelDB, the real API server on
 its unix socket), so the tests can count the tasks the server spawns and look at the
@@ -10,6 +11,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import trio
 import trio.lowlevel
@@ -199,9 +202,6 @@ async def test_stale_lane_sequence_is_retried_once_applied_once(tmp_path: Path) 
 def test_answered_writes_do_not_pile_up_until_their_deadline() -> None:
     """The deadline heap is swept as it grows: it holds at most about twice the writes in
     flight, not a deadline's worth of answered ones."""
-    from types import SimpleNamespace
-    from typing import Any
-
     from raftd.api.server import ApiServerConfig, _Connection
 
     server: Any = SimpleNamespace(config=ApiServerConfig(socket_path=None))
@@ -217,3 +217,103 @@ def test_answered_writes_do_not_pile_up_until_their_deadline() -> None:
         worst = max(worst, len(conn.deadlines))
     assert worst <= 2 * max(64, 51), worst
     assert {id(e[2]) for e in conn.deadlines} >= {id(w) for w in open_writes}
+
+
+def get(rid: int, key: bytes, *, linearizable: bool = True, timeout_ms: int = 0) -> apb.Request:
+    return apb.Request(
+        id=rid,
+        namespace=NS,
+        get=apb.GetRequest(key=key),
+        consistency=apb.LINEARIZABLE if linearizable else apb.STALE,
+        timeout_ms=timeout_ms,
+    )
+
+
+async def test_reads_spawn_no_task_and_see_every_acknowledged_write(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as (c, _):
+        with trio.fail_after(60):
+            ld = await c.leader()
+            f = c.other(ld)
+            counter = SpawnCounter()
+            async with raw(ld) as w, raw(f) as r:
+                await r.send(get(1, b"warm"))
+                (first,) = await r.answers([1])
+                assert first.error.code == C.NOT_FOUND, first
+                trio.lowlevel.add_instrument(counter)
+                try:
+                    for i in range(2, 12):
+                        # Acknowledged by the leader, then read linearizably through a
+                        # follower at once: the read must see it.
+                        await w.send(put(i, b"r", b"%d" % i))
+                        (ack,) = await w.answers([i])
+                        assert ack.error.code == C.OK
+                        await r.send(*(get(1000 * i + j, b"r") for j in range(20)))
+                        got = await r.answers([1000 * i + j for j in range(20)])
+                        assert {g.get.kv.value for g in got} == {b"%d" % i}, got
+                        assert all(g.raft_index >= ack.raft_index for g in got)
+                    await r.send(get(5, b"r", linearizable=False), get(6, b""))
+                    stale, bad = await r.answers([5, 6])
+                finally:
+                    trio.lowlevel.remove_instrument(counter)
+            assert stale.error.code == C.OK and stale.get.kv.value == b"11"
+            assert bad.error.code == C.INVALID_ARGUMENT
+            # 200 linearizable reads took far fewer ReadIndex rounds than reads (one in
+            # flight at a time, the others join the next) and no task per request.
+            assert "_run" not in counter.names, counter.names
+            assert len(counter.names) < 50, counter.names
+
+
+async def test_read_without_a_leader_answers_at_its_deadline(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as (c, _):
+        with trio.fail_after(60):
+            f = await follower_of(c)
+            c.isolate(f)
+            async with raw(f) as conn:
+                await conn.send(get(1, b"x", timeout_ms=1500))
+                (a,) = await conn.answers([1])
+            assert a.error.code in (C.DEADLINE_EXCEEDED, C.UNAVAILABLE), a
+            c.heal()
+            # Once healed, reads are served again (no round left stuck).
+            async with raw(f) as conn:
+                for i in range(2, 40):
+                    await conn.send(get(i, b"x", timeout_ms=2000))
+                    (a,) = await conn.answers([i])
+                    if a.error.code == C.NOT_FOUND:
+                        break
+                assert a.error.code == C.NOT_FOUND, a
+
+
+async def test_a_lost_read_round_is_given_up_on(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as (c, _):
+        with trio.fail_after(60):
+            f = await follower_of(c)
+            svc = service(f)
+            group: Any = svc.group
+            # The first ReadIndex round is never answered (a request or answer lost
+            # while the leader stays the same: the group has no timeout for it).
+            lost: list[Any] = []
+            real_start = group.read_barrier_start
+
+            def lose_first(callback: Any) -> None:
+                if not lost:
+                    lost.append(callback)
+                    return
+                real_start(callback)
+
+            group.read_barrier_start = lose_first
+            async with raw(f) as conn:
+                await conn.send(get(1, b"x", timeout_ms=1000))
+                (a,) = await conn.answers([1])
+                assert a.error.code == C.DEADLINE_EXCEEDED, a
+                assert svc._round_reads is not None  # the lost round is still "in flight"
+                # Once it is an election timeout old, the next read starts a new round.
+                while trio.current_time() - svc._round_started <= svc.preset.election_s:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                await conn.send(get(2, b"x", timeout_ms=5000))
+                (b,) = await conn.answers([2])
+                assert b.error.code == C.NOT_FOUND, b
+                # The lost round answering after all changes nothing.
+                lost[0](SimpleNamespace(result=10**9, error=None))
+                await conn.send(get(3, b"x"))
+                (d,) = await conn.answers([3])
+                assert d.error.code == C.NOT_FOUND, d
