@@ -28,12 +28,9 @@ connection closes (the byte stream cannot be resynchronized).
 from __future__ import annotations
 
 import contextlib
-import heapq
 import hmac
 import ipaddress
-import itertools
 import logging
-import math
 import os
 import socket as stdsocket
 import stat
@@ -45,6 +42,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from raftd.api.deadlines import DeadlineHeap
 from raftd.api.errors import ApiError
 from raftd.api.service import (
     INLINE_WRITE_OPS,
@@ -269,11 +267,8 @@ class _Connection:
         self.writer_done = trio.Event()
         self.watches_changed = trio.Event()
         self.nursery: trio.Nursery | None = None
-        #: Inline writes by deadline (finished ones are dropped lazily).
-        self.deadlines: list[tuple[float, int, InlineRequest]] = []
-        self.tiebreak = itertools.count()
-        self.heap_floor = 64
-        self.timer: trio.CancelScope | None = None
+        #: Requests answered from callbacks, by deadline.
+        self.deadlines = DeadlineHeap()
 
     async def serve(self) -> None:
         try:
@@ -281,7 +276,7 @@ class _Connection:
                 async with trio.open_nursery() as nursery:
                     self.nursery = nursery
                     nursery.start_soon(self._writer)
-                    nursery.start_soon(self._expire_loop)
+                    nursery.start_soon(self.deadlines.run)
                     if not self.authenticated:
                         nursery.start_soon(self._auth_timer)
                     await self._read_loop()
@@ -296,35 +291,8 @@ class _Connection:
                     await self.writer_done.wait()
                     nursery.cancel_scope.cancel()
         finally:
-            for _, _, w in self.deadlines:
-                w.abandon()
+            self.deadlines.abandon_all()
             await self._close()
-
-    async def _expire_loop(self) -> None:
-        """Answer the inline writes whose deadline passed; sleep until the next one."""
-        heap = self.deadlines
-        while True:
-            now = trio.current_time()
-            while heap and (heap[0][2].finished or heap[0][0] <= now):
-                heapq.heappop(heap)[2].expire()  # a no-op once finished
-            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self.timer:
-                await trio.sleep_forever()
-            self.timer = None
-
-    def _track(self, w: InlineRequest) -> None:
-        heap = self.deadlines
-        heapq.heappush(heap, (w.deadline, next(self.tiebreak), w))
-        timer = self.timer
-        if timer is not None and w.deadline < timer.deadline:
-            timer.deadline = w.deadline
-        if len(heap) >= 2 * self.heap_floor:
-            # Answered writes leave the heap lazily, at their deadline; under steady load
-            # that would keep a deadline's worth of them. Sweep them out whenever the
-            # heap has doubled since the last sweep: amortized O(1) a write, and the
-            # heap stays within twice the writes in flight.
-            heap[:] = [e for e in heap if not e[2].finished]
-            heapq.heapify(heap)
-            self.heap_floor = max(64, len(heap))
 
     def _inline_reply(self, resp: apb.Response) -> None:
         self.pending.pop(resp.id, None)
@@ -518,7 +486,7 @@ class _Connection:
             w = svc.start_read(req, self._inline_reply, self.nursery.start_soon)
         if w is not None:
             if not w.finished:
-                self._track(w)
+                self.deadlines.track(w)
             return
         self.nursery.start_soon(self._run, svc, req)
 

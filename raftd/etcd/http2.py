@@ -29,6 +29,7 @@ reading while we have data for it is dropped after :data:`SEND_TIMEOUT_S`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from raftd.api.deadlines import DeadlineHeap
 from raftd.etcd.endpoint import TlsFiles
 from raftd.etcd.errors import EtcdError
 from raftd.etcd.hpackdec import HeaderBlockError, HeaderDecoder
@@ -171,12 +173,14 @@ Streaming = Callable[[Any, Callable[[Any], Awaitable[None]]], Awaitable[None]]
 _UNARY, _STREAM, _SERVER_STREAM = 0, 1, 2
 
 
-def method_table(s: EtcdService) -> dict[str, tuple[int, Callable[..., Any], Any]]:
-    """Every etcd method served: gRPC path -> (kind, handler, request type)."""
+def method_table(s: EtcdService) -> dict[str, tuple[Any, ...]]:
+    """Every etcd method served: gRPC path -> (kind, handler, request type[, inline
+    starter]). An inline starter serves the usual case of a unary call without a task
+    (:meth:`EtcdService.put_start`); when it declines, the handler runs in a task."""
     u, st = _UNARY, _STREAM
     return {
         "/etcdserverpb.KV/Range": (u, s.range, epb.RangeRequest),
-        "/etcdserverpb.KV/Put": (u, s.put, epb.PutRequest),
+        "/etcdserverpb.KV/Put": (u, s.put, epb.PutRequest, s.put_start),
         "/etcdserverpb.KV/DeleteRange": (u, s.delete_range, epb.DeleteRangeRequest),
         "/etcdserverpb.KV/Txn": (u, s.txn, epb.TxnRequest),
         "/etcdserverpb.KV/Compact": (u, s.compact, epb.CompactionRequest),
@@ -214,6 +218,7 @@ class _Stream:
         "deadline",
         "handler",
         "headers_sent",
+        "inline",
         "kind",
         "rbuf",
         "recv_ch",
@@ -231,6 +236,7 @@ class _Stream:
         self.rbuf = b""
         self.kind = _UNARY
         self.handler: Callable[..., Any] | None = None
+        self.inline: Callable[..., Any] | None = None
         self.req_type: Any = None
         self.requests: list[Any] = []
         self.deadline = math.inf
@@ -254,6 +260,8 @@ class _Conn:
         self.out_ready = trio.Event()
         self.window_changed = trio.Event()
         self.streams: dict[int, _Stream] = {}
+        #: Calls served inline (see :func:`method_table`), by deadline.
+        self.deadlines = DeadlineHeap()
         self.send_window = 65535  # the peer's connection window
         self.peer_initial = 65535
         self.peer_max_frame = 16384
@@ -320,16 +328,20 @@ class _Conn:
             return  # not HTTP/2 with prior knowledge: nothing to answer
         buf = buf[len(PREFACE) :]
         goaway = b""
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            nursery.start_soon(self._writer)
-            self._queue(self._settings())
-            try:
-                await self._read_loop(buf)
-            except _ConnectionError as exc:
-                log.debug("etcd client connection error: %s", exc)
-                goaway = _frame(_GOAWAY, 0, 0, _HDR.pack(self.last_sid) + _HDR.pack(exc.code))
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self.deadlines.run)
+                self._queue(self._settings())
+                try:
+                    await self._read_loop(buf)
+                except _ConnectionError as exc:
+                    log.debug("etcd client connection error: %s", exc)
+                    goaway = _frame(_GOAWAY, 0, 0, _HDR.pack(self.last_sid) + _HDR.pack(exc.code))
+                nursery.cancel_scope.cancel()
+        finally:
+            self.deadlines.abandon_all()  # calls still waiting: nobody to answer now
         if goaway:  # best effort: the connection is closed next anyway
             with trio.move_on_after(1.0), contextlib.suppress(trio.BrokenResourceError):
                 await self.stream.send_all(goaway)
@@ -461,7 +473,9 @@ class _Conn:
         if enc != b"identity":
             self._finish(st, StatusCode.UNIMPLEMENTED, "compression is not supported")
             return
-        st.kind, st.handler, st.req_type = m
+        st.kind, st.handler, st.req_type = m[:3]
+        if len(m) > 3:
+            st.inline = m[3]
         st.deadline = trio.current_time() + _timeout_s(h.get(b"grpc-timeout"))
         if st.kind != _UNARY:
             send_ch, recv_ch = trio.open_memory_channel[Any](STREAM_QUEUE)
@@ -536,7 +550,45 @@ class _Conn:
             return
         assert self.nursery is not None
         self.unary_in_flight += 1
-        self.nursery.start_soon(self._run_unary, st, st.requests.pop())
+        req = st.requests.pop()
+        if st.inline is not None:
+            call = st.inline(
+                req, st.deadline, functools.partial(self._inline_done, st), self.nursery.start_soon
+            )
+            if call is not None:
+                if not call.finished:
+                    self.deadlines.track(call)
+                return
+        self.nursery.start_soon(self._run_unary, st, req)
+
+    def _inline_done(self, st: _Stream, result: Any) -> None:
+        """The answer of a call served inline: a response message or an EtcdError."""
+        if st.closed:  # reset by the client meanwhile
+            self._unary_done()
+        elif isinstance(result, EtcdError):
+            self._finish(st, result.code, result.message)
+            self._unary_done()
+        elif self._answer_now(st, result):
+            self._unary_done()
+        else:
+            assert self.nursery is not None
+            self.nursery.start_soon(self._answer_later, st, result)
+
+    async def _answer_later(self, st: _Stream, msg: Any) -> None:
+        try:
+            with trio.CancelScope(deadline=st.deadline) as scope:
+                st.scope = scope
+                await self._send(st, msg)
+                self._finish(st, StatusCode.OK)
+            if scope.cancelled_caught and not st.closed:
+                self._finish(st, StatusCode.DEADLINE_EXCEEDED, "context deadline exceeded")
+        finally:
+            self._unary_done()
+
+    def _unary_done(self) -> None:
+        self.unary_in_flight -= 1
+        if not self.unary_in_flight and self.flush_at != math.inf:
+            self.out_ready.set()  # no answer left for a PING ack to ride with
 
     def _fail(self, st: _Stream, code: StatusCode, message: str) -> None:
         if st.scope is not None:
@@ -614,9 +666,7 @@ class _Conn:
             if scope.cancelled_caught and not st.closed:
                 self._finish(st, StatusCode.DEADLINE_EXCEEDED, "context deadline exceeded")
         finally:
-            self.unary_in_flight -= 1
-            if not self.unary_in_flight and self.flush_at != math.inf:
-                self.out_ready.set()  # no answer left for a PING ack to ride with
+            self._unary_done()
 
     async def _run_stream(self, st: _Stream) -> None:
         assert st.recv_ch is not None

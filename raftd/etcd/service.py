@@ -35,7 +35,7 @@ from typing import NoReturn
 import trio
 
 from raftd.api.errors import ApiError
-from raftd.api.service import NamespaceService
+from raftd.api.service import InlineWrite, NamespaceService
 from raftd.core import NONE
 from raftd.etcd import errors, snapfile
 from raftd.etcd.errors import EtcdError
@@ -175,6 +175,37 @@ class EtcdService:
         resp = epb.RangeResponse(header=self.header(current))
         apply_range_options(kvs, req, resp)
         return resp
+
+    def put_start(
+        self,
+        req: epb.PutRequest,
+        deadline: float,
+        done: Callable[[epb.PutResponse | EtcdError], None],
+        spawn: Callable[[Callable[[], Awaitable[None]]], None],
+    ) -> InlineWrite | None:
+        """:meth:`put` without a task (``NamespaceService.start_write``): the answer, or
+        the EtcdError, is passed to ``done``. None (nothing started) for a put that
+        needs :meth:`put` (an error to raise, ``ignore_value``, ``ignore_lease``)."""
+        if not req.key or req.ignore_value or req.ignore_lease:
+            return None
+        native = apb.Request(
+            put=kpb.PutRequest(key=req.key, value=req.value, prev_kv=req.prev_kv, lease=req.lease),
+            timeout_ms=max(1, int((deadline - trio.current_time()) * 1000)),
+        )
+
+        def reply(r: apb.Response) -> None:
+            if r.error.code != C.OK:
+                try:
+                    self._raise(r.error, lease=True)
+                except EtcdError as exc:
+                    done(exc)
+                return
+            out = epb.PutResponse(header=self.header(r.revision))
+            if r.put.HasField("prev_kv"):
+                out.prev_kv.CopyFrom(kv_of(r.put.prev_kv))
+            done(out)
+
+        return self.svc.start_write(native, reply, spawn)
 
     async def put(self, req: epb.PutRequest, deadline: float) -> epb.PutResponse:
         if not req.key:

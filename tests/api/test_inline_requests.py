@@ -16,7 +16,9 @@ from typing import Any
 
 import trio
 import trio.lowlevel
+import trio.testing
 
+from raftd.api.deadlines import DeadlineHeap
 from raftd.api.service import NamespaceService
 from raftd.testing.inproc import NS, Cluster, Node, cluster
 from raftd.wire.framing import FrameDecoder, encode_frame
@@ -199,24 +201,57 @@ async def test_stale_lane_sequence_is_retried_once_applied_once(tmp_path: Path) 
             await wait_no_commands(f)
 
 
-def test_answered_writes_do_not_pile_up_until_their_deadline() -> None:
-    """The deadline heap is swept as it grows: it holds at most about twice the writes in
-    flight, not a deadline's worth of answered ones."""
-    from raftd.api.server import ApiServerConfig, _Connection
-
-    server: Any = SimpleNamespace(config=ApiServerConfig(socket_path=None))
-    conn = _Connection(server, stream=SimpleNamespace(), needs_auth=False)  # type: ignore[arg-type]
-    open_writes: list[Any] = []
+def test_answered_requests_do_not_pile_up_until_their_deadline() -> None:
+    """The deadline heap is swept as it grows: it holds at most about twice the requests
+    in flight, not a deadline's worth of answered ones."""
+    heap = DeadlineHeap()
+    open_items: list[Any] = []
     worst = 0
     for i in range(10_000):
         w: Any = SimpleNamespace(deadline=1000.0 + i, finished=False)
-        conn._track(w)
-        open_writes.append(w)
-        if len(open_writes) > 50:  # 50 in flight: the oldest is answered
-            open_writes.pop(0).finished = True
-        worst = max(worst, len(conn.deadlines))
+        heap.track(w)
+        open_items.append(w)
+        if len(open_items) > 50:  # 50 in flight: the oldest is answered
+            open_items.pop(0).finished = True
+        worst = max(worst, len(heap))
     assert worst <= 2 * max(64, 51), worst
-    assert {id(e[2]) for e in conn.deadlines} >= {id(w) for w in open_writes}
+    assert {id(e[2]) for e in heap.items} >= {id(w) for w in open_items}
+
+
+async def test_the_timer_expires_what_is_due_and_only_that() -> None:
+    expired: list[int] = []
+
+    class Item:
+        def __init__(self, n: int, deadline: float) -> None:
+            self.n, self.deadline, self.finished = n, deadline, False
+
+        def expire(self) -> None:
+            if not self.finished:
+                self.finished = True
+                expired.append(self.n)
+
+        def abandon(self) -> None:
+            self.finished = True
+
+    heap = DeadlineHeap()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(heap.run)
+        now = trio.current_time()
+        late, soon, answered = Item(1, now + 0.6), Item(2, now + 0.2), Item(3, now + 0.1)
+        heap.track(late)
+        await trio.testing.wait_all_tasks_blocked()  # the timer sleeps until `late`
+        heap.track(soon)  # an earlier deadline moves the sleeping timer forward
+        heap.track(answered)
+        answered.finished = True
+        with trio.fail_after(5):
+            while expired != [2, 1]:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        assert trio.current_time() >= now + 0.6
+        never = Item(4, trio.current_time() + 60)
+        heap.track(never)
+        heap.abandon_all()
+        assert never.finished and expired == [2, 1] and len(heap) == 0
+        nursery.cancel_scope.cancel()
 
 
 def get(rid: int, key: bytes, *, linearizable: bool = True, timeout_ms: int = 0) -> apb.Request:

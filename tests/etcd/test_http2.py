@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import select
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from raftd.etcd import errors
@@ -22,12 +24,31 @@ from raftd.wire.pb.etcd import kv_pb2 as mvcc
 from raftd.wire.pb.etcd import rpc_pb2 as epb
 
 
+class InlineCall:
+    """What an inline starter returns (``NamespaceService.start_write``'s contract)."""
+
+    def __init__(self, deadline: float, finished: bool = False) -> None:
+        self.deadline = deadline
+        self.finished = finished
+        self.on_expire: Callable[[], None] = lambda: None
+        self.abandoned = False
+
+    def expire(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self.on_expire()
+
+    def abandon(self) -> None:
+        self.finished = self.abandoned = True
+
+
 class Service:
     """Answers Range with a value of the asked size (``limit`` bytes) (for the key
     ``gate``, once :attr:`gate` is set), Put by waiting until cancelled, Txn with an
     error, and Watch by echoing each create request's key ``limit`` times."""
 
     def __init__(self) -> None:
+        self.inline_calls: list[InlineCall] = []
         self.cancelled = 0
         self.two_cancelled = trio.Event()
         self.gate = trio.Event()
@@ -54,6 +75,33 @@ class Service:
             self.cancelled += 1
             if self.cancelled == 2:
                 self.two_cancelled.set()
+
+    def put_start(self, req: epb.PutRequest, deadline: float, done: Any, spawn: Any) -> Any:
+        """Inline for the keys ``now`` (answered at once), ``later`` (from a task, once
+        :attr:`gate` is set), ``bad`` (an error) and ``never`` (expires at its
+        deadline); the task path (:meth:`put`) for any other key."""
+        if req.key == b"now":
+            done(epb.PutResponse(header=epb.ResponseHeader(revision=1)))
+            return InlineCall(deadline, True)
+        if req.key == b"bad":
+            done(errors.LEASE_NOT_FOUND)
+            return InlineCall(deadline, True)
+        if req.key == b"later":
+            call = InlineCall(deadline)
+
+            async def answer() -> None:
+                await self.gate.wait()
+                call.finished = True
+                done(epb.PutResponse(header=epb.ResponseHeader(revision=2)))
+
+            spawn(answer)
+            return call
+        if req.key == b"never":
+            call = InlineCall(deadline - 0.3)  # before the client gives up itself
+            call.on_expire = lambda: done(errors.TIMEOUT)
+            self.inline_calls.append(call)
+            return call
+        return None
 
     async def txn(self, req: epb.TxnRequest, deadline: float) -> epb.TxnResponse:
         raise EtcdError(StatusCode.FAILED_PRECONDITION, "etcdserver: nö, 100% sure")
@@ -138,6 +186,49 @@ async def test_deadline_cancel_errors_unknown_method(server: tuple[EtcdH2Server,
     await in_thread(call)
     with trio.fail_after(10):  # the deadline's and the reset's handlers were cancelled
         await svc.two_cancelled.wait()
+
+
+async def test_inline_calls_answer_without_a_task(server: tuple[EtcdH2Server, Service]) -> None:
+    srv, svc = server
+
+    def call() -> list[Any]:
+        with grpc.insecure_channel(srv.target) as ch:
+            put = unary(ch, "/etcdserverpb.KV/Put", epb.PutRequest, epb.PutResponse)
+            out: list[Any] = [put(epb.PutRequest(key=b"now"), timeout=10).header.revision]
+            later = put.future(epb.PutRequest(key=b"later"), timeout=10)
+            trio.from_thread.run_sync(svc.gate.set)
+            out.append(later.result().header.revision)
+            for key, timeout in ((b"bad", 10.0), (b"never", 0.5)):
+                with pytest.raises(grpc.RpcError) as ei:
+                    put(epb.PutRequest(key=key), timeout=timeout)
+                out.append((ei.value.code(), ei.value.details()))
+            # A call left waiting when the client goes away is abandoned.
+            put.future(epb.PutRequest(key=b"never"), timeout=60)
+            until = time.monotonic() + 10
+            while len(svc.inline_calls) < 2 and time.monotonic() < until:
+                time.sleep(0.01)
+        return out
+
+    spawned: list[str] = []
+
+    class Spawns(trio.abc.Instrument):
+        def task_spawned(self, task: trio.lowlevel.Task) -> None:
+            spawned.append(task.name.rpartition(".")[2])
+
+    spawns = Spawns()
+    trio.lowlevel.add_instrument(spawns)
+    try:
+        got = await in_thread(call)
+    finally:
+        trio.lowlevel.remove_instrument(spawns)
+    assert "_run_unary" not in spawned, spawned
+    assert got[:2] == [1, 2]
+    assert got[2] == (grpc.StatusCode.NOT_FOUND, errors.LEASE_NOT_FOUND.message)
+    assert got[3] == (grpc.StatusCode.UNAVAILABLE, errors.TIMEOUT.message)
+    with trio.fail_after(10):
+        while not svc.inline_calls[1].abandoned:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    assert not svc.inline_calls[0].abandoned  # it expired and was answered
 
 
 async def test_bidirectional_stream_beyond_the_window(server: tuple[EtcdH2Server, Service]) -> None:
