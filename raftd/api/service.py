@@ -946,26 +946,11 @@ class NamespaceService:
                 await ev.wait()
 
 
-class InlineWrite:
-    """One write served by :meth:`NamespaceService.start_write`: the same steps as
-    ``_write`` and ``_replicate`` (a lane's session unless the client brought one, the
-    command proposed from here, this daemon's apply result as the answer), driven by the
-    group's completion callback instead of a waiting task. ``finished`` is True once the
-    answer was given or the caller abandoned it."""
+class _Inline:
+    """What a request served without a task of its own carries (see
+    :meth:`NamespaceService.start_write`, :meth:`NamespaceService.start_read`)."""
 
-    __slots__ = (
-        "deadline",
-        "finished",
-        "lane",
-        "op",
-        "proposal",
-        "reply",
-        "req",
-        "service",
-        "session",
-        "spawn",
-        "waiter",
-    )
+    __slots__ = ("deadline", "finished", "op", "reply", "req", "service", "spawn")
 
     def __init__(
         self,
@@ -982,13 +967,58 @@ class InlineWrite:
         self.spawn = spawn
         self.deadline = trio.current_time() + service.timeout_of(req)
         self.finished = False
-        self.lane: Lane | None = None
-        self.session: tuple[bytes, int] = (b"", 0)
-        self.proposal: CommandProposal | None = None
-        self.waiter: Any = None
+
+    def _failure(self, exc: Exception) -> apb.Response:
+        """The answer for an exception raised while serving it."""
+        if isinstance(exc, ApiError):
+            return exc.response()
+        if isinstance(exc, RestoreInProgressError):
+            return ApiError(C.UNAVAILABLE, "state machine is being restored").response()
+        log.error("%s failed", self.op, exc_info=exc)
+        return ApiError(C.INTERNAL, f"internal error: {exc!r}").response()
+
+    def _answer(self, resp: apb.Response) -> None:
+        raise NotImplementedError
+
+    def expire(self) -> None:
+        raise NotImplementedError
+
+    def _in_task(self, step: Callable[[], Awaitable[apb.Response]]) -> None:
+        """Finish in a task: ``step`` gives the answer, by this request's deadline."""
+
+        async def run() -> None:
+            with trio.move_on_at(self.deadline):
+                try:
+                    resp = await step()
+                except Exception as exc:
+                    resp = self._failure(exc)
+                if not self.finished:
+                    self._answer(resp)
+                return
+            self.expire()
+
+        self.spawn(run)
+
+
+class InlineWrite(_Inline):
+    """One write served by :meth:`NamespaceService.start_write`: the same steps as
+    ``_write`` and ``_replicate`` (a lane's session unless the client brought one, the
+    command proposed from here, this daemon's apply result as the answer), driven by the
+    group's completion callback instead of a waiting task. ``finished`` is True once the
+    answer was given or the caller abandoned it."""
+
+    __slots__ = ("lane", "proposal", "session", "waiter")
+
+    lane: Lane | None
+    proposal: CommandProposal | None
+    session: tuple[bytes, int]
+    waiter: Any
 
     def begin(self) -> None:
+        """Propose the write (or answer at once); called once, right after creation."""
         svc, req = self.service, self.req
+        self.lane = self.proposal = self.waiter = None
+        self.session = (b"", 0)
         try:
             validate(req, self.op)
             if req.client_id:
@@ -1000,15 +1030,10 @@ class InlineWrite:
             self.proposal, self.waiter = svc.group.command_start(
                 data, self.session, self._on_result
             )
-        except ApiError as exc:
-            self._answer(exc.response())
         except GroupUnavailable as exc:
             self._answer(ApiError(C.UNAVAILABLE, str(exc)).response())
-        except RestoreInProgressError:
-            self._answer(ApiError(C.UNAVAILABLE, "state machine is being restored").response())
         except Exception as exc:
-            log.exception("write %s failed", self.op)
-            self._answer(ApiError(C.INTERNAL, f"internal error: {exc!r}").response())
+            self._answer(self._failure(exc))
 
     def expire(self) -> None:
         """The deadline passed: answer as ``_replicate`` does then."""
@@ -1080,26 +1105,10 @@ class InlineWrite:
         self._answer(resp)
 
     def _continue(self, step: Callable[[], Awaitable[apb.Response]]) -> None:
-        """Finish in a task: ``step`` gives the answer (its own deadline is ours)."""
-
-        async def run() -> None:
-            with trio.move_on_at(self.deadline):
-                try:
-                    resp = await step()
-                except ApiError as exc:
-                    resp = exc.response()
-                except Exception as exc:
-                    log.exception("write %s failed", self.op)
-                    resp = ApiError(C.INTERNAL, f"internal error: {exc!r}").response()
-                if not self.finished:
-                    self._answer(resp)
-                return
-            self.expire()
-
         if self.proposal is not None:
             # The waiter is resolved: only the proposal's bookkeeping remains.
             self.service.group.command_stop(self.session, self.proposal, self.waiter)
-        self.spawn(run)
+        self._in_task(step)
 
     async def _by_command(self) -> apb.Response:
         fwd = apb.Request()
@@ -1115,27 +1124,11 @@ class InlineWrite:
         return await self.service._write(self.req, self.op, self.deadline)
 
 
-class InlineRead:
+class InlineRead(_Inline):
     """One read served by :meth:`NamespaceService.start_read` (see there); the caller
     keeps its deadline as for :class:`InlineWrite`."""
 
-    __slots__ = ("deadline", "finished", "op", "reply", "req", "service", "spawn")
-
-    def __init__(
-        self,
-        service: NamespaceService,
-        req: apb.Request,
-        op: str,
-        reply: Callable[[apb.Response], None],
-        spawn: Callable[[Callable[[], Awaitable[None]]], None],
-    ) -> None:
-        self.service = service
-        self.req = req
-        self.op = op
-        self.reply = reply
-        self.spawn = spawn
-        self.deadline = trio.current_time() + service.timeout_of(req)
-        self.finished = False
+    __slots__ = ()
 
     def begin(self) -> None:
         try:
@@ -1152,13 +1145,8 @@ class InlineRead:
         """Answer from the local state machine (``index`` is applied here)."""
         try:
             resp = self.service._read_now(self.req, self.op, index)
-        except ApiError as exc:
-            resp = exc.response()
-        except RestoreInProgressError:
-            resp = ApiError(C.UNAVAILABLE, "state machine is being restored").response()
         except Exception as exc:
-            log.exception("read %s failed", self.op)
-            resp = ApiError(C.INTERNAL, f"internal error: {exc!r}").response()
+            resp = self._failure(exc)
         self._answer(resp)
 
     def fail(self, err: ApiError) -> None:
@@ -1166,25 +1154,7 @@ class InlineRead:
 
     def fallback(self) -> None:
         """Finish on the general path, in a task, within the same deadline."""
-
-        async def run() -> None:
-            svc = self.service
-            with trio.move_on_at(self.deadline):
-                try:
-                    resp = await svc._read(self.req, self.op, self.deadline)
-                except ApiError as exc:
-                    resp = exc.response()
-                except RestoreInProgressError:
-                    resp = ApiError(C.UNAVAILABLE, "state machine is being restored").response()
-                except Exception as exc:
-                    log.exception("read %s failed", self.op)
-                    resp = ApiError(C.INTERNAL, f"internal error: {exc!r}").response()
-                if not self.finished:
-                    self._answer(resp)
-                return
-            self.expire()
-
-        self.spawn(run)
+        self._in_task(lambda: self.service._read(self.req, self.op, self.deadline))
 
     def expire(self) -> None:
         """The deadline passed: answer as ``_read_index_retrying`` does then."""
