@@ -1069,6 +1069,8 @@ class Group(Generic[ST, SM]):
             else:
                 batch.append((e.index, e.data))
         flush()
+        if self._snapshotter is not None:
+            self._snapshotter.note_applied(sum(len(e.data) for e in entries))
         if self._commands:
             for r in results.values():
                 if r.session is not None:

@@ -351,27 +351,51 @@ class SnapshotStore:
 class SnapshotPolicy:
     """When to snapshot and how much log to keep behind a snapshot.
 
-    A snapshot is due when ``entries`` entries were applied since the last one, or when
+    A snapshot is due when ``entries`` entries were applied since the last one AND those
+    entries hold at least ``growth`` times the last snapshot's bytes, or when
     ``interval_s`` seconds passed and at least one entry was applied, whichever comes
-    first. After a snapshot at index ``i`` the log is compacted up to ``i - trailing``, so
-    followers that lag by less than ``trailing`` entries still catch up from the log
-    instead of needing a whole snapshot.
+    first. The byte rule is the Raft thesis's (chapter 5: snapshot once the log has
+    grown by a multiple of the previous snapshot's size): a snapshot costs in proportion
+    to the state, so with a large state and a fixed count of entries the snapshots alone
+    would cost more per entry as the state grows. After a snapshot at index ``i`` the log
+    is compacted up to ``i - trailing``, so followers that lag by less than ``trailing``
+    entries still catch up from the log instead of needing a whole snapshot.
     """
 
     entries: int = 10_000
     interval_s: float = 60.0
     trailing: int = 5_000
     keep: int = 3
+    growth: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.entries < 1 or self.interval_s <= 0 or self.trailing < 0 or self.keep < 1:
+        if (
+            self.entries < 1
+            or self.interval_s <= 0
+            or self.trailing < 0
+            or self.keep < 1
+            or self.growth < 0
+        ):
             raise ValueError(f"invalid snapshot policy {self}")
 
-    def due(self, *, applied: int, snapshot_index: int, now: float, last_at: float) -> bool:
+    def due(
+        self,
+        *,
+        applied: int,
+        snapshot_index: int,
+        now: float,
+        last_at: float,
+        log_bytes: int = 0,
+        snapshot_bytes: int = 0,
+    ) -> bool:
+        """``log_bytes``: bytes of the entries applied since the last snapshot, which
+        was ``snapshot_bytes`` long (0 when unknown: the byte rule then holds)."""
         behind = applied - snapshot_index
         if behind <= 0:
             return False
-        return behind >= self.entries or now - last_at >= self.interval_s
+        if now - last_at >= self.interval_s:
+            return True
+        return behind >= self.entries and log_bytes >= self.growth * snapshot_bytes
 
     def compact_index(self, snapshot_index: int) -> int:
         """Compact up to here (0 means nothing to compact)."""
@@ -434,6 +458,14 @@ class Snapshotter:
         self.sm = sm
         self.policy = policy
         self.last_at = now
+        #: Bytes of the last snapshot taken here (0: none yet), and of the entries
+        #: applied since (:meth:`note_applied`).
+        self.snapshot_bytes = 0
+        self.log_bytes = 0
+
+    def note_applied(self, nbytes: int) -> None:
+        """Count ``nbytes`` of applied entry data toward the byte rule."""
+        self.log_bytes += nbytes
 
     def due(self, now: float) -> bool:
         return self.policy.due(
@@ -441,14 +473,29 @@ class Snapshotter:
             snapshot_index=self.storage.snapshot_metadata().index,
             now=now,
             last_at=self.last_at,
+            log_bytes=self.log_bytes,
+            snapshot_bytes=self.snapshot_bytes,
         )
+
+    def _counted(self, write: Callable[[Writable], None]) -> Callable[[Writable], None]:
+        """``write`` with the bytes it writes counted into :attr:`snapshot_bytes`."""
+
+        def counting(f: Writable) -> None:
+            counter = _CountingWriter(f)
+            write(counter)
+            self.snapshot_bytes = counter.n
+            self.log_bytes = 0
+
+        return counting
 
     def take(self, now: float, conf_state: ConfState | None = None) -> SnapshotMetadata:
         """Snapshot the state machine at its applied index, then compact the log behind
         it. ``conf_state`` (a ``ConfState``) defaults to the storage's current one."""
         view = self.sm.snapshot_view()
         try:
-            meta = self.storage.create_snapshot_streaming(view.index, conf_state, view.write)
+            meta = self.storage.create_snapshot_streaming(
+                view.index, conf_state, self._counted(view.write)
+            )
         finally:
             view.close()
         self.last_at = now
@@ -463,7 +510,7 @@ class Snapshotter:
         view = self.sm.snapshot_view()
         try:
             meta = await self.storage.create_snapshot_streaming_async(
-                view.index, conf_state, view.write
+                view.index, conf_state, self._counted(view.write)
             )
         finally:
             view.close()
@@ -477,6 +524,20 @@ class Snapshotter:
         self, now: float, conf_state: ConfState | None = None
     ) -> SnapshotMetadata | None:
         return self.take(now, conf_state) if self.due(now) else None
+
+
+class _CountingWriter:
+    """A :class:`Writable` that counts what passes through it."""
+
+    __slots__ = ("f", "n")
+
+    def __init__(self, f: Writable) -> None:
+        self.f = f
+        self.n = 0
+
+    def write(self, data: bytes, /) -> int:
+        self.n += len(data)
+        return self.f.write(data)
 
 
 def finish_pending_install(storage: RaftStorage, sm: Snapshottable) -> bool:

@@ -96,6 +96,52 @@ def test_policy_entries_or_time_whichever_first() -> None:
         SnapshotPolicy(entries=0)
 
 
+def test_policy_byte_rule_waits_for_the_log_to_outgrow_the_last_snapshot() -> None:
+    p = SnapshotPolicy(entries=100, interval_s=10.0, trailing=30, growth=1.0)
+
+    def due(
+        policy: SnapshotPolicy = p,
+        applied: int = 300,
+        now: float = 1.0,
+        log_bytes: int = 0,
+        snapshot_bytes: int = 1000,
+    ) -> bool:
+        return policy.due(
+            applied=applied,
+            snapshot_index=100,
+            now=now,
+            last_at=0.0,
+            log_bytes=log_bytes,
+            snapshot_bytes=snapshot_bytes,
+        )
+
+    assert not due(log_bytes=999)  # enough entries, too few bytes
+    assert due(log_bytes=1000)
+    assert due(now=10.0)  # the time rule does not wait for bytes
+    assert not due(applied=150, log_bytes=10**6)  # too few entries
+    assert due(snapshot_bytes=0)  # no snapshot size known yet
+    assert due(SnapshotPolicy(entries=100, growth=0.0))
+    with pytest.raises(ValueError):
+        SnapshotPolicy(growth=-1.0)
+
+
+def test_snapshotter_counts_the_snapshot_and_the_log_since(node: Node) -> None:
+    _, storage, sm = node
+    snapper = Snapshotter(storage, sm, SnapshotPolicy(entries=10, trailing=5), now=0.0)
+    run_node(storage, sm, 200)
+    snapper.note_applied(12_345)
+    meta = snapper.take(now=1.0)
+    size = len(state_of(sm))
+    assert meta.index == 200 and snapper.snapshot_bytes == size and snapper.log_bytes == 0
+    # 10 more entries are enough by count, but not by bytes: the log must outgrow the
+    # snapshot (200 keys) first.
+    run_node(storage, sm, 10)
+    snapper.note_applied(size - 1)
+    assert not snapper.due(now=2.0)
+    snapper.note_applied(1)
+    assert snapper.due(now=2.0)
+
+
 def test_presets() -> None:
     assert (PRESETS["local"].entries, PRESETS["local"].interval_s) == (10_000, 60.0)
     assert (PRESETS["regional"].entries, PRESETS["regional"].interval_s) == (20_000, 120.0)
