@@ -248,8 +248,9 @@ class _Stream:
 
 
 class _Conn:
-    """One client connection: a reader loop (this task), a writer task, one task per
-    call, all in one nursery."""
+    """One client connection: a reader loop (this task), a writer task, a deadline timer,
+    and one task per call except those served inline (see :func:`method_table`), all in
+    one nursery."""
 
     def __init__(self, stream: trio.abc.Stream, methods: dict[bytes, Any]) -> None:
         self.stream = stream
