@@ -978,7 +978,16 @@ class _Inline:
         return ApiError(C.INTERNAL, f"internal error: {exc!r}").response()
 
     def _answer(self, resp: apb.Response) -> None:
-        raise NotImplementedError
+        """Answer once (later calls do nothing), after releasing what it holds."""
+        if self.finished:
+            return
+        self.finished = True
+        self._release()
+        resp.id = self.req.id
+        self.reply(resp)
+
+    def _release(self) -> None:
+        """Give back what the request holds in the group (nothing by default)."""
 
     def expire(self) -> None:
         raise NotImplementedError
@@ -1058,12 +1067,6 @@ class InlineWrite(_Inline):
             self.service.lanes.release(self.lane)
             self.lane = None
 
-    def _answer(self, resp: apb.Response) -> None:
-        self.finished = True
-        self._release()
-        resp.id = self.req.id
-        self.reply(resp)
-
     def _on_result(self, waiter: Any) -> None:
         if self.finished:
             return
@@ -1084,9 +1087,8 @@ class InlineWrite(_Inline):
             if isinstance(err, GroupError):
                 sent = self.proposal is not None and self.proposal.sent
                 self._answer(ApiError(C.UNAVAILABLE, str(err), indeterminate=sent).response())
-                return
-            log.error("write %s failed: %r", op, err)
-            self._answer(ApiError(C.INTERNAL, f"internal error: {err!r}").response())
+            else:
+                self._answer(self._failure(err))
             return
         res = waiter.result
         cr = res.result
@@ -1168,13 +1170,6 @@ class InlineRead(_Inline):
     def abandon(self) -> None:
         """Stop without an answer (the connection is gone); a round skips it."""
         self.finished = True
-
-    def _answer(self, resp: apb.Response) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        resp.id = self.req.id
-        self.reply(resp)
 
 
 class _RetryRound(Exception):
