@@ -40,10 +40,19 @@ def test_learner_joins_forwards_and_is_promoted(cluster: LocalCluster) -> None:
         assert any(m.id == joiner.peer_id and not m.voter for m in members)
 
         def caught_up() -> bool:
+            # The leader may change meanwhile on a loaded host: the learner must follow
+            # whichever node leads now, as the follower sees it.
             st = joiner.status()
-            return st.role == "learner" and st.leader == lead.peer_id and st.applied > 0
+            now = follower.status().leader
+            return st.role == "learner" and bool(now) and st.leader == now and st.applied > 0
 
-        wait_until(caught_up, 30, what="learner caught up")
+        def explain() -> str:
+            return "\n".join(
+                [repr(cluster.statuses()), joiner.log_tail(20)]
+                + [n.log_tail(15) for n in cluster.nodes if n is not joiner]
+            )
+
+        wait_until(caught_up, 30, what="learner caught up", explain=explain)
         with joiner.client() as lc:
             got = lc.get("m/before")  # linearizable read on a learner (ReadIndex)
             assert got is not None and got.value == b"1"
