@@ -53,6 +53,7 @@ from raftd.kv.backend import (
     Meta,
     Session,
 )
+from raftd.kv.cache import Miss, RecordCache
 from raftd.kv.watch import DELETE, PUT, EventHistory, KeyEvent
 from raftd.storage.base import Readable, Writable
 from raftd.storage.leveldb import LevelDB
@@ -109,8 +110,9 @@ class _Tx:
     """Uncommitted changes of the entries being applied, over the backend. Reads see
     the writes made before them (ops of a transaction run in order)."""
 
-    def __init__(self, backend: KVBackend) -> None:
+    def __init__(self, backend: KVBackend, cache: RecordCache) -> None:
         self.b = backend
+        self.cache = cache
         self.keys: dict[bytes, KeyRecord | None] = {}
         self.sessions: dict[bytes, Session] = {}
         self.leases: dict[int, LeaseRecord | None] = {}
@@ -118,7 +120,11 @@ class _Tx:
     def get(self, key: bytes) -> KeyRecord | None:
         if key in self.keys:
             return self.keys[key]
-        return self.b.get(key)
+        rec = self.cache.key(key)
+        if isinstance(rec, Miss):
+            rec = self.b.get(key)
+            self.cache.fill_key(key, rec)
+        return rec
 
     def scan(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, KeyRecord]]:
         over = sorted(k for k in self.keys if k >= start and (end is None or k < end))
@@ -140,7 +146,15 @@ class _Tx:
 
     def session(self, cid: bytes) -> Session | None:
         s = self.sessions.get(cid)
-        return s if s is not None else self.b.get_session(cid)
+        if s is not None:
+            return s
+        cached = self.cache.session(cid)
+        if not isinstance(cached, Miss):
+            return cached
+        s = self.b.get_session(cid)
+        if s is not None:
+            self.cache.fill_session(cid, s)
+        return s
 
     def lease(self, lid: int, base: Mapping[int, LeaseRecord]) -> LeaseRecord | None:
         if lid in self.leases:
@@ -235,17 +249,18 @@ class _Exec:
         return kind
 
     # -- ops ---------------------------------------------------------------------------
-    def put(self, req: pb.PutRequest) -> pb.PutResponse:
+    def put(self, req: pb.PutRequest, resp: pb.PutResponse | None = None) -> None:
+        """Put ``req``; its answer (``prev_kv``) goes into ``resp`` when one is given."""
         prev = self.tx.get(req.key)
         if prev is None:
             rec = KeyRecord(req.value, self.rev, self.rev, 1, req.lease)
         else:
             rec = KeyRecord(req.value, prev.create_revision, self.rev, prev.version + 1, req.lease)
         self.write_key(req.key, rec, prev)
-        resp = pb.PutResponse()
-        if req.prev_kv and prev is not None:
-            resp.prev_kv.CopyFrom(_kv(req.key, prev))
-        return resp
+        if resp is not None:
+            resp.SetInParent()
+            if req.prev_kv and prev is not None:
+                resp.prev_kv.CopyFrom(_kv(req.key, prev))
 
     def delete(self, req: pb.DeleteRequest) -> pb.DeleteResponse:
         prev = self.tx.get(req.key)
@@ -332,7 +347,7 @@ class _Exec:
             if kind == "range":
                 r.range.CopyFrom(self.range(op.range))
             elif kind == "put":
-                r.put.CopyFrom(self.put(op.put))
+                self.put(op.put, r.put)
             elif kind == "delete":
                 r.delete.CopyFrom(self.delete(op.delete))
             elif kind == "delete_range":
@@ -359,7 +374,7 @@ class _Exec:
 
     def run(self, cmd: pb.Command, kind: str, result: pb.CommandResult) -> None:
         if kind == "put":
-            result.put.CopyFrom(self.put(cmd.put))
+            self.put(cmd.put, result.put)
         elif kind == "delete":
             result.delete.CopyFrom(self.delete(cmd.delete))
         elif kind == "delete_range":
@@ -416,8 +431,9 @@ class KVStateMachine:
     :class:`raftd.storage.snapshots.Snapshottable`. One owner calls ``apply*`` and
     ``restore``; reads may interleave between them."""
 
-    def __init__(self, backend: KVBackend) -> None:
+    def __init__(self, backend: KVBackend, cache: RecordCache | None = None) -> None:
         self._b = backend
+        self._cache = cache if cache is not None else RecordCache()
         m = backend.load_meta()
         self._applied = m.applied
         self._revision = m.revision
@@ -523,7 +539,7 @@ class KVStateMachine:
                 if index != expected:
                     raise ValueError(f"apply gap: expected index {expected}, got {index}")
                 expected += 1
-        tx = _Tx(self._b)
+        tx = _Tx(self._b, self._cache)
         applied, rev = self._applied, self._revision
         out: list[ApplyResult] = []
         events: list[KeyEvent] = []
@@ -545,6 +561,7 @@ class KVStateMachine:
             out.append(ApplyResult(index, res, duplicate=dup, session=session))
         if applied != self._applied:
             self._b.commit(tx.keys, tx.sessions, Meta(applied, rev), tx.leases or None)
+            self._cache.committed(tx.keys, tx.sessions)
             self._applied, self._revision = applied, rev
             for lid, lrec in tx.leases.items():
                 if lrec is None:
@@ -608,7 +625,9 @@ class KVStateMachine:
     def get(self, key: bytes) -> pb.KeyValue | None:
         """The current key-value, or ``None``."""
         self._check_usable()
-        r = self._b.get(key)
+        r = self._cache.key(key)
+        if isinstance(r, Miss):
+            r = self._b.get(key)  # not filled in: see raftd.kv.cache
         return None if r is None else _kv(key, r)
 
     def range(self, key: bytes, range_end: bytes = b"", limit: int = 0) -> pb.RangeResponse:
@@ -620,7 +639,13 @@ class KVStateMachine:
         return range_response(self._b.scan(*key_bounds(key, range_end)), req)
 
     def session(self, client_id: bytes) -> Session | None:
-        return self._b.get_session(client_id)
+        s = self._cache.session(client_id)
+        return self._b.get_session(client_id) if isinstance(s, Miss) else s
+
+    @property
+    def cache(self) -> RecordCache:
+        """The applier's cache of recent key records and sessions (for its counters)."""
+        return self._cache
 
     # -- snapshots ---------------------------------------------------------------------
     def snapshot_view(self) -> KVSnapshotView:
@@ -651,6 +676,7 @@ class KVStateMachine:
             raise snapfmt.SnapshotFormatError(
                 f"snapshot data is at index {meta.applied}, its metadata says {index}"
             )
+        self._cache.clear()
         self._b.begin_restore(Meta(self._applied, self._revision, restoring=True))
         self._restoring = True
         keys: list[tuple[bytes, KeyRecord]] = []
@@ -672,6 +698,7 @@ class KVStateMachine:
         if keys or sessions or leases:
             self._b.restore_chunk(keys, sessions, leases)
         self._b.end_restore(Meta(meta.applied, meta.revision))
+        self._cache.clear()
         self._applied, self._revision, self._restoring = meta.applied, meta.revision, False
         self._leases = dict(self._b.scan_leases())
         self._history.reset(meta.revision)
