@@ -191,15 +191,29 @@ class LevelDB:
     ) -> None:
         """One atomic batch: all ``deletes`` then all ``puts`` (so a put wins over a delete
         of the same key). Any failure fails the database (see module docstring)."""
+        self.write_batch(op, self.batch(deletes, puts, sync=sync))
+
+    def batch(
+        self, deletes: Iterable[bytes], puts: Iterable[tuple[bytes, bytes]], *, sync: bool = True
+    ) -> Any:
+        """A write batch holding ``deletes`` then ``puts``, to be written later by
+        :meth:`write_batch`, possibly on another thread. Building it on the event loop
+        leaves the writer thread little Python to run, so the two threads seldom wait
+        for each other's GIL."""
+        self.check_writable()
+        wb = self._db.write_batch(sync=sync)
+        for k in deletes:
+            wb.delete(k)
+        for k, v in puts:
+            wb.put(k, v)
+        return wb
+
+    def write_batch(self, op: str, wb: Any) -> None:
+        """Write a batch from :meth:`batch` atomically. Any failure fails the database."""
         self.check_writable()
         try:
             if self.fault_hook is not None:
                 self.fault_hook("write:" + op)
-            wb = self._db.write_batch(sync=sync)
-            for k in deletes:
-                wb.delete(k)
-            for k, v in puts:
-                wb.put(k, v)
             wb.write()
         except Exception as e:
             err = StorageWriteError(f"LevelDB write ({op}) failed", cause=e)
@@ -305,6 +319,7 @@ class _Pending:
     install: SnapshotMetadata | None = None
     clear_install: bool = False
     sync: bool = True  # False only for a Ready that changes nothing but the commit index
+    batch: Any = None  # ``deletes`` and ``puts`` already in a LevelDB write batch
 
     def empty(self) -> bool:
         return not self.puts and not self.deletes and self.snap_meta is None
@@ -560,7 +575,9 @@ class LevelDBStorage:
                         pend.snapshot = None
                     else:
                         self._store.write_bytes(m, pend.snapshot.data)
-            if pend.puts or pend.deletes:
+            if pend.batch is not None:
+                self._db.write_batch(pend.op, pend.batch)
+            elif pend.puts or pend.deletes:
                 self._db.write(pend.op, pend.deletes, pend.puts, sync=pend.sync)
         except StorageWriteError as e:
             self._db.mark_failed(e)
@@ -761,6 +778,8 @@ class LevelDBStorage:
             self._commit(pend)
             on_done(outcome.Value(None))
             return
+        if pend.puts or pend.deletes:
+            pend.batch = self._db.batch(pend.deletes, pend.puts, sync=True)
         self._busy = True
 
         def finished(result: outcome.Outcome[None]) -> None:
