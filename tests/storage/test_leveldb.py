@@ -6,6 +6,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -345,4 +346,61 @@ async def test_cancelled_save_async_still_publishes_a_landed_write(data_dir: Pat
     assert s.last_index() == 100
     db, s = reopen(db)
     assert s.last_index() == 100
+    db.close()
+
+
+async def test_save_submit_leaves_the_writer_thread_only_the_write(data_dir: Path) -> None:
+    """``save_submit`` returns at once with its batch built; the writer thread runs the
+    write itself (its fault point and fsync). The caches show the write once ``on_done``
+    has run. A failed write reaches ``on_done``, fails the storage, leaves the caches as
+    they were, and the next save is refused."""
+    import threading
+
+    import outcome
+    import trio
+
+    seen: list[str] = []
+    armed = False
+
+    def hook(point: str) -> None:
+        if point == "write:save":
+            seen.append(threading.current_thread().name)
+            if armed:
+                raise OSError(5, "Input/output error (injected)")
+
+    db = LevelDB(data_dir, fault_hook=hook)
+    s = db.group(NS)
+    built: list[str] = []
+    build = db.batch
+
+    def recording_batch(*args: Any, **kwargs: Any) -> Any:
+        built.append(threading.current_thread().name)
+        return build(*args, **kwargs)
+
+    db.batch = recording_batch  # type: ignore[method-assign]
+    results: list[outcome.Outcome[None]] = []
+    landed = trio.Event()
+
+    def on_done(r: outcome.Outcome[None]) -> None:
+        results.append(r)
+        landed.set()
+
+    s.save_submit(HardState(1, "a", 0), ents(1, 50, 1), on_done)
+    assert not results  # it returned before the write
+    await landed.wait()
+    results.pop().unwrap()
+    assert seen == [db.writer.name]
+    assert built == [threading.current_thread().name]  # the batch: built here
+    assert s.last_index() == 50 and s.initial_state()[0] == HardState(1, "a", 0)
+
+    armed = True
+    landed = trio.Event()
+    s.save_submit(HardState(1, "a", 50), ents(51, 60, 1), on_done)
+    await landed.wait()
+    with pytest.raises(StorageWriteError, match="Input/output error"):
+        results.pop().unwrap()
+    assert s.failed is not None
+    assert s.last_index() == 50 and s.initial_state()[0] == HardState(1, "a", 0)
+    with pytest.raises(StorageWriteError, match="refusing"):
+        s.save_submit(None, ents(51, 51, 1), on_done)
     db.close()
