@@ -21,7 +21,7 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from raftd.kv.backend import KeyRecord, Session
@@ -94,6 +94,30 @@ class RecordCache:
     def session(self, client_id: bytes) -> Session | Miss:
         s = self._sessions.get(client_id)
         return MISS if s is None else s
+
+    def key_or_load(
+        self, key: bytes, load: Callable[[bytes], KeyRecord | None], *, fill: bool
+    ) -> KeyRecord | None:
+        """The cached record, else ``load(key)``, remembered only when ``fill`` (the
+        applier; see the module docstring)."""
+        rec = self.key(key)
+        if isinstance(rec, Miss):
+            rec = load(key)
+            if fill:
+                self.fill_key(key, rec)
+        return rec
+
+    def session_or_load(
+        self, client_id: bytes, load: Callable[[bytes], Session | None], *, fill: bool
+    ) -> Session | None:
+        """The cached session, else ``load(client_id)``, remembered only when ``fill``."""
+        s = self.session(client_id)
+        if not isinstance(s, Miss):
+            return s
+        loaded = load(client_id)
+        if fill and loaded is not None:
+            self.fill_session(client_id, loaded)
+        return loaded
 
     # -- fills and write-through -------------------------------------------------------
     def fill_key(self, key: bytes, rec: KeyRecord | None) -> None:

@@ -53,7 +53,7 @@ from raftd.kv.backend import (
     Meta,
     Session,
 )
-from raftd.kv.cache import Miss, RecordCache
+from raftd.kv.cache import RecordCache
 from raftd.kv.watch import DELETE, PUT, EventHistory, KeyEvent
 from raftd.storage.base import Readable, Writable
 from raftd.storage.leveldb import LevelDB
@@ -120,11 +120,7 @@ class _Tx:
     def get(self, key: bytes) -> KeyRecord | None:
         if key in self.keys:
             return self.keys[key]
-        rec = self.cache.key(key)
-        if isinstance(rec, Miss):
-            rec = self.b.get(key)
-            self.cache.fill_key(key, rec)
-        return rec
+        return self.cache.key_or_load(key, self.b.get, fill=True)
 
     def scan(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, KeyRecord]]:
         over = sorted(k for k in self.keys if k >= start and (end is None or k < end))
@@ -148,13 +144,7 @@ class _Tx:
         s = self.sessions.get(cid)
         if s is not None:
             return s
-        cached = self.cache.session(cid)
-        if not isinstance(cached, Miss):
-            return cached
-        s = self.b.get_session(cid)
-        if s is not None:
-            self.cache.fill_session(cid, s)
-        return s
+        return self.cache.session_or_load(cid, self.b.get_session, fill=True)
 
     def lease(self, lid: int, base: Mapping[int, LeaseRecord]) -> LeaseRecord | None:
         if lid in self.leases:
@@ -625,9 +615,7 @@ class KVStateMachine:
     def get(self, key: bytes) -> pb.KeyValue | None:
         """The current key-value, or ``None``."""
         self._check_usable()
-        r = self._cache.key(key)
-        if isinstance(r, Miss):
-            r = self._b.get(key)  # not filled in: see raftd.kv.cache
+        r = self._cache.key_or_load(key, self._b.get, fill=False)
         return None if r is None else _kv(key, r)
 
     def range(self, key: bytes, range_end: bytes = b"", limit: int = 0) -> pb.RangeResponse:
@@ -639,8 +627,7 @@ class KVStateMachine:
         return range_response(self._b.scan(*key_bounds(key, range_end)), req)
 
     def session(self, client_id: bytes) -> Session | None:
-        s = self._cache.session(client_id)
-        return self._b.get_session(client_id) if isinstance(s, Miss) else s
+        return self._cache.session_or_load(client_id, self._b.get_session, fill=False)
 
     @property
     def cache(self) -> RecordCache:

@@ -42,6 +42,17 @@ class Machine:
             self.db.close()
 
 
+class ApplyFault:
+    """A fault hook that fails the state machine's apply write ("disk full") once armed."""
+
+    def __init__(self) -> None:
+        self.armed = False
+
+    def __call__(self, point: str) -> None:
+        if self.armed and point == "write:kv.apply":
+            raise OSError(28, "No space left on device (injected)")
+
+
 @pytest.fixture(params=["memory", "leveldb"])
 def machine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Machine]:
     m = Machine(str(request.param), tmp_path)

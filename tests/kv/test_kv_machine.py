@@ -16,7 +16,7 @@ from raftd.wire.pb import kv_pb2 as pb
 from raftd.wire.ranges import prefix_end
 from tests.storage.helpers import seed_from_env
 
-from .conftest import Machine
+from .conftest import ApplyFault, Machine
 
 OK = pb.CommandResult.OK
 
@@ -300,21 +300,16 @@ def test_apply_index_rules(machine: Machine) -> None:
 
 def test_failed_commit_leaves_state_unchanged(tmp_path: os.PathLike[str]) -> None:
     m = Machine("leveldb", tmp_path)  # type: ignore[arg-type]
-    armed = False
-
-    def hook(point: str) -> None:
-        if armed and point == "write:kv.apply":
-            raise OSError(28, "No space left on device (injected)")
-
-    sm = m.open(hook)
+    fault = ApplyFault()
+    sm = m.open(fault)
     do = Driver(sm)
     do(C.put(b"a", b"1"))
-    armed = True
+    fault.armed = True
     with pytest.raises(StorageWriteError):
         do(C.put(b"a", b"2"))
     assert sm.applied_index() == 1 and sm.revision() == 1
     assert kv(sm, b"a") == (b"1", 1, 1, 1)
-    armed = False
+    fault.armed = False
     sm = m.restart()
     assert sm.applied_index() == 1 and kv(sm, b"a") == (b"1", 1, 1, 1)
     m.close()

@@ -19,7 +19,7 @@ from raftd.storage.leveldb import LevelDB
 from raftd.wire.pb import kv_pb2 as pb
 from tests.storage.helpers import seed_from_env
 
-from .conftest import NS, Machine
+from .conftest import NS, ApplyFault, Machine
 from .test_kv_machine import Driver, random_workload, snapshot_bytes
 
 
@@ -145,16 +145,11 @@ def test_restore_forgets_every_cached_record(machine: Machine) -> None:
 
 def test_a_failed_commit_never_reaches_the_cache(tmp_path: Path) -> None:
     m = Machine("leveldb", tmp_path)
-    armed = False
-
-    def hook(point: str) -> None:
-        if armed and point == "write:kv.apply":
-            raise OSError(28, "No space left on device (injected)")
-
-    sm = m.open(hook)
+    fault = ApplyFault()
+    sm = m.open(fault)
     do = Driver(sm)
     do(C.put(b"a", b"1", client_id=b"c", seq=1))
-    armed = True
+    fault.armed = True
     with pytest.raises(StorageWriteError):
         do(C.put(b"a", b"2", client_id=b"c", seq=2))
     cached = sm.cache.key(b"a")
