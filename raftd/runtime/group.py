@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic
 
@@ -124,11 +124,20 @@ class MetaOnlyStorage:
     runtime streams the file itself, so the data is never loaded whole into memory.
     """
 
-    def __init__(self, inner: RaftStorage) -> None:
+    def __init__(self, inner: RaftStorage, applied: int = 0) -> None:
         self.inner = inner
+        self.applied = applied
 
     def initial_state(self) -> Any:
-        return self.inner.initial_state()
+        """The stored hard state, with its commit index raised to the state machine's
+        applied index (within the log): a commit index is written only along with a
+        term, a vote or entries (see :meth:`Group._handle_ready`), so the stored one
+        may trail what was already committed and applied."""
+        hs, cs = self.inner.initial_state()
+        commit = min(self.applied, self.inner.last_index())
+        if commit > hs.commit and not hs.is_empty():
+            hs = replace(hs, commit=commit)
+        return hs, cs
 
     def entries(self, lo: int, hi: int, max_size: int | None = None) -> list[Entry]:
         return self.inner.entries(lo, hi, max_size)
@@ -357,14 +366,15 @@ class Group(Generic[ST, SM]):
     def _open_node(self) -> RawNode:
         recover(self.storage, self.sm)
         applied = max(self.sm.applied_index(), self.storage.snapshot_metadata().index)
+        meta_storage = MetaOnlyStorage(self.storage, applied)
         p = self.preset
         cfg = Config(
             id=self.id,
-            storage=MetaOnlyStorage(self.storage),
+            storage=meta_storage,
             rng=self.rng,
             election_tick=p.election_ticks,
             heartbeat_tick=p.heartbeat_ticks,
-            applied=min(applied, self.storage.initial_state()[0].commit or applied),
+            applied=min(applied, meta_storage.initial_state()[0].commit or applied),
             max_size_per_msg=512 * 1024,
             max_inflight_msgs=256,
             max_committed_size_per_ready=4 * 1024 * 1024,
@@ -907,8 +917,13 @@ class Group(Generic[ST, SM]):
         # nothing about its disk): followers write in parallel with it.
         if rd.early_messages:
             self._send(rd.early_messages)
-        # 1. Persist: snapshot, entries and hard state in one fsynced batch.
-        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+        # 1. Persist: snapshot, entries and hard state in one fsynced batch. A hard
+        # state that only moves the commit index is not written: the commit index needs
+        # no durability (a restarted node learns it again from its leader, and
+        # everything applied was committed: MetaOnlyStorage raises the stored one to
+        # the applied index), and writing it cost a database write and a scheduler
+        # round per commit.
+        if rd.snapshot is not None or rd.entries or (rd.hard_state is not None and rd.must_sync):
             t0 = time.perf_counter()
             if rd.must_sync and rd.snapshot is None:
                 await self._persist(node, rd)
