@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from raftd.core.progress import Progress
+from raftd.core.progress import Progress, ProgressState
 from raftd.core.raft import Config, ProposalDroppedError, Raft
 from raftd.core.types import (
     EARLY_MESSAGES,
@@ -192,6 +192,26 @@ class RawNode:
         :meth:`Raft.ticks_are_quiet`): a runtime may then count them later, all at once,
         provided it steps nothing else first."""
         return self.raft.ticks_are_quiet(n)
+
+    def can_defer(self, m: Message) -> bool:
+        """Whether stepping ``m`` may wait for this node's next tick without delaying
+        anything: true only for a heartbeat answer to a leader, in its term, without a
+        ReadIndex context, from a follower that is replicating, caught up and not
+        throttled. Stepping such an answer only marks the follower recently active, which
+        the leader reads at a tick (its quorum check), so a runtime may queue it without
+        waking, provided it steps queued messages before the ticks that follow them."""
+        r = self.raft
+        if m.type != MessageType.HEARTBEAT_RESP or m.context or r.state != StateType.LEADER:
+            return False
+        if m.term != r.term:
+            return False
+        pr = r.prs.get(m.frm)
+        return (
+            pr is not None
+            and pr.state == ProgressState.REPLICATE
+            and pr.match >= r.log.last_index()
+            and not pr.inflights.full()
+        )
 
     def timeout_due(self) -> bool:
         """Whether the next tick ends an election timeout: a follower or candidate would

@@ -253,6 +253,8 @@ class GroupStats:
     #: sleeps through the ticks that only advance its timers).
     ticks: int = 0
     ticker_wakeups: int = 0
+    #: How often the Ready loop woke from waiting for input.
+    loop_wakeups: int = 0
     apply_seconds: list[float] = field(default_factory=list)
     fsync_seconds: list[float] = field(default_factory=list)
 
@@ -401,6 +403,15 @@ class Group(Generic[ST, SM]):
             # Timed on arrival, not when the Ready loop steps it: the RTT should not
             # include this node's own backlog.
             self._rtt.received(msg.frm, self.clock())
+            self._inbox.append(msg)
+            # A routine answer from a caught-up follower waits for the next tick (or
+            # the next other input) instead of waking the loop: on an idle leader that
+            # is one scheduler round fewer per answer, and a round costs ~0.4 ms of CPU
+            # here. Queued messages are stepped before the ticks that follow them.
+            node = self.node
+            if node is None or not node.can_defer(msg):
+                self._wake.set()
+            return
         self._inbox.append(msg)
         self._wake.set()
 
@@ -707,6 +718,7 @@ class Group(Generic[ST, SM]):
             if not self._has_input() and not node.has_ready():
                 self._plan_ticks(node)
                 await self._wake.wait()
+                self.stats.loop_wakeups += 1
                 # Before anything else: nothing was stepped since these ticks passed.
                 self._count_ticks(trio.current_time())
                 self._step_quiet_ticks(node)

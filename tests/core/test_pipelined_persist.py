@@ -144,3 +144,34 @@ def test_timeout_due_says_when_the_next_tick_ends_an_election_timeout() -> None:
         net.send()
     assert a.state == StateType.LEADER
     assert a.raft.election_elapsed + 1 == a.raft.election_timeout
+
+
+def test_only_a_routine_heartbeat_answer_to_a_leader_may_wait_for_its_next_tick() -> None:
+    net, a = _leader_net()
+    net.propose("a", b"x")  # everyone replicating and caught up
+    b = net.node("b")
+    term = a.raft.term
+
+    def answer(frm: str, context: bytes = b"") -> Message:
+        return Message(MessageType.HEARTBEAT_RESP, to="a", frm=frm, term=term, context=context)
+
+    assert a.can_defer(answer("b")) and a.can_defer(answer("c"))
+    # A ReadIndex round's answer, an answer from an older term, another message type:
+    assert not a.can_defer(answer("b", context=b"read-1"))
+    assert not a.can_defer(Message(MessageType.HEARTBEAT_RESP, to="a", frm="b", term=term - 1))
+    assert not a.can_defer(Message(MessageType.APP_RESP, to="a", frm="b", term=term, index=1))
+    # A follower that lags (the answer would make the leader send it entries):
+    a.raft.prs["c"].match -= 1
+    assert not a.can_defer(answer("c"))
+    # A follower whose inflight window is full (the answer frees a slot):
+    a.raft.prs["c"].match += 1
+    pr = a.raft.prs["c"]
+    while not pr.inflights.full():
+        pr.inflights.add(a.raft.log.last_index(), 1)
+    assert not a.can_defer(answer("c"))
+    # A follower receives heartbeats, it never defers anything.
+    assert not b.can_defer(Message(MessageType.HEARTBEAT_RESP, to="b", frm="c", term=term))
+    # Stepping a deferred answer later changes nothing but its recent-activity mark.
+    a.raft.prs["b"].recent_active = False
+    a.step(answer("b"))
+    assert a.raft.prs["b"].recent_active and not a.has_ready()

@@ -26,7 +26,7 @@ async def test_idle_followers_sleep_through_quiet_ticks_and_failover_works(
             term = g.status()["term"]
             followers = [n.group() for n in c.live() if n is not ld]
             before = [(f.stats.ticks, f.stats.ticker_wakeups) for f in followers]
-            lead_before = (g.stats.ticks, g.stats.ticker_wakeups)
+            lead_before = (g.stats.ticks, g.stats.ticker_wakeups, g.stats.loop_wakeups)
             # Idle: wait until every follower has counted IDLE_TICKS more ticks.
             pairs = list(zip(followers, before, strict=True))
             while any(f._ticks_total < b[0] + IDLE_TICKS for f, b in pairs):  # noqa: ASYNC110
@@ -42,6 +42,12 @@ async def test_idle_followers_sleep_through_quiet_ticks_and_failover_works(
             print(f"leader: {lt} ticks, {lw} ticker wake-ups")
             # The leader wakes for its heartbeats (every 2nd tick), not for the others.
             assert lw < lt, (lt, lw)
+            # ... and its followers' routine answers wait for that wake-up: without
+            # that, each heartbeat woke the loop once more per answer (two followers:
+            # three wake-ups per heartbeat, 1.5 per tick).
+            ll = g.stats.loop_wakeups - lead_before[2]
+            print(f"leader: {ll} Ready-loop wake-ups")
+            assert ll <= 0.75 * lt, (lt, ll)
 
             c.isolate(ld)
             new = await c.leader(exclude=ld)
