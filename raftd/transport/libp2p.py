@@ -53,7 +53,7 @@ from raftd.security.envelope import (
     NullEnvelope,
 )
 from raftd.security.keys import NoCommonKey
-from raftd.transport import tcpread
+from raftd.transport import tcpread, yamuxpush
 from raftd.transport.base import (
     DEFAULT_SNAPSHOT_CHUNK,
     OnMessage,
@@ -139,6 +139,16 @@ class FrameReader:
     @property
     def pending_frame_size(self) -> int | None:
         return self._decoder.pending_frame_size
+
+    @property
+    def decoder(self) -> FrameDecoder:
+        """The decoder, holding any partial frame read so far (to hand the stream on)."""
+        return self._decoder
+
+    def take_decoded(self) -> list[bytes]:
+        """The frames already decoded but not yet returned, in order (and forgets them)."""
+        frames, self._frames = self._frames[::-1], []
+        return frames
 
     async def read_frame(self) -> bytes | None:
         while not self._frames:
@@ -229,6 +239,9 @@ class Libp2pTransport(OutboxTransport):
         # Bumped by readvertise(): senders reopen their stream, so the new header tells
         # each peer which keys we now accept (key rotation step 1).
         self._generation = 0
+        #: Inbound raft streams read by push (raftd.transport.yamuxpush) where the
+        #: connection allows it; False reads them through the stream as before.
+        self.push_reads = True
 
     # --- properties --------------------------------------------------------------------
 
@@ -685,14 +698,32 @@ class Libp2pTransport(OutboxTransport):
                 return
             opener.accept_header(header)  # EnvelopeError: reset below
             self._peer_accepts[remote] = opener.peer_accepts
+
+            def on_frame(frame: bytes) -> None:
+                self._stats.bytes_received += len(frame)
+                self._deliver_frame(remote, opener.open(frame))
+
+            if self.push_reads and yamuxpush.supported(stream):
+                # Frames go from the connection's read loop straight to the group.
+                for frame in reader.take_decoded():
+                    on_frame(frame)
+                ended = await yamuxpush.PushReader(stream, reader.decoder, on_frame).run(
+                    cfg.idle_timeout
+                )
+                if ended == "idle":
+                    log.info(
+                        "raft stream from %s idle for %.0fs: closing", remote, cfg.idle_timeout
+                    )
+                    reset = True
+                lost = True
+                return
             while True:
                 with trio.move_on_after(cfg.idle_timeout):
-                    frame = await reader.read_frame()
-                    if frame is None:
+                    got = await reader.read_frame()
+                    if got is None:
                         lost = True  # EOF: the peer closed it, or its process died
                         return
-                    self._stats.bytes_received += len(frame)
-                    self._deliver_frame(remote, opener.open(frame))
+                    on_frame(got)
                     continue
                 log.info("raft stream from %s idle for %.0fs: closing", remote, cfg.idle_timeout)
                 reset = lost = True

@@ -18,7 +18,9 @@ reads a frame header. A header is taken by the fast path when the frame is
 It does what the library's loop does for that frame (append the body to the stream's
 buffer and charge its receive window, clamping and warning on overrun, wake its reader;
 or credit the send window; finalize a stream that was already closed), with no
-``await`` in between, and reads the next header.
+``await`` in between, and reads the next header. A stream read by push
+(:mod:`raftd.transport.yamuxpush`) gets the body handed to its sink instead of buffered,
+while its buffer is empty.
 
 The library takes the connection's ``streams_lock`` and the stream's ``window_lock``
 around those updates. The fast path does not need them: outside this same read loop,
@@ -51,7 +53,7 @@ from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-__all__ = ["counts", "install", "installed"]
+__all__ = ["SINK_ATTR", "counts", "install", "installed"]
 
 _HEADER = struct.Struct(_yamux.YAMUX_HEADER_FORMAT)
 _HEADER_SIZE = _yamux.HEADER_SIZE
@@ -63,7 +65,9 @@ _yamux_log = logging.getLogger(_yamux.__name__)
 _ORIGINAL_HANDLE_INCOMING = Yamux.handle_incoming
 _ORIGINAL_READ_DATA_BODY = Yamux._read_data_body
 #: Frame headers taken by the fast path and handed to the library, since start.
-counts = {"taken": 0, "passed": 0}
+counts = {"taken": 0, "passed": 0, "pushed": 0}
+#: The attribute of a stream that holds its push sink (see raftd.transport.yamuxpush).
+SINK_ATTR = "_raftd_sink"
 #: Which connection (secure session) feeds which muxer's loop.
 _MUXERS: weakref.WeakKeyDictionary[Any, weakref.ref[Any]] = weakref.WeakKeyDictionary()
 
@@ -88,14 +92,22 @@ def _take(mux: Any, conn: Any, header: bytes) -> bool:
         ):
             return False
         body = conn._drain(length)
-        buf.extend(body)
         stream.recv_window -= len(body)
         if stream.recv_window < 0:
             _yamux_log.warning(
                 "Stream %d: peer exceeded receive window by %d bytes", sid, -stream.recv_window
             )
             stream.recv_window = 0
-        event.set()
+        sink = getattr(stream, SINK_ATTR, None)
+        if sink is not None and not buf:
+            # Pushed to a PushReader (raftd.transport.yamuxpush): no buffer, no wake-up.
+            counts["pushed"] += 1
+            sink(body)
+            if stream.closed:
+                event.set()  # the reader sees the end (the bookkeeping goes below)
+        else:
+            buf.extend(body)
+            event.set()
     elif typ == _WINDOW_UPDATE:
         stream.send_window += length
     else:
