@@ -43,9 +43,9 @@ from raftd.wire.framing import FrameDecoder, FrameError
 
 __all__ = ["PushReader", "counts", "supported"]
 
-#: Streams read by push, and bodies drained from the library's buffer, since start (the
-#: bodies pushed are counted by yamuxrecv).
-counts = {"streams": 0, "drained": 0}
+#: Bodies drained from the library's buffer, since start (the bodies pushed are counted
+#: by yamuxrecv).
+counts = {"drained": 0}
 
 
 def supported(net_stream: Any) -> bool:
@@ -76,8 +76,10 @@ class PushReader:
         #: Whether any bytes arrived since :meth:`run` last looked (the idle timer).
         self.active = False
 
-    def _feed(self, data: bytes | bytearray) -> None:
-        """The sink: decode ``data`` and hand on the frames it completes."""
+    def push(self, data: bytes | bytearray) -> None:
+        """The sink, called by the connection's read loop with a DATA frame's body (and
+        by :meth:`run` with what the library buffered): decode ``data`` and hand on the
+        frames it completes."""
         if self.error is not None:
             return  # the stream is being reset: the rest is discarded
         self.active = True
@@ -92,10 +94,6 @@ class PushReader:
         if ms.target_recv_window - ms.recv_window >= ms._grow_threshold():
             self._wake()  # credit is due: the reader's task sends it
 
-    def push(self, body: bytes) -> None:
-        """Called by the connection's read loop with a DATA frame's body."""
-        self._feed(body)
-
     def _wake(self) -> None:
         ev = self._mux.stream_events.get(self._sid)
         if ev is not None:
@@ -107,7 +105,6 @@ class PushReader:
         caught, or :class:`FrameError` when the stream ends inside a frame."""
         ms, mux, sid = self._ms, self._mux, self._sid
         setattr(ms, SINK_ATTR, self.push)
-        counts["streams"] += 1
         try:
             while True:
                 events = mux.stream_events
@@ -121,7 +118,7 @@ class PushReader:
                     data = bytes(buf)
                     buf.clear()
                     counts["drained"] += 1
-                    self._feed(data)
+                    self.push(data)
                 if self.error is not None:
                     raise self.error
                 if buf is None or ms.reset_received or ms.recv_closed:
