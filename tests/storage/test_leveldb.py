@@ -86,6 +86,29 @@ def test_tail_cache_serves_the_newest_entries(data_dir: Path) -> None:
     db.close()
 
 
+def test_tail_cache_grows_only_when_a_write_lands(data_dir: Path) -> None:
+    """Appends after the cache's end grow it once the write has landed, trimmed to its
+    size; a write that fails leaves it (and what reads see) as it was."""
+    fail = [False]
+
+    def hook(point: str) -> None:
+        if fail[0] and point.startswith("write:"):
+            raise OSError(5, "Input/output error (injected)")
+
+    db = LevelDB(data_dir, tail_cache=10, fault_hook=hook)
+    s = db.group(NS)
+    for lo in range(1, 60, 3):
+        s.save(None, ents(lo, lo + 2, 1), None)
+        assert [e.index for e in s._tail] == list(range(max(1, lo + 3 - 10), lo + 3))
+        assert s.entries(max(1, lo - 5), lo + 3) == ents(max(1, lo - 5), lo + 2, 1)
+    fail[0] = True
+    with pytest.raises(StorageWriteError):
+        s.save(None, ents(61, 62, 1), None)
+    assert [e.index for e in s._tail] == list(range(51, 61))
+    assert s.last_index() == 60
+    db.close()
+
+
 def test_first_last_index_persisted_not_scanned(data_dir: Path) -> None:
     db = LevelDB(data_dir)
     s = db.group(NS)
