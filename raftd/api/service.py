@@ -1063,6 +1063,7 @@ class InlineWrite(_Inline):
         if self.proposal is not None:
             self.service.group.command_stop(self.session, self.proposal, self.waiter)
             self.proposal = None
+        self.waiter = None  # an unanswered waiter still holds our callback: a cycle
         if self.lane is not None:
             self.service.lanes.release(self.lane)
             self.lane = None

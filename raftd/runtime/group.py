@@ -196,9 +196,14 @@ class _Waiter:
         if self.event is not None:
             self.event.set()
             return
-        assert self.callback is not None
+        # One shot: dropping the callback once called ends the cycle a caller that keeps
+        # its waiter makes (caller -> waiter -> bound method -> caller), so the pair is
+        # freed by reference counting, not left to the cyclic collector (per request,
+        # that was most of the daemon's garbage collection time under write load).
+        callback, self.callback = self.callback, None
+        assert callback is not None
         try:
-            self.callback(self)
+            callback(self)
         except Exception:
             log.exception("a command's completion callback raised")
 
