@@ -729,24 +729,22 @@ class LevelDBStorage:
                 append((klog + pack_index(i), body + pack_crc(crc32(body, i & 0xFFFFFFFF))))
                 expect += 1
             last = new_last
-            if tail and tail is self._tail and tail[-1].index + 1 == s:
+            if tail and tail[-1].index + 1 == s:
                 # The usual write: the cache grows in place once it has landed (a copy of
                 # a cache of thousands of entries per write cost ~90 µs of the loop).
                 pend.tail_append = list(ents)
+            elif tail and tail[0].index <= s:
+                tail = tail[: s - tail[0].index] + list(ents)
             else:
-                if tail and tail[0].index <= s:
-                    tail = tail[: s - tail[0].index] + list(ents)
-                else:
-                    tail = list(ents)
-                if len(tail) > self._db.tail_cache:
-                    tail = tail[len(tail) - self._db.tail_cache :]
-                pend.tail = tail
-        elif pend.snap_meta is not None:
-            pend.tail = tail
+                tail = list(ents)
+            if len(tail) > self._db.tail_cache:
+                tail = tail[len(tail) - self._db.tail_cache :]
         if pend.snap_meta is not None or ents:
             pend.puts.append(self._meta_log_put(first, last, dummy))
             pend.first, pend.last, pend.dummy_term = first, last, dummy
             pend.starts, pend.terms = starts, terms
+            if pend.tail_append is None:
+                pend.tail = tail
         if hard_state is not None:
             pend.puts.append(
                 (self._k_hs, codec.seal(self._k_hs, codec.encode_hard_state(hard_state)))
