@@ -30,7 +30,7 @@ import bisect
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from raftd.storage import codec
 from raftd.storage.base import CorruptionError
@@ -49,9 +49,10 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class KeyRecord:
-    """The stored state of one key (etcd's KeyValue without the key)."""
+class KeyRecord(NamedTuple):
+    """The stored state of one key (etcd's KeyValue without the key). Immutable. Applying
+    a put builds one or two, on every replica: a named tuple is built in about 40% of
+    the time a frozen dataclass takes."""
 
     value: bytes
     create_revision: int
@@ -68,9 +69,9 @@ class LeaseRecord:
     keys: tuple[bytes, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Session:
-    """One client's deduplication state: its last applied seq and that command's result."""
+class Session(NamedTuple):
+    """One client's deduplication state: its last applied seq and that command's result.
+    Immutable (a named tuple, as :class:`KeyRecord`: one is built per applied write)."""
 
     last_seq: int
     result: bytes

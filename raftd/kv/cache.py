@@ -111,8 +111,8 @@ class RecordCache:
         self, client_id: bytes, load: Callable[[bytes], Session | None], *, fill: bool
     ) -> Session | None:
         """The cached session, else ``load(client_id)``, remembered only when ``fill``."""
-        s = self.session(client_id)
-        if not isinstance(s, Miss):
+        s = self._sessions.get(client_id)
+        if s is not None:
             return s
         loaded = load(client_id)
         if fill and loaded is not None:
@@ -132,11 +132,28 @@ class RecordCache:
         self, keys: Mapping[bytes, KeyRecord | None], sessions: Mapping[bytes, Session]
     ) -> None:
         """The backend has committed these records (``None``: deleted)."""
+        # _put_key and _put_session inlined: this runs for every key and session an
+        # apply batch writes, on every replica.
+        held, size = self._keys, self._bytes
         for k, rec in keys.items():
-            self._put_key(k, rec)
+            old = held.pop(k, MISS)
+            delta = len(rec.value) if rec is not None else 0
+            if old is MISS:
+                delta += _OVERHEAD + len(k)
+            elif old is not None:
+                delta -= len(old.value)  # type: ignore[union-attr]  # not MISS
+            held[k] = rec  # re-inserted at the end: the oldest written goes first
+            size += delta
+        self._bytes = size
         self._trim()
+        if self.max_sessions == 0:
+            return
+        live = self._sessions
         for cid, s in sessions.items():
-            self._put_session(cid, s)
+            live.pop(cid, None)
+            live[cid] = s
+        while len(live) > self.max_sessions:
+            del live[next(iter(live))]
 
     def clear(self) -> None:
         self._keys.clear()

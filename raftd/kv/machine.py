@@ -381,6 +381,32 @@ class _Exec:
             raise _InvalidCommand(f"unsupported op {kind}")
 
 
+def _plain_put(
+    tx: _Tx, req: pb.PutRequest, rev: int, events: list[KeyEvent] | None
+) -> pb.CommandResult | None:
+    """A put that involves no lease (neither the new record nor the one it replaces) and
+    asks no ``prev_kv``, applied at revision ``rev``: the same effects, event and result
+    as :meth:`_Exec.put` under :meth:`KVStateMachine._execute`, without the general
+    executor's steps (most writes are such puts, on every replica). None, with nothing
+    written, for any other put: the general executor takes it."""
+    key = req.key  # each read of a message field builds a new object
+    if not key or req.lease or req.prev_kv:
+        return None
+    prev = tx.get(key)
+    if prev is None:
+        rec = KeyRecord(req.value, rev, rev, 1)
+    elif prev.lease:
+        return None
+    else:
+        rec = KeyRecord(req.value, prev.create_revision, rev, prev.version + 1)
+    tx.keys[key] = rec
+    if events is not None:
+        events.append(KeyEvent(rev, PUT, key, rec, prev))
+    res = pb.CommandResult(revision=rev)
+    res.put.SetInParent()
+    return res
+
+
 def range_response(
     items: Iterator[tuple[bytes, KeyRecord]], req: pb.RangeRequest
 ) -> pb.RangeResponse:
@@ -588,6 +614,22 @@ class KVStateMachine:
                         error=f"seq {cmd.seq} is older than the last applied {sess.last_seq}",
                     )
                     return res, False, rev
+        plain = _plain_put(tx, cmd.put, rev + 1, events) if cmd.HasField("put") else None
+        if plain is not None:
+            res = plain
+            rev += 1
+        else:
+            res = self._execute(tx, cmd, rev, index, events)
+            rev = res.revision
+        if cid:
+            tx.sessions[cid] = Session(cmd.seq, res.SerializeToString(deterministic=True))
+        return res, False, rev
+
+    def _execute(
+        self, tx: _Tx, cmd: pb.Command, rev: int, index: int, events: list[KeyEvent] | None
+    ) -> pb.CommandResult:
+        """Any command, by the general executor; the result carries the store revision
+        after it (``rev + 1`` if it wrote, else ``rev``)."""
         ex = _Exec(tx, rev + 1, index, self._leases)
         res = pb.CommandResult()
         try:
@@ -607,9 +649,7 @@ class KVStateMachine:
                 if events is not None:
                     events.extend(ex.events)
             res.revision = rev
-        if cid:
-            tx.sessions[cid] = Session(cmd.seq, res.SerializeToString(deterministic=True))
-        return res, False, rev
+        return res
 
     # -- reads -------------------------------------------------------------------------
     def get(self, key: bytes) -> pb.KeyValue | None:

@@ -473,3 +473,79 @@ def test_held_notifications_are_made_once_on_release(machine: Machine) -> None:
     assert sorted(calls) == ["events", "leases"]
     Driver(sm)(C.put(b"k3", b"v3"))
     assert calls[-1] == "events"  # no longer held
+
+
+def _put_workload(rng: random.Random, n: int) -> list[bytes]:
+    """Puts of every shape (with and without a lease, asking ``prev_kv`` or not, an empty
+    key, replacing a leased key), among the commands that change what a put sees:
+    deletes, lease grants and revokes, transactions, retries and stale seqs."""
+    keys = [b"k%02d" % i for i in range(12)]
+    leases = [101, 102, 0]
+    out: list[bytes] = []
+    for i in range(n):
+        k = rng.choice(keys)
+        cid = rng.choice([b"", b"c1", b"c2"])
+        seq = i + 1 if cid else 0
+        x = rng.random()
+        if x < 0.55:
+            req = pb.PutRequest(
+                key=k if rng.random() < 0.97 else b"",
+                value=rng.randbytes(rng.randint(0, 12)),
+                prev_kv=rng.random() < 0.2,
+                lease=rng.choice(leases) if rng.random() < 0.3 else 0,
+            )
+            out.append(C.encode(pb.Command(put=req), client_id=cid, seq=seq))
+        elif x < 0.62:
+            out.append(C.delete(k, client_id=cid, seq=seq))
+        elif x < 0.7:
+            grant = pb.LeaseGrantRequest(ttl=30, id=rng.choice(leases[:2]))
+            out.append(C.encode(pb.Command(lease_grant=grant), client_id=cid, seq=seq))
+        elif x < 0.76:
+            revoke = pb.LeaseRevokeRequest(id=rng.choice(leases[:2]))
+            out.append(C.encode(pb.Command(lease_revoke=revoke), client_id=cid, seq=seq))
+        elif x < 0.84:
+            txn = C.txn([], [C.op_put(rng.choice(keys), b"t")], [], client_id=cid, seq=seq)
+            out.append(txn)
+        elif x < 0.94:
+            out.append(out[rng.randrange(len(out))] if out else b"")  # retries, stale seqs
+        else:
+            out.append(b"")
+    return out
+
+
+def test_plain_puts_match_the_general_executor(
+    machine: Machine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Puts with no lease involved and no ``prev_kv`` take a shorter path than other
+    commands: the same log gives the same results, sessions, leases (and the keys each
+    holds), watch events and snapshot as with every put taken by the general executor."""
+    import raftd.kv.machine as machine_mod
+
+    work = _put_workload(random.Random(seed_from_env()), 1500)
+    plain = machine_mod._plain_put
+    taken = [0, 0]  # short path taken, declined
+
+    def counting(*args: object) -> object:
+        res = plain(*args)  # type: ignore[arg-type]
+        taken[res is None] += 1
+        return res
+
+    general = KVStateMachine.memory()
+    fast = machine.sm
+    for lo in range(0, len(work), 23):
+        batch = [(i + 1, d) for i, d in enumerate(work[lo : lo + 23], start=lo)]
+        monkeypatch.setattr(machine_mod, "_plain_put", lambda *a: None)
+        expected = general.apply_many(batch)
+        monkeypatch.setattr(machine_mod, "_plain_put", counting)
+        got = fast.apply_many(batch)
+        assert got == expected, f"entries {lo + 1}..{lo + len(batch)}"
+        assert dict(fast.leases()) == dict(general.leases())
+        assert [r.result.SerializeToString(deterministic=True) for r in got if r.result] == [
+            r.result.SerializeToString(deterministic=True) for r in expected if r.result
+        ]
+    assert taken[0] > 300 and taken[1] > 100, taken  # both paths were exercised
+    events = general.history.read(1, b"", None, limit=10**6)[0]
+    assert len(events) > 500
+    assert fast.history.read(1, b"", None, limit=10**6)[0] == events
+    assert snapshot_bytes(fast) == snapshot_bytes(general)
+    assert snapshot_bytes(machine.restart()) == snapshot_bytes(general)
