@@ -21,7 +21,7 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from raftd.kv.backend import KeyRecord, Session
@@ -122,38 +122,17 @@ class RecordCache:
     # -- fills and write-through -------------------------------------------------------
     def fill_key(self, key: bytes, rec: KeyRecord | None) -> None:
         """Remember what the backend holds for ``key`` (the applier's read)."""
-        self._put_key(key, rec)
-        self._trim()
+        self._put_keys(((key, rec),))
 
     def fill_session(self, client_id: bytes, s: Session) -> None:
-        self._put_session(client_id, s)
+        self._put_sessions(((client_id, s),))
 
     def committed(
         self, keys: Mapping[bytes, KeyRecord | None], sessions: Mapping[bytes, Session]
     ) -> None:
         """The backend has committed these records (``None``: deleted)."""
-        # _put_key and _put_session inlined: this runs for every key and session an
-        # apply batch writes, on every replica.
-        held, size = self._keys, self._bytes
-        for k, rec in keys.items():
-            old = held.pop(k, MISS)
-            delta = len(rec.value) if rec is not None else 0
-            if old is MISS:
-                delta += _OVERHEAD + len(k)
-            elif old is not None:
-                delta -= len(old.value)  # type: ignore[union-attr]  # not MISS
-            held[k] = rec  # re-inserted at the end: the oldest written goes first
-            size += delta
-        self._bytes = size
-        self._trim()
-        if self.max_sessions == 0:
-            return
-        live = self._sessions
-        for cid, s in sessions.items():
-            live.pop(cid, None)
-            live[cid] = s
-        while len(live) > self.max_sessions:
-            del live[next(iter(live))]
+        self._put_keys(keys.items())
+        self._put_sessions(sessions.items())
 
     def clear(self) -> None:
         self._keys.clear()
@@ -161,16 +140,22 @@ class RecordCache:
         self._bytes = 0
 
     # -- internals ---------------------------------------------------------------------
-    def _put_key(self, key: bytes, rec: KeyRecord | None) -> None:
-        old = self._keys.pop(key, MISS)
-        delta = len(rec.value) if rec is not None else 0
-        if isinstance(old, Miss):
-            delta += _OVERHEAD + len(key)
-        elif old is not None:
-            delta -= len(old.value)
-        # Re-inserted at the end: the oldest written entry is the first evicted.
-        self._keys[key] = rec
-        self._bytes += delta
+    def _put_keys(self, items: Iterable[tuple[bytes, KeyRecord | None]]) -> None:
+        """Hold these records, each (re)inserted at the end: the oldest written entry is
+        the first evicted. One loop for a whole apply batch: it runs for every key a
+        batch writes, on every replica."""
+        held, size = self._keys, self._bytes
+        for k, rec in items:
+            old = held.pop(k, MISS)
+            delta = len(rec.value) if rec is not None else 0
+            if old is MISS:
+                delta += _OVERHEAD + len(k)
+            elif old is not None:
+                delta -= len(old.value)  # type: ignore[union-attr]  # not MISS
+            held[k] = rec
+            size += delta
+        self._bytes = size
+        self._trim()
 
     def _trim(self) -> None:
         keys = self._keys
@@ -178,11 +163,13 @@ class RecordCache:
             k = next(iter(keys))
             self._bytes -= _cost(k, keys.pop(k))
 
-    def _put_session(self, cid: bytes, s: Session) -> None:
-        sessions = self._sessions
-        sessions.pop(cid, None)
+    def _put_sessions(self, items: Iterable[tuple[bytes, Session]]) -> None:
+        """Hold these sessions (newest last), then evict the oldest beyond the bound."""
         if self.max_sessions == 0:
             return
-        sessions[cid] = s
-        if len(sessions) > self.max_sessions:
-            del sessions[next(iter(sessions))]
+        live = self._sessions
+        for cid, s in items:
+            live.pop(cid, None)
+            live[cid] = s
+        while len(live) > self.max_sessions:
+            del live[next(iter(live))]
