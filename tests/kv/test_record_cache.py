@@ -12,7 +12,7 @@ import pytest
 
 from raftd.kv import commands as C
 from raftd.kv.backend import KeyRecord, LevelDBKVBackend, MemoryKVBackend, Session
-from raftd.kv.cache import MISS, RecordCache
+from raftd.kv.cache import _OVERHEAD, MISS, RecordCache
 from raftd.kv.machine import KVStateMachine
 from raftd.storage.base import StorageWriteError
 from raftd.storage.leveldb import LevelDB
@@ -39,7 +39,7 @@ def test_miss_is_not_absent() -> None:
 
 
 def test_bytes_bound_evicts_the_oldest_written_first() -> None:
-    one = 160 + 2 + 100  # overhead + key + value
+    one = _OVERHEAD + 2 + 100  # overhead + key + value
     c = RecordCache(max_bytes=3 * one)
     for k in (b"k1", b"k2", b"k3"):
         c.committed({k: rec(b"v" * 100)}, {})
@@ -50,7 +50,7 @@ def test_bytes_bound_evicts_the_oldest_written_first() -> None:
     assert all(c.key(k) is not MISS for k in (b"k1", b"k3", b"k4"))
     assert c.size_bytes == 3 * one
     c.committed({b"k3": None}, {})  # a delete is a known absence without a value
-    assert c.key(b"k3") is None and c.size_bytes == 2 * one + 160 + 2
+    assert c.key(b"k3") is None and c.size_bytes == 2 * one + _OVERHEAD + 2
     c.clear()
     assert len(c) == 0 and c.size_bytes == 0 and c.key(b"k1") is MISS
 
