@@ -70,6 +70,7 @@ from raftd.storage.snapshots import (
     Snapshotter,
     finish_pending_install,
     recover,
+    restore_pending_install,
 )
 from raftd.transport.base import Transport
 
@@ -956,9 +957,13 @@ class Group(Generic[ST, SM]):
                 # and lease timers, trio events) must be called from this one.
                 self.sm.hold_notifications()
                 try:
-                    await trio.to_thread.run_sync(finish_pending_install, self.storage, self.sm)
+                    nbytes = await trio.to_thread.run_sync(
+                        restore_pending_install, self.storage, self.sm
+                    )
                 finally:
                     self.sm.release_notifications()
+                if nbytes is not None and self._snapshotter is not None:
+                    self._snapshotter.installed(nbytes, self.clock())
                 self.stats.snapshots_installed += 1
                 self.conf = rd.snapshot.metadata.conf_state
                 self._applied_event.set()

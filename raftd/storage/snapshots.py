@@ -70,6 +70,7 @@ __all__ = [
     "install_snapshot",
     "namespace_slug",
     "recover",
+    "restore_pending_install",
 ]
 
 MAGIC = b"RAFTSNP1"
@@ -463,6 +464,16 @@ class Snapshotter:
         self.snapshot_bytes = 0
         self.log_bytes = 0
 
+    def installed(self, nbytes: int, now: float) -> None:
+        """A snapshot of ``nbytes`` was installed from the leader: it is this group's
+        last snapshot now, for both rules. Without this a node that restarted and then
+        caught up by an install would know no snapshot size (the byte rule then holds)
+        and take a snapshot of its whole state again after ``entries`` entries, while
+        it is still catching up."""
+        self.snapshot_bytes = nbytes
+        self.log_bytes = 0
+        self.last_at = now
+
     def note_applied(self, nbytes: int) -> None:
         """Count ``nbytes`` of applied entry data toward the byte rule."""
         self.log_bytes += nbytes
@@ -540,15 +551,38 @@ class _CountingWriter:
         return self.f.write(data)
 
 
-def finish_pending_install(storage: RaftStorage, sm: Snapshottable) -> bool:
-    """Restore ``sm`` from the pending snapshot and clear the marker. False if none."""
+class _CountingReader:
+    """A :class:`Readable` that counts what passes through it."""
+
+    __slots__ = ("f", "n")
+
+    def __init__(self, f: Readable) -> None:
+        self.f = f
+        self.n = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self.f.read(size)
+        self.n += len(data)
+        return data
+
+
+def restore_pending_install(storage: RaftStorage, sm: Snapshottable) -> int | None:
+    """Restore ``sm`` from the pending snapshot and clear the marker. Returns the bytes
+    of snapshot data the state machine read (for :meth:`Snapshotter.installed`), or
+    None if no install was pending."""
     meta = storage.pending_install()
     if meta is None:
-        return False
+        return None
     with storage.open_snapshot_data() as f:
-        sm.restore(f, index=meta.index)
+        counted = _CountingReader(f)
+        sm.restore(counted, index=meta.index)
     storage.finish_install(meta.index)
-    return True
+    return counted.n
+
+
+def finish_pending_install(storage: RaftStorage, sm: Snapshottable) -> bool:
+    """Restore ``sm`` from the pending snapshot and clear the marker. False if none."""
+    return restore_pending_install(storage, sm) is not None
 
 
 def install_snapshot(storage: RaftStorage, sm: Snapshottable, snap: Snapshot) -> bool:

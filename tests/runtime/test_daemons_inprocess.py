@@ -81,6 +81,8 @@ async def test_lagging_follower_catches_up_by_snapshot(tmp_path: Path) -> None:
             lg = lagger.group()
             await lg.wait_applied(g.applied_index())
             assert lg.stats.snapshots_installed >= 1
+            # The installed snapshot is the lagger's last one, for its snapshot policy.
+            assert lg._snapshotter is not None and lg._snapshotter.snapshot_bytes > 0
             kv = lg.sm.get(b"w7-124")
             assert kv is not None and kv.value == b"x" * 50
             assert len(lg.sm.range(b"w", b"x").kvs) == 1000

@@ -23,6 +23,7 @@ from raftd.storage.snapshots import (
     install_snapshot,
     namespace_slug,
     recover,
+    restore_pending_install,
 )
 
 NS = "/raft/cron"
@@ -238,6 +239,31 @@ def test_install_snapshot(tmp_path: Path) -> None:
     assert not recover(st, sm)
     assert state_of(sm) == expected
     assert not install_snapshot(st, sm, snap)  # not newer: ignored
+    db.close()
+
+
+def test_an_installed_snapshot_is_the_last_one_for_the_policy(tmp_path: Path) -> None:
+    """A node that catches up by an install counts the installed snapshot's size and
+    time, as if it had taken that snapshot: it does not snapshot its whole state again
+    after ``entries`` more entries (the byte rule with no size known holds at once)."""
+    snap = leader_snapshot(tmp_path)
+    db = LevelDB(tmp_path / "follower")
+    st, sm = db.group(NS), KVStateMachine.leveldb(db, NS)
+    st.save(None, (), snap)  # the install is pending until the state machine restores
+    nbytes = restore_pending_install(st, sm)
+    assert nbytes == len(snap.data) and sm.applied_index() == 300
+    assert restore_pending_install(st, sm) is None  # nothing pending any more
+    snapper = Snapshotter(st, sm, SnapshotPolicy(entries=10, interval_s=60.0, trailing=5), now=0.0)
+    run_node(st, sm, 20)
+    snapper.note_applied(100)
+    assert snapper.due(now=1.0)  # no size known: the entry count alone makes it due
+    snapper.installed(nbytes, now=1.0)
+    run_node(st, sm, 20)
+    snapper.note_applied(nbytes - 1)
+    assert not snapper.due(now=60.9)  # the log has not outgrown the installed snapshot
+    assert snapper.due(now=61.0)  # the interval counts from the install
+    snapper.note_applied(1)
+    assert snapper.due(now=2.0)
     db.close()
 
 
