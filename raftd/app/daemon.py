@@ -67,7 +67,6 @@ class Daemon:
     db: LevelDB | None = None
     envelope: Envelope = field(default_factory=NullEnvelope)
     _stop: trio.Event = field(default_factory=trio.Event)
-    _started_hooks: list[Callable[[Daemon], None]] = field(default_factory=list)
     #: The services the daemon composes, set as ``run()`` starts them: formation only
     #: when discovery runs the groups, ops only with ``--metrics``.
     formation: Formation | None = None
@@ -77,6 +76,9 @@ class Daemon:
 
     #: What the daemon is doing, for logs (the shutdown guard reports it).
     phase: str = "starting"
+    #: Called once when the daemon serves (the process runner settles its garbage
+    #: collector there).
+    on_started: Callable[[], None] | None = None
     #: Called once when a signal asks for shutdown (the process runner arms its
     #: shutdown bound there; in-process daemons have none).
     on_shutdown_requested: Callable[[], None] | None = None
@@ -192,8 +194,8 @@ class Daemon:
             # /healthz, /readyz, /metrics when --metrics is set.
             if cfg.metrics:
                 await nursery.start(self._serve_ops, cfg.metrics)
-            for hook in self._started_hooks:
-                hook(self)
+            if self.on_started is not None:
+                self.on_started()
             task_status.started()
             pidfile = cfg.data_dir / "raftd.pid"
             pidfile.write_text(f"{os.getpid()}\n")

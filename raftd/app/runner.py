@@ -7,6 +7,7 @@ import os
 
 import trio
 
+from raftd.app import collector
 from raftd.app.config import DaemonConfig
 from raftd.app.logs import configure_logging
 from raftd.app.shutdown import ShutdownGuard, shutdown_bound_s
@@ -20,7 +21,9 @@ def run_daemon(cfg: DaemonConfig) -> int:
     from raftd.app.daemon import Daemon, DaemonError
 
     log = logging.getLogger("raftd")
+    collector.tune()
     daemon = Daemon(cfg, started_ago=process_age)
+    daemon.on_started = collector.freeze_startup_objects
     guard = ShutdownGuard(shutdown_bound_s(cfg.timing.election_s), lambda: daemon.phase)
     daemon.on_shutdown_requested = guard.arm
     try:

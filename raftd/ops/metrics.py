@@ -28,6 +28,7 @@ counters (``raftd_formation_events_total``, and ``conflict`` as
 from __future__ import annotations
 
 import bisect
+import gc
 import importlib.metadata
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -188,6 +189,18 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
         "gauge",
         (),
         "Longest event-loop lateness seen since start.",
+    ),
+    "raftd_gc_young_threshold": (
+        "gauge",
+        (),
+        "Net allocations between young-generation collections of Python's garbage "
+        "collector (raftd run sets it; Python's default is 700).",
+    ),
+    "raftd_gc_frozen_objects": (
+        "gauge",
+        (),
+        "Objects that start-up left in the collector's permanent generation, which no "
+        "collection walks (0: not frozen).",
     ),
     "raftd_formation_events_total": (
         "counter",
@@ -369,6 +382,8 @@ class RaftdCollector(Collector):
         f["raftd_event_loop_longest_stall_seconds"].add_metric(
             [], float(wd.longest_s if wd else 0.0)
         )
+        f["raftd_gc_young_threshold"].add_metric([], float(gc.get_threshold()[0]))
+        f["raftd_gc_frozen_objects"].add_metric([], float(gc.get_freeze_count()))
         yield from f.values()
 
 

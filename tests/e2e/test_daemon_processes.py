@@ -20,6 +20,7 @@ import pytest
 
 from harness.bench.load import write_keys_sync
 from harness.bench.meters import scrape_metric
+from raftd.app.collector import YOUNG_THRESHOLD
 from raftd.client import GroupStatus
 from raftd.client import _proto as P
 from raftd.testing.cluster import LocalCluster, Node, free_port, wait_until
@@ -225,6 +226,12 @@ def test_follower_down_during_10k_writes_catches_up_by_snapshot() -> None:
             assert kv is not None and kv.value == b"x" * 100
             assert len(cl.get_prefix("bulk/", keys_only=True, stale=True).kvs) == entries
             assert cl.get("before", stale=True) is not None
+        # Each daemon process runs with the collector's settings (raftd/app/collector.py).
+        for node in c.nodes:
+            port = c.metrics_port[node.name]
+            assert scrape_metric(port, "raftd_gc_young_threshold", {}) == YOUNG_THRESHOLD
+            frozen = scrape_metric(port, "raftd_gc_frozen_objects", {})
+            assert frozen is not None and frozen > 10_000, frozen
 
 
 # -- two namespaces on the same daemons; raftd status -o json -----------------------
