@@ -98,6 +98,33 @@ class _Reader:
         self._pos += n
         return out
 
+    def key_record(self, leased: bool) -> tuple[bytes, KeyRecord]:
+        """The body of a "K" (or, ``leased``, "J") record, whose tag was read. Parsed in
+        place when the whole record is in the buffer (all but about one record per
+        64 KiB): a restore reads one of these per key."""
+        buf, pos = self._buf, self._pos
+        try:
+            (kl,) = _U32.unpack_from(buf, pos)
+            ke = pos + 4 + kl
+            (vl,) = _U32.unpack_from(buf, ke)
+            ve = ke + 4 + vl
+            c, m, ver = _KTAIL.unpack_from(buf, ve)
+            end = ve + _KTAIL.size
+            lease = 0
+            if leased:
+                (lease,) = _U64.unpack_from(buf, end)
+                end += 8
+        except struct.error:
+            end = len(buf) + 1  # runs past the buffer: read it piece by piece
+        if end > len(buf):
+            k = self.exact(_U32.unpack(self.exact(4))[0])
+            v = self.exact(_U32.unpack(self.exact(4))[0])
+            c, m, ver = _KTAIL.unpack(self.exact(_KTAIL.size))
+            lease = _U64.unpack(self.exact(8))[0] if leased else 0
+            return k, KeyRecord(v, c, m, ver, lease)
+        self._pos = end
+        return buf[pos + 4 : ke], KeyRecord(buf[ke + 4 : ve], c, m, ver, lease)
+
     def at_eof(self) -> bool:
         if self._pos < len(self._buf):
             return False
@@ -125,15 +152,12 @@ def read_stream(f: Readable) -> tuple[Meta, Iterator[Record]]:
         while True:
             tag = r.exact(1)
             if tag in (b"K", b"J"):
-                k = r.exact(_U32.unpack(r.exact(4))[0])
-                v = r.exact(_U32.unpack(r.exact(4))[0])
-                c, m, ver = _KTAIL.unpack(r.exact(_KTAIL.size))
-                lease = _U64.unpack(r.exact(8))[0] if tag == b"J" else 0
+                k, rec = r.key_record(tag == b"J")
                 if ns or nl or (last_key is not None and k <= last_key):
                     raise SnapshotFormatError("snapshot keys out of order")
                 last_key = k
                 nk += 1
-                yield k, KeyRecord(v, c, m, ver, lease)
+                yield k, rec
             elif tag == b"S":
                 if nl:
                     raise SnapshotFormatError("snapshot session after a lease")
