@@ -4,6 +4,7 @@ time until it has caught up."""
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -16,6 +17,8 @@ from raftd.client import RaftdError
 
 if TYPE_CHECKING:
     from raftd.testing.cluster import LocalCluster
+
+_ACCEPTED = re.compile(r"snapshot index=(\d+) term=\d+ \(\d+ bytes\) from \S+ accepted")
 
 
 def measure_catchup(
@@ -79,6 +82,13 @@ def measure_catchup(
             )
     finally:
         victim.extra_args = saved
+    # The snapshot it installed (from its log): the entries after it were replayed, and
+    # how many there were (the leader's last snapshot lands anywhere between its
+    # snapshots) is most of the spread between runs.
+    snap_index: int | None = None
+    with contextlib.suppress(OSError):
+        found = _ACCEPTED.findall(victim.log_path.read_text(errors="replace"))
+        snap_index = int(found[-1]) if found else None
     return result(
         "catchup",
         clients=clients,
@@ -93,6 +103,8 @@ def measure_catchup(
         catchup_s=round(took, 3),
         api_ready_s=round(ready_s, 3) if ready_s is not None else None,
         snapshot_installed=None if installed is None else installed > 0,
+        snapshot_index=snap_index,
+        replayed_entries=None if snap_index is None else target - snap_index,
         write_ops_per_s=round(len(w.latencies) / w.elapsed) if w.elapsed > 0 else 0,
         write_errs=w.errs,
         preset=cluster.preset,
