@@ -970,8 +970,11 @@ class Group(Generic[ST, SM]):
                 self._applied_event = trio.Event()
         # 2. Send (only after persisting: votes and acks promise durable state).
         self._send(rd.messages)
-        # 3. Apply.
+        # 3. Apply. The state machine writes on the event loop: first let any write
+        # another namespace handed to the writer thread land, since the database would
+        # queue this one behind it, fsync included, with the whole loop waiting.
         if rd.committed_entries:
+            await self.storage.off_loop_writes_done()
             t0 = time.perf_counter()
             self._apply(node, rd.committed_entries)
             self._observe(self.stats.apply_seconds, time.perf_counter() - t0)

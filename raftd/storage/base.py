@@ -281,6 +281,13 @@ class GroupStorage(RaftStorage, Protocol):
         may complete it before returning (``on_done`` is then called from here)."""
         ...
 
+    async def off_loop_writes_done(self) -> None:
+        """Return once no write of this storage's database runs on another thread, so
+        that a write made next on the event loop (the state machine's apply) cannot queue
+        behind another namespace's fsync and hold the loop. Returns at once, with no
+        checkpoint, when nothing is in flight."""
+        ...
+
 
 def check_entries(entries: Sequence[Entry]) -> None:
     """Raise ``ValueError`` unless ``entries`` are contiguous with non-decreasing terms."""

@@ -139,6 +139,10 @@ class LevelDB:
         self._lock = threading.Lock()
         self._groups: dict[str, LevelDBStorage] = {}
         self.writer = WriterThread(f"raftd-writer:{Path(data_dir).name}")
+        # Writes handed to other threads (see off_loop_writes_done); counted on the
+        # event loop's thread only.
+        self._off_loop = 0
+        self._off_loop_done: trio.Event | None = None
         fmt = self._db.get(codec.KEY_FORMAT)
         if fmt is None:
             self.write(
@@ -176,6 +180,35 @@ class LevelDB:
     def fault(self, point: str) -> None:
         if self.fault_hook is not None:
             self.fault_hook(point)
+
+    # -- writes on other threads -------------------------------------------------------
+    def off_loop_write_started(self) -> None:
+        """The event loop handed a write to another thread (the writer thread, a worker).
+        Call from the event loop's thread; pair with :meth:`off_loop_write_ended`."""
+        self._off_loop += 1
+
+    def off_loop_write_ended(self) -> None:
+        """A write counted by :meth:`off_loop_write_started` has returned (landed or
+        failed). Call from the event loop's thread."""
+        self._off_loop -= 1
+        if self._off_loop == 0 and self._off_loop_done is not None:
+            self._off_loop_done.set()
+            self._off_loop_done = None
+
+    async def off_loop_writes_done(self) -> None:
+        """Return once no write the event loop handed to another thread is in flight.
+
+        LevelDB queues every write behind the one in progress, its fsync included: a
+        write made on the event loop while the writer thread syncs another namespace's
+        log would hold the loop (every namespace's heartbeats, reads and timers) for as
+        long as that fsync takes, which on a slow disk is seconds. Code about to write on
+        the loop awaits this first. Returns at once, with no checkpoint, when nothing is
+        in flight, so a caller that does not yield before its write finds the database
+        as quiet when it writes."""
+        while self._off_loop:
+            if self._off_loop_done is None:
+                self._off_loop_done = trio.Event()
+            await self._off_loop_done.wait()
 
     def mark_failed(self, err: StorageWriteError) -> None:
         if self._failed is None:
@@ -638,6 +671,7 @@ class LevelDBStorage:
             self._commit(pend)
             return
         self._busy = True
+        self._db.off_loop_write_started()
         try:
             # Shielded: a write cannot be interrupted, and if it lands our caches must
             # say so. A cancellation is delivered at the caller's next checkpoint.
@@ -651,6 +685,7 @@ class LevelDBStorage:
                     await trio.to_thread.run_sync(self._execute, pend)
         finally:
             self._busy = False
+            self._db.off_loop_write_ended()
         self._commit(pend)
         await trio.lowlevel.checkpoint_if_cancelled()
 
@@ -802,11 +837,23 @@ class LevelDBStorage:
 
         def finished(result: outcome.Outcome[None]) -> None:
             self._busy = False
+            self._db.off_loop_write_ended()
             if isinstance(result, outcome.Value):
                 self._commit(pend)
             on_done(result)
 
-        self._db.writer.submit(self._execute, pend, finished)
+        self._db.off_loop_write_started()
+        try:
+            self._db.writer.submit(self._execute, pend, finished)
+        except BaseException:
+            self._busy = False
+            self._db.off_loop_write_ended()
+            raise
+
+    async def off_loop_writes_done(self) -> None:
+        """See :meth:`LevelDB.off_loop_writes_done` (the database is shared by every
+        namespace, and so is its queue of writes)."""
+        await self._db.off_loop_writes_done()
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         self.save(None, (), snap)

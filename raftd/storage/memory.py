@@ -197,6 +197,9 @@ class MemoryRaftStorage(MemoryStorage):
         this returns."""
         on_done(outcome.capture(self.save, hard_state, entries, None))
 
+    async def off_loop_writes_done(self) -> None:
+        """Memory writes all happen on the caller's thread: nothing is ever in flight."""
+
     def apply_snapshot(self, snap: Snapshot) -> None:
         self.save(None, (), snap)
 

@@ -465,3 +465,89 @@ async def test_save_submit_leaves_the_writer_thread_only_the_write(data_dir: Pat
     with pytest.raises(StorageWriteError, match="refusing"):
         s.save_submit(None, ents(51, 51, 1), on_done)
     db.close()
+
+
+async def test_loop_writes_wait_for_the_writes_on_other_threads(data_dir: Path) -> None:
+    """LevelDB queues every write behind the one in progress, its fsync included, and the
+    database is shared by every namespace. So code about to write on the event loop (the
+    state machine's apply) first awaits ``off_loop_writes_done``: at once, with no
+    checkpoint, when no write is in flight on another thread; otherwise once every such
+    write has landed (a log save in the writer thread, a compaction in a worker), while
+    the loop keeps running."""
+    import threading
+
+    import outcome
+    import trio
+    import trio.testing
+
+    release = threading.Event()
+    held = threading.Event()
+    hold_points: set[str] = set()
+
+    def hook(point: str) -> None:
+        if point in hold_points:
+            held.set()
+            release.wait(30)
+
+    db = LevelDB(data_dir, fault_hook=hook)
+    a, b = db.group("/raft/a"), db.group("/raft/b")
+    a.save(HardState(1, "x", 0), ents(1, 20, 1), None)
+
+    ran: list[str] = []
+
+    async def mark() -> None:
+        ran.append("other task")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(mark)
+        await b.off_loop_writes_done()
+        assert ran == []  # returned without a checkpoint: nothing was in flight
+
+    events: list[str] = []
+
+    async def wait_then_write() -> None:
+        await b.off_loop_writes_done()
+        events.append("loop write")
+        db.write("kv.apply", (), [(b"/raft/b-probe", b"v")], sync=False)
+
+    def on_done(r: outcome.Outcome[None]) -> None:
+        r.unwrap()
+        events.append("save landed")
+
+    with trio.fail_after(30):
+        # A log save held in the writer thread.
+        hold_points.add("write:save")
+        a.save_submit(HardState(1, "x", 20), ents(21, 30, 1), on_done)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait_then_write)
+            while not held.is_set():  # noqa: ASYNC110 - set by the writer thread
+                await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()
+            assert events == []  # still waiting, and the loop is free
+            hold_points.clear()
+            release.set()
+        assert events == ["save landed", "loop write"]
+
+        # A compaction held in a worker thread.
+        events.clear()
+        held.clear()
+        release.clear()
+        hold_points.add("write:compact")
+        async with trio.open_nursery() as nursery:
+
+            async def compact() -> None:
+                await a.compact_async(10)
+                events.append("compaction landed")
+
+            nursery.start_soon(compact)
+            while not held.is_set():  # noqa: ASYNC110 - set by the worker thread
+                await trio.sleep(0.01)
+            nursery.start_soon(wait_then_write)
+            await trio.testing.wait_all_tasks_blocked()
+            assert events == []
+            hold_points.clear()
+            release.set()
+        assert events == ["compaction landed", "loop write"]
+    assert a.first_index() == 11 and a.last_index() == 30
+    await b.off_loop_writes_done()  # nothing left in flight
+    db.close()
