@@ -957,7 +957,7 @@ class Group(Generic[ST, SM]):
                 # and lease timers, trio events) must be called from this one.
                 self.sm.hold_notifications()
                 try:
-                    nbytes = await trio.to_thread.run_sync(
+                    nbytes = await self.storage.run_writes_off_loop(
                         restore_pending_install, self.storage, self.sm
                     )
                 finally:

@@ -30,13 +30,15 @@ import itertools
 from collections.abc import AsyncIterable, Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from raftd.core.storage import Storage, StorageError
 from raftd.core.types import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
 
 if TYPE_CHECKING:
     import outcome
+
+T = TypeVar("T")
 
 __all__ = [
     "CorruptionError",
@@ -286,6 +288,12 @@ class GroupStorage(RaftStorage, Protocol):
         that a write made next on the event loop (the state machine's apply) cannot queue
         behind another namespace's fsync and hold the loop. Returns at once, with no
         checkpoint, when nothing is in flight."""
+        ...
+
+    async def run_writes_off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)``, which writes this storage's database (a snapshot's
+        restore), in a worker thread, counted among the writes
+        :meth:`off_loop_writes_done` waits for."""
         ...
 
 

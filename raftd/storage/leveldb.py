@@ -59,7 +59,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import outcome
 import plyvel
@@ -85,6 +85,8 @@ from raftd.storage.base import (
 from raftd.storage.codec import DecodeError
 from raftd.storage.snapshots import SnapshotStore, namespace_slug
 from raftd.storage.writer import WriterThread
+
+T = TypeVar("T")
 
 __all__ = ["LevelDB", "LevelDBStorage"]
 
@@ -854,6 +856,14 @@ class LevelDBStorage:
         """See :meth:`LevelDB.off_loop_writes_done` (the database is shared by every
         namespace, and so is its queue of writes)."""
         await self._db.off_loop_writes_done()
+
+    async def run_writes_off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """See :meth:`raftd.storage.base.GroupStorage.run_writes_off_loop`."""
+        self._db.off_loop_write_started()
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        finally:
+            self._db.off_loop_write_ended()
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         self.save(None, (), snap)

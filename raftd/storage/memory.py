@@ -12,6 +12,7 @@ import io
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import outcome
 import trio
@@ -26,6 +27,8 @@ from raftd.storage.base import (
     Writable,
     check_entries,
 )
+
+T = TypeVar("T")
 
 __all__ = ["MemoryRaftStorage", "MemorySnapshotFiles"]
 
@@ -199,6 +202,9 @@ class MemoryRaftStorage(MemoryStorage):
 
     async def off_loop_writes_done(self) -> None:
         """Memory writes all happen on the caller's thread: nothing is ever in flight."""
+
+    async def run_writes_off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args)
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         self.save(None, (), snap)

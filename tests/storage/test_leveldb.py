@@ -548,6 +548,31 @@ async def test_loop_writes_wait_for_the_writes_on_other_threads(data_dir: Path) 
             hold_points.clear()
             release.set()
         assert events == ["compaction landed", "loop write"]
+
+        # Writes a caller runs in a worker through the storage (a snapshot's restore).
+        events.clear()
+        held.clear()
+        release.clear()
+
+        def restore() -> str:
+            held.set()
+            release.wait(30)
+            db.write("kv.restore", (), [(b"/raft/a-restored", b"v")])
+            return "restored"
+
+        async with trio.open_nursery() as nursery:
+
+            async def run_restore() -> None:
+                events.append(await a.run_writes_off_loop(restore))
+
+            nursery.start_soon(run_restore)
+            while not held.is_set():  # noqa: ASYNC110 - set by the worker thread
+                await trio.sleep(0.01)
+            nursery.start_soon(wait_then_write)
+            await trio.testing.wait_all_tasks_blocked()
+            assert events == []
+            release.set()
+        assert events == ["restored", "loop write"]
     assert a.first_index() == 11 and a.last_index() == 30
     await b.off_loop_writes_done()  # nothing left in flight
     db.close()
