@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -510,69 +510,52 @@ async def test_loop_writes_wait_for_the_writes_on_other_threads(data_dir: Path) 
         events.append("loop write")
         db.write("kv.apply", (), [(b"/raft/b-probe", b"v")], sync=False)
 
-    def on_done(r: outcome.Outcome[None]) -> None:
-        r.unwrap()
-        events.append("save landed")
-
-    with trio.fail_after(30):
-        # A log save held in the writer thread.
-        hold_points.add("write:save")
-        a.save_submit(HardState(1, "x", 20), ents(21, 30, 1), on_done)
+    async def loop_write_waits_for(hold: str, off_loop: Callable[[], Awaitable[None]]) -> None:
+        """Start ``off_loop``, a write another thread holds at ``hold`` until released
+        (it records ``hold`` once the write has landed), then a write on the loop: it
+        waits for the held one, and the loop stays free."""
+        events.clear()
+        held.clear()
+        release.clear()
+        hold_points.add(hold)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(wait_then_write)
-            while not held.is_set():  # noqa: ASYNC110 - set by the writer thread
+            nursery.start_soon(off_loop)
+            while not held.is_set():  # noqa: ASYNC110 - set by the other thread
                 await trio.sleep(0.01)
+            nursery.start_soon(wait_then_write)
             await trio.testing.wait_all_tasks_blocked()
             assert events == []  # still waiting, and the loop is free
             hold_points.clear()
             release.set()
-        assert events == ["save landed", "loop write"]
+        assert events == [hold, "loop write"]
 
-        # A compaction held in a worker thread.
-        events.clear()
-        held.clear()
-        release.clear()
-        hold_points.add("write:compact")
-        async with trio.open_nursery() as nursery:
+    async def log_save() -> None:  # the writer thread's
+        landed = trio.Event()
 
-            async def compact() -> None:
-                await a.compact_async(10)
-                events.append("compaction landed")
+        def on_done(r: outcome.Outcome[None]) -> None:
+            r.unwrap()
+            events.append("write:save")
+            landed.set()
 
-            nursery.start_soon(compact)
-            while not held.is_set():  # noqa: ASYNC110 - set by the worker thread
-                await trio.sleep(0.01)
-            nursery.start_soon(wait_then_write)
-            await trio.testing.wait_all_tasks_blocked()
-            assert events == []
-            hold_points.clear()
-            release.set()
-        assert events == ["compaction landed", "loop write"]
+        a.save_submit(HardState(1, "x", 20), ents(21, 30, 1), on_done)
+        await landed.wait()
 
-        # Writes a caller runs in a worker through the storage (a snapshot's restore).
-        events.clear()
-        held.clear()
-        release.clear()
+    async def compaction() -> None:  # a worker thread's
+        await a.compact_async(10)
+        events.append("write:compact")
 
-        def restore() -> str:
-            held.set()
-            release.wait(30)
-            db.write("kv.restore", (), [(b"/raft/a-restored", b"v")])
-            return "restored"
+    def restore() -> None:  # a snapshot's restore, run through the storage
+        hook("restore")
+        db.write("kv.restore", (), [(b"/raft/a-restored", b"v")])
 
-        async with trio.open_nursery() as nursery:
+    async def run_restore() -> None:
+        await a.run_writes_off_loop(restore)
+        events.append("restore")
 
-            async def run_restore() -> None:
-                events.append(await a.run_writes_off_loop(restore))
-
-            nursery.start_soon(run_restore)
-            while not held.is_set():  # noqa: ASYNC110 - set by the worker thread
-                await trio.sleep(0.01)
-            nursery.start_soon(wait_then_write)
-            await trio.testing.wait_all_tasks_blocked()
-            assert events == []
-            release.set()
-        assert events == ["restored", "loop write"]
+    with trio.fail_after(30):
+        await loop_write_waits_for("write:save", log_save)
+        await loop_write_waits_for("write:compact", compaction)
+        await loop_write_waits_for("restore", run_restore)
     assert a.first_index() == 11 and a.last_index() == 30
     await b.off_loop_writes_done()  # nothing left in flight
     db.close()
