@@ -971,8 +971,9 @@ class Group(Generic[ST, SM]):
         # 2. Send (only after persisting: votes and acks promise durable state).
         self._send(rd.messages)
         # 3. Apply. The state machine writes on the event loop: first let any write
-        # another namespace handed to the writer thread land, since the database would
-        # queue this one behind it, fsync included, with the whole loop waiting.
+        # another namespace handed to another thread (a log save, a compaction, a
+        # restore) land, since the database would queue this one behind it, fsync
+        # included, with the whole loop waiting.
         if rd.committed_entries:
             await self.storage.off_loop_writes_done()
             t0 = time.perf_counter()

@@ -204,6 +204,7 @@ class MemoryRaftStorage(MemoryStorage):
         """Memory writes all happen on the caller's thread: nothing is ever in flight."""
 
     async def run_writes_off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker thread, as the database-backed storage runs it."""
         return await trio.to_thread.run_sync(fn, *args)
 
     def apply_snapshot(self, snap: Snapshot) -> None:
