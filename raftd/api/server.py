@@ -19,7 +19,11 @@ answered from the group's callbacks, or at once (:meth:`NamespaceService.start_w
 :meth:`NamespaceService.start_read`), their deadlines kept by one timer task per
 connection; every other request runs in a task of its own. A
 writer task sends the responses in completion order, batching what is ready into one
-``send_all`` bounded by ``write_timeout``. Bad input is answered, not fatal to the
+``send_all`` bounded by ``write_timeout``. The answers a group hands out for one Ready
+(its applied writes, the reads it releases) skip that task when the connection has
+nothing queued: they are held and written together, once per connection, when the group
+is done, as far as the socket takes them at once; the rest goes through the writer task,
+in order. Bad input is answered, not fatal to the
 daemon: an undecodable request gets INVALID_ARGUMENT (id 0) and the connection goes on;
 an oversized frame gets TOO_LARGE and a malformed length prefix INVALID_ARGUMENT, then the
 connection closes (the byte stream cannot be resynchronized).
@@ -177,9 +181,24 @@ class ApiServer:
             raise ValueError("an API server needs at least one namespace")
         self.services = dict(services)
         self.default_namespace = next(iter(services))
+        # Answers given while a group hands out the results of one Ready are held per
+        # connection and written once per connection when it is done (see
+        # _Connection.send_nowait): one system call for a batch, no writer task step.
+        self._holding = 0
+        self._held: list[_Connection] = []
+        for svc in self.services.values():
+            svc.group.add_answer_listener(self._hold_answers, self._send_held_answers)
         self.config = config
         self.connections = 0
-        self.stats = {"connections": 0, "requests": 0, "bad_frames": 0, "refused": 0}
+        self.stats = {
+            "connections": 0,
+            "requests": 0,
+            "bad_frames": 0,
+            "refused": 0,
+            # Answers held during a group's Ready, and the writes that sent them.
+            "held_answers": 0,
+            "held_writes": 0,
+        }
         self.tcp_addrs: list[tuple[str, int]] = []
         if config.tcp:
             host, _ = parse_tcp_address(config.tcp)
@@ -250,6 +269,17 @@ class ApiServer:
             self.connections -= 1
             log.debug("API connection closed (%d open)", self.connections)
 
+    def _hold_answers(self) -> None:
+        self._holding += 1
+
+    def _send_held_answers(self) -> None:
+        self._holding -= 1
+        if self._holding or not self._held:
+            return
+        held, self._held = self._held, []
+        for conn in held:
+            conn.send_held()
+
 
 class _Connection:
     def __init__(self, server: ApiServer, stream: trio.abc.Stream, *, needs_auth: bool) -> None:
@@ -264,6 +294,11 @@ class _Connection:
         self.pending: dict[int, bool] = {}  # request id -> is a write
         self.watches: dict[int, trio.CancelScope] = {}
         self.writing = False
+        #: Frames handed to the writer task and not yet taken by it (some may be in
+        #: transit to it, outside the channel's buffer).
+        self.queued = 0
+        #: Answers held while the server holds answers (see send_nowait).
+        self.held: list[bytes] = []
         self.writer_done = trio.Event()
         self.watches_changed = trio.Event()
         self.nursery: trio.Nursery | None = None
@@ -342,6 +377,7 @@ class _Connection:
                     parts.append(self.recv_ch.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
+            self.queued -= len(parts)
             self.writing = True
             try:
                 if not await self.io.send_all_within(b"".join(parts), timeout):
@@ -357,22 +393,69 @@ class _Connection:
     async def send(self, resp: apb.Response) -> None:
         # The writer may be gone (the connection is closing): then drop it.
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.send_ch.send(self._frame(resp))
+            frame = self._frame(resp)
+            self.queued += 1
+            try:
+                await self.send_ch.send(frame)
+            except BaseException:
+                self.queued -= 1
+                raise
 
     def send_nowait(self, resp: apb.Response) -> None:
-        """:meth:`send` from code that cannot wait: a full queue hands the frame to a task."""
+        """:meth:`send` from code that cannot wait. While the server holds answers (a
+        group is handing out one Ready's results) and nothing of this connection is
+        queued for its writer task or being written, the frame is held, to be written
+        with the others of the batch by :meth:`send_held`; otherwise it is queued for the
+        writer task (a full queue hands it to a task of its own)."""
         frame = self._frame(resp)
+        if self.server._holding and (self.held or not (self.queued or self.writing)):
+            if not self.held:
+                self.server._held.append(self)
+            self.held.append(frame)
+            return
+        self._queue(frame)
+
+    def send_held(self) -> None:
+        """Write the held answers in one system call, as far as the socket takes them
+        now; the rest goes to the writer task, in order (nothing else of this connection
+        was queued meanwhile: see :meth:`send_nowait`)."""
+        stats = self.server.stats
+        stats["held_answers"] += len(self.held)
+        stats["held_writes"] += 1
+        data = b"".join(self.held)
+        self.held.clear()
+        if self.queued or self.writing:
+            self._queue(data)
+            return
+        try:
+            sent = self.io.send_nowait(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self.scope.cancel()
+            return
+        if sent < len(data):
+            self._queue(data[sent:])
+
+    def _queue(self, frame: bytes) -> None:
+        self.queued += 1
         try:
             self.send_ch.send_nowait(frame)
         except trio.WouldBlock:
             if self.nursery is not None:
                 self.nursery.start_soon(self._send_frame, frame)
+            else:
+                self.queued -= 1
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            self.queued -= 1
 
     async def _send_frame(self, frame: bytes) -> None:
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.send_ch.send(frame)
+        try:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.send_ch.send(frame)
+                return
+        except BaseException:
+            self.queued -= 1
+            raise
+        self.queued -= 1
 
     def _frame(self, resp: apb.Response) -> bytes:
         data = resp.SerializeToString()

@@ -337,6 +337,7 @@ class Group(Generic[ST, SM]):
         self.conf: ConfState = ConfState()
         self._snapshotter: Snapshotter | None = None
         self._on_conf_change: list[Callable[[ConfChange, ConfState], None]] = []
+        self._answer_listeners: list[tuple[Callable[[], None], Callable[[], None]]] = []
         self._on_leader_change: list[Callable[[NodeId], None]] = []
         # A heartbeat answered later than an election timeout is treated as lost: such a
         # link could not keep a leader anyway.
@@ -634,6 +635,13 @@ class Group(Generic[ST, SM]):
 
     def add_conf_listener(self, fn: Callable[[ConfChange, ConfState], None]) -> None:
         self._on_conf_change.append(fn)
+
+    def add_answer_listener(self, begin: Callable[[], None], end: Callable[[], None]) -> None:
+        """Call ``begin()`` before the waiters of one Ready's applied entries and released
+        reads are given their results, and ``end()`` after (also when applying raises),
+        with no checkpoint in between: a listener may hold the answers those waiters
+        send and write them together."""
+        self._answer_listeners.append((begin, end))
 
     def add_leader_listener(self, fn: Callable[[NodeId], None]) -> None:
         self._on_leader_change.append(fn)
@@ -976,22 +984,29 @@ class Group(Generic[ST, SM]):
         # included, with the whole loop waiting.
         if rd.committed_entries:
             await self.storage.off_loop_writes_done()
-            t0 = time.perf_counter()
-            self._apply(node, rd.committed_entries)
-            self._observe(self.stats.apply_seconds, time.perf_counter() - t0)
-        if rd.read_states:
-            for rs in rd.read_states:
-                waiters = self._reads_in_flight.pop(rs.context, None)
-                if waiters:
-                    wait_apply = []
-                    for w in waiters:
-                        if w.index_only:
-                            w.set(rs.index)
-                        else:
-                            wait_apply.append(w)
-                    if wait_apply:
-                        self._reads_ready.append((rs.index, wait_apply))
-        self._release_reads()
+        for begin, _ in self._answer_listeners:
+            begin()
+        try:
+            if rd.committed_entries:
+                t0 = time.perf_counter()
+                self._apply(node, rd.committed_entries)
+                self._observe(self.stats.apply_seconds, time.perf_counter() - t0)
+            if rd.read_states:
+                for rs in rd.read_states:
+                    waiters = self._reads_in_flight.pop(rs.context, None)
+                    if waiters:
+                        wait_apply = []
+                        for w in waiters:
+                            if w.index_only:
+                                w.set(rs.index)
+                            else:
+                                wait_apply.append(w)
+                        if wait_apply:
+                            self._reads_ready.append((rs.index, wait_apply))
+            self._release_reads()
+        finally:
+            for _, end in self._answer_listeners:
+                end()
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.leader, rd.soft_state.state)
 
