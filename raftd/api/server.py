@@ -391,15 +391,8 @@ class _Connection:
             self.writing = False
 
     async def send(self, resp: apb.Response) -> None:
-        # The writer may be gone (the connection is closing): then drop it.
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            frame = self._frame(resp)
-            self.queued += 1
-            try:
-                await self.send_ch.send(frame)
-            except BaseException:
-                self.queued -= 1
-                raise
+        self.queued += 1
+        await self._send_frame(self._frame(resp))
 
     def send_nowait(self, resp: apb.Response) -> None:
         """:meth:`send` from code that cannot wait. While the server holds answers (a
@@ -417,8 +410,9 @@ class _Connection:
 
     def send_held(self) -> None:
         """Write the held answers in one system call, as far as the socket takes them
-        now; the rest goes to the writer task, in order (nothing else of this connection
-        was queued meanwhile: see :meth:`send_nowait`)."""
+        now; the rest goes to the writer task, in order. Should anything of this
+        connection be queued or half written, they go behind it instead: a write here
+        would tear the stream."""
         stats = self.server.stats
         stats["held_answers"] += len(self.held)
         stats["held_writes"] += 1
@@ -448,14 +442,14 @@ class _Connection:
             self.queued -= 1
 
     async def _send_frame(self, frame: bytes) -> None:
+        """Queue ``frame`` (already counted in :attr:`queued`) for the writer task; if the
+        writer is gone (the connection is closing), drop it."""
         try:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await self.send_ch.send(frame)
-                return
-        except BaseException:
+            await self.send_ch.send(frame)
+        except BaseException as exc:
             self.queued -= 1
-            raise
-        self.queued -= 1
+            if not isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)):
+                raise
 
     def _frame(self, resp: apb.Response) -> bytes:
         data = resp.SerializeToString()
