@@ -213,10 +213,10 @@ class Raft:
     def flush_broadcast(self) -> None:
         """Send the appends deferred by proposals and commit advances."""
         if self._pending_bcast is not None and self.state == StateType.LEADER:
-            send_if_empty = self._pending_bcast
+            send_if_empty = self._pending_bcast  # only a commit advance asks for it
             for pid in sorted(self.prs):
                 if pid != self.id:
-                    self._maybe_send_append(pid, send_if_empty)
+                    self._maybe_send_append(pid, send_if_empty, commit_only=send_if_empty)
         self._pending_bcast = None
 
     def _defer_bcast(self, send_if_empty: bool) -> None:
@@ -231,8 +231,13 @@ class Raft:
     def send_append(self, to: NodeId) -> None:
         self._maybe_send_append(to, True)
 
-    def _maybe_send_append(self, to: NodeId, send_if_empty: bool) -> bool:
-        """Send an append (or a snapshot) to ``to`` if flow control allows. True if sent."""
+    def _maybe_send_append(
+        self, to: NodeId, send_if_empty: bool, commit_only: bool = False
+    ) -> bool:
+        """Send an append (or a snapshot) to ``to`` if flow control allows. True if sent.
+        ``commit_only``: the append is sent because the commit index moved; if it has no
+        entries and ``to`` is replicating, it is marked so and not answered unless
+        rejected (see :class:`~raftd.core.types.Message`)."""
         pr = self.prs.get(to)
         if pr is None or pr.is_paused():
             return False
@@ -253,6 +258,10 @@ class Raft:
                 log_term=prev_term,
                 entries=tuple(ents),
                 commit=self.log.committed,
+                # Its answer would repeat what the answers to the appends before it
+                # say (or, if those were lost, what the heartbeat's answer makes the
+                # leader ask again with an answered append): asked for on rejection only.
+                commit_only=commit_only and not ents and pr.state == ProgressState.REPLICATE,
             )
         )
         pr.update_on_entries_send(len(ents), nbytes, pr.next)
@@ -815,7 +824,8 @@ class Raft:
             return
         lastnewi = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if lastnewi is not None:
-            self.send(Message(MT.APP_RESP, to=m.frm, index=lastnewi))
+            if not (m.commit_only and not m.entries):
+                self.send(Message(MT.APP_RESP, to=m.frm, index=lastnewi))
             return
         # Reject with a hint: the largest index whose term is <= the leader's term at
         # m.index, so the leader can skip a whole conflicting term (Raft §5.3).

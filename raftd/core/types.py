@@ -218,6 +218,13 @@ class Message:
     - ``reject_hint``/``log_term`` on a rejecting APP_RESP: the follower's hint for the
       fast backtrack (Raft §5.3, the conflict-index optimization).
     - ``context``: read-index request context, or a campaign marker for transfers.
+    - ``commit_only`` on an APP: it carries no entries and was sent only because the
+      leader's commit index moved, to a follower in the replicate state. Its answer
+      would repeat what the answers to the appends before it say, so the follower
+      answers it only when it rejects it (or when it is stale). If those earlier answers
+      were lost, the follower's next heartbeat answer makes the leader send an append
+      that is answered. A sender that leaves it false gets every answer, as in
+      etcd-io/raft.
     """
 
     type: MessageType
@@ -232,6 +239,7 @@ class Message:
     reject: bool = False
     reject_hint: int = 0
     context: bytes = b""
+    commit_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)

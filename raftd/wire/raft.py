@@ -154,6 +154,7 @@ def message_to_pb(msg: core.Message) -> pb.Message:
         reject=msg.reject,
         reject_hint=msg.reject_hint,
         context=msg.context,
+        commit_only=msg.commit_only,
     )
     if msg.entries:
         p.entries.extend(entry_to_pb(e) for e in msg.entries)
@@ -178,6 +179,7 @@ def message_from_pb(p: pb.Message) -> core.Message:
         reject=p.reject,
         reject_hint=p.reject_hint,
         context=p.context,
+        commit_only=p.commit_only,
     )
 
 

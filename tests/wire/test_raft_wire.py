@@ -50,6 +50,7 @@ messages = st.builds(
     reject=st.booleans(),
     reject_hint=U64,
     context=SMALL_BYTES,
+    commit_only=st.booleans(),
 )
 
 

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13raftd/v1/raft.proto\x12\x08raftd.v1\"U\n\x05\x45ntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x04\x12!\n\x04type\x18\x03 \x01(\x0e\x32\x13.raftd.v1.EntryType\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"7\n\tHardState\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0c\n\x04vote\x18\x02 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\x04\"-\n\tConfState\x12\x0e\n\x06voters\x18\x01 \x03(\t\x12\x10\n\x08learners\x18\x02 \x03(\t\"X\n\x10SnapshotMetadata\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\'\n\nconf_state\x18\x03 \x01(\x0b\x32\x13.raftd.v1.ConfState\"F\n\x08Snapshot\x12,\n\x08metadata\x18\x01 \x01(\x0b\x32\x1a.raftd.v1.SnapshotMetadata\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x84\x02\n\x07Message\x12#\n\x04type\x18\x01 \x01(\x0e\x32\x15.raftd.v1.MessageType\x12\n\n\x02to\x18\x02 \x01(\t\x12\x0b\n\x03\x66rm\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x10\n\x08log_term\x18\x05 \x01(\x04\x12\r\n\x05index\x18\x06 \x01(\x04\x12 \n\x07\x65ntries\x18\x07 \x03(\x0b\x32\x0f.raftd.v1.Entry\x12\x0e\n\x06\x63ommit\x18\x08 \x01(\x04\x12$\n\x08snapshot\x18\t \x01(\x0b\x32\x12.raftd.v1.Snapshot\x12\x0e\n\x06reject\x18\n \x01(\x08\x12\x13\n\x0breject_hint\x18\x0b \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x0c \x01(\x0c\",\n\x05\x42\x61tch\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.raftd.v1.Message\"G\n\x0eSnapshotHeader\x12\"\n\x07message\x18\x01 \x01(\x0b\x32\x11.raftd.v1.Message\x12\x11\n\tsize_hint\x18\x02 \x01(\x04\"/\n\x0fSnapshotTrailer\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\"\x82\x01\n\rSnapshotFrame\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.raftd.v1.SnapshotHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12,\n\x07trailer\x18\x03 \x01(\x0b\x32\x19.raftd.v1.SnapshotTrailerH\x00\x42\x06\n\x04kind\"(\n\x0bSnapshotAck\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t*\x9e\x04\n\x0bMessageType\x12\x14\n\x10MESSAGE_TYPE_HUP\x10\x00\x12\x15\n\x11MESSAGE_TYPE_BEAT\x10\x01\x12\x15\n\x11MESSAGE_TYPE_PROP\x10\x02\x12\x14\n\x10MESSAGE_TYPE_APP\x10\x03\x12\x19\n\x15MESSAGE_TYPE_APP_RESP\x10\x04\x12\x15\n\x11MESSAGE_TYPE_VOTE\x10\x05\x12\x1a\n\x16MESSAGE_TYPE_VOTE_RESP\x10\x06\x12\x15\n\x11MESSAGE_TYPE_SNAP\x10\x07\x12\x1a\n\x16MESSAGE_TYPE_HEARTBEAT\x10\x08\x12\x1f\n\x1bMESSAGE_TYPE_HEARTBEAT_RESP\x10\t\x12\x1c\n\x18MESSAGE_TYPE_UNREACHABLE\x10\n\x12\x1c\n\x18MESSAGE_TYPE_SNAP_STATUS\x10\x0b\x12\x1d\n\x19MESSAGE_TYPE_CHECK_QUORUM\x10\x0c\x12 \n\x1cMESSAGE_TYPE_TRANSFER_LEADER\x10\r\x12\x1c\n\x18MESSAGE_TYPE_TIMEOUT_NOW\x10\x0e\x12\x1b\n\x17MESSAGE_TYPE_READ_INDEX\x10\x0f\x12 \n\x1cMESSAGE_TYPE_READ_INDEX_RESP\x10\x10\x12\x19\n\x15MESSAGE_TYPE_PRE_VOTE\x10\x11\x12\x1e\n\x1aMESSAGE_TYPE_PRE_VOTE_RESP\x10\x12*>\n\tEntryType\x12\x15\n\x11\x45NTRY_TYPE_NORMAL\x10\x00\x12\x1a\n\x16\x45NTRY_TYPE_CONF_CHANGE\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13raftd/v1/raft.proto\x12\x08raftd.v1\"U\n\x05\x45ntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x04\x12!\n\x04type\x18\x03 \x01(\x0e\x32\x13.raftd.v1.EntryType\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"7\n\tHardState\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0c\n\x04vote\x18\x02 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\x04\"-\n\tConfState\x12\x0e\n\x06voters\x18\x01 \x03(\t\x12\x10\n\x08learners\x18\x02 \x03(\t\"X\n\x10SnapshotMetadata\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\'\n\nconf_state\x18\x03 \x01(\x0b\x32\x13.raftd.v1.ConfState\"F\n\x08Snapshot\x12,\n\x08metadata\x18\x01 \x01(\x0b\x32\x1a.raftd.v1.SnapshotMetadata\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x99\x02\n\x07Message\x12#\n\x04type\x18\x01 \x01(\x0e\x32\x15.raftd.v1.MessageType\x12\n\n\x02to\x18\x02 \x01(\t\x12\x0b\n\x03\x66rm\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x10\n\x08log_term\x18\x05 \x01(\x04\x12\r\n\x05index\x18\x06 \x01(\x04\x12 \n\x07\x65ntries\x18\x07 \x03(\x0b\x32\x0f.raftd.v1.Entry\x12\x0e\n\x06\x63ommit\x18\x08 \x01(\x04\x12$\n\x08snapshot\x18\t \x01(\x0b\x32\x12.raftd.v1.Snapshot\x12\x0e\n\x06reject\x18\n \x01(\x08\x12\x13\n\x0breject_hint\x18\x0b \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x0c \x01(\x0c\x12\x13\n\x0b\x63ommit_only\x18\r \x01(\x08\",\n\x05\x42\x61tch\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.raftd.v1.Message\"G\n\x0eSnapshotHeader\x12\"\n\x07message\x18\x01 \x01(\x0b\x32\x11.raftd.v1.Message\x12\x11\n\tsize_hint\x18\x02 \x01(\x04\"/\n\x0fSnapshotTrailer\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\"\x82\x01\n\rSnapshotFrame\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.raftd.v1.SnapshotHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12,\n\x07trailer\x18\x03 \x01(\x0b\x32\x19.raftd.v1.SnapshotTrailerH\x00\x42\x06\n\x04kind\"(\n\x0bSnapshotAck\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t*\x9e\x04\n\x0bMessageType\x12\x14\n\x10MESSAGE_TYPE_HUP\x10\x00\x12\x15\n\x11MESSAGE_TYPE_BEAT\x10\x01\x12\x15\n\x11MESSAGE_TYPE_PROP\x10\x02\x12\x14\n\x10MESSAGE_TYPE_APP\x10\x03\x12\x19\n\x15MESSAGE_TYPE_APP_RESP\x10\x04\x12\x15\n\x11MESSAGE_TYPE_VOTE\x10\x05\x12\x1a\n\x16MESSAGE_TYPE_VOTE_RESP\x10\x06\x12\x15\n\x11MESSAGE_TYPE_SNAP\x10\x07\x12\x1a\n\x16MESSAGE_TYPE_HEARTBEAT\x10\x08\x12\x1f\n\x1bMESSAGE_TYPE_HEARTBEAT_RESP\x10\t\x12\x1c\n\x18MESSAGE_TYPE_UNREACHABLE\x10\n\x12\x1c\n\x18MESSAGE_TYPE_SNAP_STATUS\x10\x0b\x12\x1d\n\x19MESSAGE_TYPE_CHECK_QUORUM\x10\x0c\x12 \n\x1cMESSAGE_TYPE_TRANSFER_LEADER\x10\r\x12\x1c\n\x18MESSAGE_TYPE_TIMEOUT_NOW\x10\x0e\x12\x1b\n\x17MESSAGE_TYPE_READ_INDEX\x10\x0f\x12 \n\x1cMESSAGE_TYPE_READ_INDEX_RESP\x10\x10\x12\x19\n\x15MESSAGE_TYPE_PRE_VOTE\x10\x11\x12\x1e\n\x1aMESSAGE_TYPE_PRE_VOTE_RESP\x10\x12*>\n\tEntryType\x12\x15\n\x11\x45NTRY_TYPE_NORMAL\x10\x00\x12\x1a\n\x16\x45NTRY_TYPE_CONF_CHANGE\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'raftd.v1.raft_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MESSAGETYPE']._serialized_start=993
-  _globals['_MESSAGETYPE']._serialized_end=1535
-  _globals['_ENTRYTYPE']._serialized_start=1537
-  _globals['_ENTRYTYPE']._serialized_end=1599
+  _globals['_MESSAGETYPE']._serialized_start=1014
+  _globals['_MESSAGETYPE']._serialized_end=1556
+  _globals['_ENTRYTYPE']._serialized_start=1558
+  _globals['_ENTRYTYPE']._serialized_end=1620
   _globals['_ENTRY']._serialized_start=33
   _globals['_ENTRY']._serialized_end=118
   _globals['_HARDSTATE']._serialized_start=120
@@ -46,15 +46,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SNAPSHOT']._serialized_start=314
   _globals['_SNAPSHOT']._serialized_end=384
   _globals['_MESSAGE']._serialized_start=387
-  _globals['_MESSAGE']._serialized_end=647
-  _globals['_BATCH']._serialized_start=649
-  _globals['_BATCH']._serialized_end=693
-  _globals['_SNAPSHOTHEADER']._serialized_start=695
-  _globals['_SNAPSHOTHEADER']._serialized_end=766
-  _globals['_SNAPSHOTTRAILER']._serialized_start=768
-  _globals['_SNAPSHOTTRAILER']._serialized_end=815
-  _globals['_SNAPSHOTFRAME']._serialized_start=818
-  _globals['_SNAPSHOTFRAME']._serialized_end=948
-  _globals['_SNAPSHOTACK']._serialized_start=950
-  _globals['_SNAPSHOTACK']._serialized_end=990
+  _globals['_MESSAGE']._serialized_end=668
+  _globals['_BATCH']._serialized_start=670
+  _globals['_BATCH']._serialized_end=714
+  _globals['_SNAPSHOTHEADER']._serialized_start=716
+  _globals['_SNAPSHOTHEADER']._serialized_end=787
+  _globals['_SNAPSHOTTRAILER']._serialized_start=789
+  _globals['_SNAPSHOTTRAILER']._serialized_end=836
+  _globals['_SNAPSHOTFRAME']._serialized_start=839
+  _globals['_SNAPSHOTFRAME']._serialized_end=969
+  _globals['_SNAPSHOTACK']._serialized_start=971
+  _globals['_SNAPSHOTACK']._serialized_end=1011
 # @@protoc_insertion_point(module_scope)

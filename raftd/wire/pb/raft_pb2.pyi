@@ -104,7 +104,7 @@ class Snapshot(_message.Message):
     def __init__(self, metadata: _Optional[_Union[SnapshotMetadata, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("type", "to", "frm", "term", "log_term", "index", "entries", "commit", "snapshot", "reject", "reject_hint", "context")
+    __slots__ = ("type", "to", "frm", "term", "log_term", "index", "entries", "commit", "snapshot", "reject", "reject_hint", "context", "commit_only")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     TO_FIELD_NUMBER: _ClassVar[int]
     FRM_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +117,7 @@ class Message(_message.Message):
     REJECT_FIELD_NUMBER: _ClassVar[int]
     REJECT_HINT_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_ONLY_FIELD_NUMBER: _ClassVar[int]
     type: MessageType
     to: str
     frm: str
@@ -129,7 +130,8 @@ class Message(_message.Message):
     reject: bool
     reject_hint: int
     context: bytes
-    def __init__(self, type: _Optional[_Union[MessageType, str]] = ..., to: _Optional[str] = ..., frm: _Optional[str] = ..., term: _Optional[int] = ..., log_term: _Optional[int] = ..., index: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., commit: _Optional[int] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., reject: bool = ..., reject_hint: _Optional[int] = ..., context: _Optional[bytes] = ...) -> None: ...
+    commit_only: bool
+    def __init__(self, type: _Optional[_Union[MessageType, str]] = ..., to: _Optional[str] = ..., frm: _Optional[str] = ..., term: _Optional[int] = ..., log_term: _Optional[int] = ..., index: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., commit: _Optional[int] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., reject: bool = ..., reject_hint: _Optional[int] = ..., context: _Optional[bytes] = ..., commit_only: bool = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("messages",)

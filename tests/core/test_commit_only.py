@@ -1,0 +1,169 @@
+"""A commit index sent to a caught-up follower is not answered.
+
+When a leader's commit index moves, it sends each follower an append; for a follower
+that is replicating and has been sent every entry, that append has no entries, and its
+answer could only repeat what the answers to the earlier appends say. Such an append is
+marked ``commit_only``: the follower applies the new commit index and answers only a
+rejection. An answer that was lost is asked for again after the next heartbeat, with an
+append that is answered. Every other append is answered as in etcd-io/raft, so flow
+control, probing and the leader's view of each log are unchanged.
+"""
+
+from __future__ import annotations
+
+from raftd.core import Message, MessageType, StateType
+from raftd.testing.network import Network
+
+MT = MessageType
+
+
+def _leader_net() -> Network:
+    net = Network(["a", "b", "c"])
+    net.campaign("a")
+    assert net.state("a") == StateType.LEADER
+    return net
+
+
+def _deliver(net: Network, msgs: list[Message]) -> list[Message]:
+    """Step ``msgs`` into their targets (each fully processed); return their answers."""
+    out: list[Message] = []
+    for m in msgs:
+        net.node(m.to).step(m)
+        out.extend(net.process(m.to))
+    return out
+
+
+def _commit_round(net: Network, data: bytes) -> tuple[int, list[Message]]:
+    """Propose ``data`` on "a", deliver the appends, step the acknowledgements; return
+    the entry's index and the messages "a" sends once it has committed it."""
+    a = net.node("a")
+    index = a.propose(data)
+    acks = _deliver(net, net.process("a"))
+    assert {(m.frm, m.type, m.reject) for m in acks} == {
+        ("b", MT.APP_RESP, False),
+        ("c", MT.APP_RESP, False),
+    }
+    for m in acks:
+        a.step(m)
+    after = net.process("a")
+    assert net.peers["a"].node.raft.log.committed == index
+    return index, after
+
+
+def test_the_commit_to_caught_up_followers_is_applied_and_not_answered() -> None:
+    net = _leader_net()
+    index, after = _commit_round(net, b"x")
+    apps = [m for m in after if m.type == MT.APP]
+    assert {m.to for m in apps} == {"b", "c"}
+    assert all(m.commit_only and not m.entries and m.commit == index for m in apps)
+    answers = _deliver(net, apps)
+    assert answers == []  # nothing to tell the leader
+    for f in ("b", "c"):
+        assert net.peers[f].applied[-1:] == [b"x"]
+        assert net.peers[f].node.raft.log.committed == index
+
+
+def test_a_lost_acknowledgement_is_asked_for_again_after_a_heartbeat() -> None:
+    net = _leader_net()
+    a = net.node("a")
+    index = a.propose(b"x")
+    out = net.process("a")
+    # Both followers get the entry; b's acknowledgement is lost.
+    acks = _deliver(net, out)
+    for m in acks:
+        if m.frm != "b":
+            a.step(m)
+    commit = [m for m in net.process("a") if m.type == MT.APP]
+    assert a.raft.log.committed == index
+    assert all(m.commit_only for m in commit)
+    assert _deliver(net, commit) == []
+    assert a.raft.prs["b"].match < index  # the leader does not know b holds it
+    # The next heartbeat's answer makes the leader send b an answered append.
+    a.tick()
+    beats = [m for m in net.process("a") if m.type == MT.HEARTBEAT]
+    assert beats
+    for m in _deliver(net, beats):
+        a.step(m)
+    again = [m for m in net.process("a") if m.to == "b" and m.type == MT.APP]
+    assert again and not again[0].commit_only
+    answers = _deliver(net, again)
+    assert [(m.type, m.reject, m.index) for m in answers] == [(MT.APP_RESP, False, index)]
+    a.step(answers[0])
+    assert a.raft.prs["b"].match == index
+
+
+def test_a_follower_whose_entries_are_in_flight_answers_those_appends() -> None:
+    net = _leader_net()
+    a = net.node("a")
+    first = a.propose(b"x")
+    out = net.process("a")
+    to_c = [m for m in out if m.to == "c"]
+    to_b = [m for m in out if m.to == "b"]  # still on its way
+    for m in _deliver(net, to_c):
+        a.step(m)
+    commit = [m for m in net.process("a") if m.type == MT.APP]
+    assert a.raft.log.committed == first
+    assert {m.to for m in commit} == {"b", "c"}
+    assert all(m.commit_only and not m.entries for m in commit)
+    # b answers the append with its entry, not the commit index behind it.
+    answers = _deliver(net, to_b + [m for m in commit if m.to == "b"])
+    assert [(m.type, m.reject, m.index) for m in answers] == [(MT.APP_RESP, False, first)]
+    assert net.peers["b"].applied[-1:] == [b"x"]
+    a.step(answers[0])
+    assert a.raft.prs["b"].match == first
+
+
+def test_a_rejected_commit_only_append_is_answered() -> None:
+    net = _leader_net()
+    b = net.node("b")
+    last = b.raft.log.last_index()
+    term = b.raft.term
+    # An append for entries b does not hold (as after a lost message): b must say so.
+    b.step(
+        Message(
+            MT.APP,
+            frm="a",
+            to="b",
+            term=term,
+            index=last + 5,
+            log_term=term,
+            commit=last + 5,
+            commit_only=True,
+        )
+    )
+    answers = net.process("b")
+    assert [(m.type, m.reject, m.index) for m in answers] == [(MT.APP_RESP, True, last + 5)]
+
+
+def test_a_commit_only_flag_on_an_append_with_entries_is_ignored() -> None:
+    net = _leader_net()
+    a = net.node("a")
+    index = a.propose(b"y")
+    out = [m for m in net.process("a") if m.to == "b" and m.type == MT.APP]
+    assert out and out[0].entries and not out[0].commit_only
+    flagged = Message(
+        MT.APP,
+        frm=out[0].frm,
+        to="b",
+        term=out[0].term,
+        index=out[0].index,
+        log_term=out[0].log_term,
+        entries=out[0].entries,
+        commit=out[0].commit,
+        commit_only=True,
+    )
+    answers = _deliver(net, [flagged])
+    assert [(m.type, m.reject, m.index) for m in answers] == [(MT.APP_RESP, False, index)]
+
+
+def test_the_cluster_keeps_committing_without_the_answers() -> None:
+    net = _leader_net()
+    for i in range(20):
+        net.propose("a", b"v%d" % i)
+    for nid in ("a", "b", "c"):
+        assert net.peers[nid].applied[-20:] == [b"v%d" % i for i in range(20)]
+    flagged = [m for m in net.delivered if m.type == MT.APP and m.commit_only]
+    assert flagged  # the path above was taken
+    prs = net.node("a").raft.prs
+    last = net.node("a").raft.log.last_index()
+    assert prs["b"].match == last and prs["c"].match == last
