@@ -11,6 +11,7 @@ from ``Config.rng``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import random
 from dataclasses import dataclass, replace
@@ -89,6 +90,10 @@ class Config:
     max_size_per_msg: int = 1 << 20
     max_inflight_msgs: int = 256
     max_inflight_bytes: int = 0
+    #: A leader holds back an append that would only move a follower's commit index
+    #: (see :meth:`Raft.flush_commit`), unless the new commit index covers a proposal
+    #: that follower forwarded (it is waiting to answer a client).
+    commit_linger: bool = False
     max_committed_size_per_ready: int | None = None
     check_quorum: bool = True
     pre_vote: bool = True
@@ -143,6 +148,11 @@ class Raft:
         # many proposals share one append message (batching). None: nothing pending.
         self._pending_bcast: bool | None = None
         self._voters: list[NodeId] | None = None
+        self.commit_linger = c.commit_linger
+        # Followers whose commit-only append is held back (commit_linger), and, per
+        # follower, the last index of each proposal it forwarded, not yet told committed.
+        self._lingering: set[NodeId] = set()
+        self._forwarded: dict[NodeId, collections.deque[int]] = {}
 
         hs, cs = c.storage.initial_state()
         self._load_conf_state(cs)
@@ -213,11 +223,42 @@ class Raft:
     def flush_broadcast(self) -> None:
         """Send the appends deferred by proposals and commit advances."""
         if self._pending_bcast is not None and self.state == StateType.LEADER:
-            send_if_empty = self._pending_bcast  # only a commit advance asks for it
+            commit_moved = self._pending_bcast  # only a commit advance sends empty appends
             for pid in sorted(self.prs):
-                if pid != self.id:
-                    self._maybe_send_append(pid, send_if_empty, commit_only=send_if_empty)
+                if pid == self.id:
+                    continue
+                if commit_moved and self.commit_linger and not self._told_of_forwarded(pid):
+                    # New entries carry the commit index; an append with nothing else
+                    # waits for the next one (or flush_commit).
+                    if not self._maybe_send_append(pid, False) and not self.prs[pid].is_paused():
+                        self._lingering.add(pid)
+                else:
+                    self._maybe_send_append(pid, commit_moved, commit_only=commit_moved)
         self._pending_bcast = None
+
+    def flush_commit(self) -> None:
+        """Send the commit-only appends held back by ``commit_linger``. A runtime calls it
+        when no new entries came soon enough to carry the commit index."""
+        lingering, self._lingering = self._lingering, set()
+        if self.state != StateType.LEADER:
+            return
+        for pid in sorted(lingering):
+            if pid in self.prs:
+                self._maybe_send_append(pid, True, commit_only=True)
+
+    def commit_lingers(self) -> bool:
+        """Whether a commit-only append is held back (see :meth:`flush_commit`)."""
+        return bool(self._lingering)
+
+    def _told_of_forwarded(self, pid: NodeId) -> bool:
+        """Whether the commit index now covers a proposal ``pid`` forwarded: then it is
+        sent at once, and those proposals are forgotten (``pid`` learns of them now)."""
+        fwd = self._forwarded.get(pid)
+        if not fwd or fwd[0] > self.log.committed:
+            return False
+        while fwd and fwd[0] <= self.log.committed:
+            fwd.popleft()
+        return True
 
     def _defer_bcast(self, send_if_empty: bool) -> None:
         self._pending_bcast = bool(self._pending_bcast) or send_if_empty
@@ -265,6 +306,7 @@ class Raft:
             )
         )
         pr.update_on_entries_send(len(ents), nbytes, pr.next)
+        self._lingering.discard(to)
         return True
 
     def _maybe_send_snapshot(self, to: NodeId, pr: Progress) -> bool:
@@ -286,6 +328,8 @@ class Raft:
         pr = self.prs[to]
         commit = min(pr.match, self.log.committed)
         self.send(Message(MT.HEARTBEAT, to=to, commit=commit, context=ctx))
+        if commit == self.log.committed:
+            self._lingering.discard(to)
 
     def bcast_append(self) -> None:
         for pid in sorted(self.prs):
@@ -322,6 +366,8 @@ class Raft:
         self.pending_conf_index = 0
         self.read_only = ReadOnly()
         self._pending_bcast = None
+        self._lingering = set()
+        self._forwarded = {}
 
     def become_follower(self, term: int, lead: NodeId) -> None:
         self.reset(term)
@@ -632,7 +678,11 @@ class Raft:
             if self.lead_transferee != NONE or any(e.type != EntryType.NORMAL for e in m.entries):
                 return
             with contextlib.suppress(ProposalDroppedError):  # e.g. the leader was removed
-                self.propose([e.data for e in m.entries], [EntryType.NORMAL] * len(m.entries))
+                last = self.propose(
+                    [e.data for e in m.entries], [EntryType.NORMAL] * len(m.entries)
+                )
+                if self.commit_linger:
+                    self._forwarded.setdefault(m.frm, collections.deque()).append(last)
             return
         if t == MT.READ_INDEX:
             self._leader_read_index(m)
@@ -892,6 +942,8 @@ class Raft:
                 self.prs[cc.node_id] = new
         elif cc.type == ConfChangeType.REMOVE_NODE:
             self.prs.pop(cc.node_id, None)
+            self._forwarded.pop(cc.node_id, None)
+            self._lingering.discard(cc.node_id)
         me = self.prs.get(self.id)
         self.is_learner = me is not None and me.is_learner
         if self.state == StateType.LEADER:

@@ -193,6 +193,15 @@ class RawNode:
         provided it steps nothing else first."""
         return self.raft.ticks_are_quiet(n)
 
+    def commit_lingers(self) -> bool:
+        """Whether a leader holds back a commit-only append (``Config.commit_linger``):
+        the runtime should call :meth:`flush_commit` if no proposal comes soon."""
+        return self.raft.commit_lingers()
+
+    def flush_commit(self) -> None:
+        """Send the commit-only appends held back by ``Config.commit_linger``."""
+        self.raft.flush_commit()
+
     def can_defer(self, m: Message) -> bool:
         """Whether stepping ``m`` may wait for this node's next tick without delaying
         anything: true only for a heartbeat answer to a leader, in its term, without a

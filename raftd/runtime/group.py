@@ -389,6 +389,7 @@ class Group(Generic[ST, SM]):
             max_committed_size_per_ready=4 * 1024 * 1024,
             check_quorum=True,
             pre_vote=True,
+            commit_linger=True,
         )
         node = RawNode(cfg)
         self.conf = node.conf_state()
@@ -731,7 +732,16 @@ class Group(Generic[ST, SM]):
         while True:
             if not self._has_input() and not node.has_ready():
                 self._plan_ticks(node)
-                await self._wake.wait()
+                if node.commit_lingers():
+                    # The next proposal's appends would carry the new commit index to
+                    # the followers; if none comes soon, send it on its own.
+                    with trio.move_on_after(self.COMMIT_LINGER_S):
+                        await self._wake.wait()
+                    if not self._wake.is_set():
+                        node.flush_commit()
+                        continue
+                else:
+                    await self._wake.wait()
                 self.stats.loop_wakeups += 1
                 # Before anything else: nothing was stepped since these ticks passed.
                 self._count_ticks(trio.current_time())
@@ -916,6 +926,12 @@ class Group(Generic[ST, SM]):
 
     #: Quiet ticks the ticker sleeps through at most, at once.
     MAX_QUIET_TICKS = 64
+
+    #: How long a leader holds back an append that would only move a follower's commit
+    #: index, for the next proposal's appends to carry it (one message and one answer
+    #: fewer per write at low load). A follower waiting to answer a write it forwarded
+    #: gets the commit index at once; others see a write applied at most this much later.
+    COMMIT_LINGER_S = 0.002
 
     #: Election timeouts without an apply, in one leader's term, before a forwarded
     #: command fails with ProposalsIgnored.

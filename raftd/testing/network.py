@@ -61,6 +61,7 @@ class Network:
         learners: list[NodeId] | None = None,
         max_size_per_msg: int = 1 << 20,
         max_inflight: int = 256,
+        commit_linger: bool = False,
     ) -> None:
         self.seed = seed
         self.opts = dict(
@@ -70,6 +71,7 @@ class Network:
             check_quorum=check_quorum,
             max_size_per_msg=max_size_per_msg,
             max_inflight_msgs=max_inflight,
+            commit_linger=commit_linger,
         )
         self.peers: dict[NodeId, Peer] = {}
         self.cut: set[tuple[NodeId, NodeId]] = set()

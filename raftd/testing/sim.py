@@ -131,6 +131,9 @@ class Simulator:
             cfg.max_inflight = self.rng.choice([1, 2, 8, 256])
         if not cfg.max_size_per_msg:
             cfg.max_size_per_msg = self.rng.choice([1, 64, 256, 4096])
+        # Half the seeds hold back commit-only appends as the daemon does; drawn from a
+        # stream of its own so that the other choices of a seed stay what they were.
+        self.commit_linger = random.Random(f"{cfg.seed}:linger").random() < 0.5
         self.step_no = 0
         self.ids = [f"n{i}" for i in range(1, cfg.nodes + cfg.spare + 1)]
         voters = tuple(self.ids[: cfg.nodes])
@@ -181,6 +184,7 @@ class Simulator:
             applied=snap.metadata.index,
             max_inflight_msgs=self.cfg.max_inflight,
             max_size_per_msg=self.cfg.max_size_per_msg,
+            commit_linger=self.commit_linger,
         )
         ns.raw = RawNode(cfg)
         if ns.raw.raft.term < ns.persisted_term:
@@ -476,6 +480,23 @@ class Simulator:
             pass
 
     def _action_table(self) -> list[tuple[int, Callable[[], None]]]:
+        table = self._base_actions()
+        if self.commit_linger:
+            table.append((20, self.a_flush_commit))
+        return table
+
+    def a_flush_commit(self) -> None:
+        """The runtime's linger timer fires: send the held-back commit indexes."""
+        lingering = [
+            raw
+            for n in self.running()
+            if (raw := self.nodes[n].raw) is not None and raw.commit_lingers()
+        ]
+        if lingering:
+            self.rng.choice(lingering).flush_commit()
+            self.stats["commit_flushes"] = self.stats.get("commit_flushes", 0) + 1
+
+    def _base_actions(self) -> list[tuple[int, Callable[[], None]]]:
         return [
             (30, self.a_tick),
             (40, self.a_ready),
@@ -699,6 +720,8 @@ class Simulator:
             raw = self.nodes[n].raw
             assert raw is not None
             raw.tick()
+            if raw.commit_lingers():
+                raw.flush_commit()
         for _ in range(50):
             for n in self.alive():
                 self.process_ready(n)

@@ -167,3 +167,93 @@ def test_the_cluster_keeps_committing_without_the_answers() -> None:
     prs = net.node("a").raft.prs
     last = net.node("a").raft.log.last_index()
     assert prs["b"].match == last and prs["c"].match == last
+
+
+# -- commit_linger: the commit-only append waits for the next proposal -------------------
+
+
+def _lingering_net() -> Network:
+    net = Network(["a", "b", "c"], commit_linger=True)
+    net.campaign("a")
+    assert net.state("a") == StateType.LEADER
+    return net
+
+
+def _commit(net: Network, data: bytes) -> tuple[int, list[Message]]:
+    """Propose ``data`` on "a", deliver its appends, step the answers; return the
+    index and what "a" sends next."""
+    a = net.node("a")
+    index = a.propose(data)
+    for m in _deliver(net, net.process("a")):
+        a.step(m)
+    return index, net.process("a")
+
+
+def test_a_lingering_leader_sends_the_commit_index_with_the_next_appends() -> None:
+    net = _lingering_net()
+    a = net.node("a")
+    first, after = _commit(net, b"x")
+    assert a.raft.log.committed == first
+    assert [m for m in after if m.type == MT.APP] == []  # held back
+    assert a.commit_lingers()
+    assert net.peers["b"].applied[-1:] != [b"x"]
+    second = a.propose(b"y")
+    apps = [m for m in net.process("a") if m.type == MT.APP]
+    assert {m.to for m in apps} == {"b", "c"}
+    assert all(m.entries and m.entries[-1].index == second for m in apps)
+    assert all(m.commit == first for m in apps)
+    assert not a.commit_lingers()
+    _deliver(net, apps)
+    for f in ("b", "c"):
+        assert net.peers[f].applied[-1:] == [b"x"]
+
+
+def test_flush_commit_sends_the_held_back_commit_index() -> None:
+    net = _lingering_net()
+    a = net.node("a")
+    first, _ = _commit(net, b"x")
+    assert a.commit_lingers()
+    a.flush_commit()
+    assert not a.commit_lingers()
+    apps = [m for m in net.process("a") if m.type == MT.APP]
+    assert {m.to for m in apps} == {"b", "c"}
+    assert all(m.commit_only and not m.entries and m.commit == first for m in apps)
+    assert _deliver(net, apps) == []
+    for f in ("b", "c"):
+        assert net.peers[f].applied[-1:] == [b"x"]
+
+
+def test_a_follower_whose_forwarded_proposal_is_committed_is_told_at_once() -> None:
+    net = _lingering_net()
+    a = net.node("a")
+    b = net.node("b")
+    b.propose_anywhere([b"from-b"])
+    props = [m for m in net.process("b") if m.type == MT.PROP]
+    assert props
+    a.step(props[0])
+    index = a.raft.log.last_index()
+    for m in _deliver(net, net.process("a")):
+        a.step(m)
+    after = net.process("a")
+    assert a.raft.log.committed == index
+    # b waits to answer its client: its commit index goes now; c's is held back.
+    assert [(m.to, m.commit) for m in after if m.type == MT.APP] == [("b", index)]
+    assert a.commit_lingers()
+    _deliver(net, after)
+    assert net.peers["b"].applied[-1:] == [b"from-b"]
+    assert net.peers["c"].applied[-1:] != [b"from-b"]
+    # b's proposal is forgotten once b was told: the next commit lingers for b too.
+    _, after2 = _commit(net, b"z")
+    assert [m for m in after2 if m.type == MT.APP] == []
+
+
+def test_a_heartbeat_that_carries_the_commit_index_ends_the_linger() -> None:
+    net = _lingering_net()
+    a = net.node("a")
+    first, _ = _commit(net, b"x")
+    assert a.commit_lingers()
+    a.tick()
+    beats = [m for m in net.process("a") if m.type == MT.HEARTBEAT]
+    assert {m.to for m in beats} == {"b", "c"}
+    assert all(m.commit == first for m in beats)
+    assert not a.commit_lingers()

@@ -45,8 +45,9 @@ def test_same_seed_replays_identically() -> None:
 
 def test_sim_exercises_the_fault_menu() -> None:
     """Over a handful of seeds the run really elects, commits, compacts, snapshots,
-    changes membership, serves reads and crashes leaders between sending their appends
-    and persisting them; a sim that does nothing proves nothing."""
+    changes membership, serves reads, crashes leaders between sending their appends
+    and persisting them and holds back commit indexes (``commit_linger``); a sim that does
+    nothing proves nothing."""
     totals: dict[str, int] = {}
     acked = 0
     for seed in range(20):
@@ -56,7 +57,15 @@ def test_sim_exercises_the_fault_menu() -> None:
         for k, v in s.stats.items():
             totals[k] = totals.get(k, 0) + v
     assert acked > 200
-    for k in ("reads", "compactions", "snapshots", "confchanges", "crash_before_persist", "stalls"):
+    for k in (
+        "reads",
+        "compactions",
+        "snapshots",
+        "confchanges",
+        "crash_before_persist",
+        "stalls",
+        "commit_flushes",
+    ):
         assert totals.get(k, 0) > 0, k
 
 
