@@ -152,6 +152,15 @@ class Network:
             p.node.advance(rd)
         return out
 
+    def step_each(self, msgs: list[Message]) -> list[Message]:
+        """Step each of ``msgs`` into its target and handle that node's Ready; return
+        what the targets send in answer, undelivered (one hop at a time)."""
+        out: list[Message] = []
+        for m in msgs:
+            self.node(m.to).step(m)
+            out.extend(self.process(m.to))
+        return out
+
     def send(self, *msgs: Message, limit: int = 100_000) -> None:
         """Step ``msgs`` into their targets and deliver everything that follows."""
         queue = list(msgs)

@@ -11,34 +11,25 @@ control, probing and the leader's view of each log are unchanged.
 
 from __future__ import annotations
 
-from raftd.core import Message, MessageType, StateType
+from raftd.core import Message, MessageType, RawNode, StateType
 from raftd.testing.network import Network
 
 MT = MessageType
 
 
-def _leader_net() -> Network:
-    net = Network(["a", "b", "c"])
+def _leader_net(*, commit_linger: bool = False) -> Network:
+    net = Network(["a", "b", "c"], commit_linger=commit_linger)
     net.campaign("a")
     assert net.state("a") == StateType.LEADER
     return net
 
 
-def _deliver(net: Network, msgs: list[Message]) -> list[Message]:
-    """Step ``msgs`` into their targets (each fully processed); return their answers."""
-    out: list[Message] = []
-    for m in msgs:
-        net.node(m.to).step(m)
-        out.extend(net.process(m.to))
-    return out
-
-
-def _commit_round(net: Network, data: bytes) -> tuple[int, list[Message]]:
-    """Propose ``data`` on "a", deliver the appends, step the acknowledgements; return
-    the entry's index and the messages "a" sends once it has committed it."""
+def _commit(net: Network, data: bytes) -> tuple[int, list[Message]]:
+    """Propose ``data`` on "a", deliver its appends, step the answers; return the
+    entry's index and what "a" sends once it has committed it."""
     a = net.node("a")
     index = a.propose(data)
-    acks = _deliver(net, net.process("a"))
+    acks = net.step_each(net.process("a"))
     assert {(m.frm, m.type, m.reject) for m in acks} == {
         ("b", MT.APP_RESP, False),
         ("c", MT.APP_RESP, False),
@@ -46,17 +37,17 @@ def _commit_round(net: Network, data: bytes) -> tuple[int, list[Message]]:
     for m in acks:
         a.step(m)
     after = net.process("a")
-    assert net.peers["a"].node.raft.log.committed == index
+    assert a.raft.log.committed == index
     return index, after
 
 
 def test_the_commit_to_caught_up_followers_is_applied_and_not_answered() -> None:
     net = _leader_net()
-    index, after = _commit_round(net, b"x")
+    index, after = _commit(net, b"x")
     apps = [m for m in after if m.type == MT.APP]
     assert {m.to for m in apps} == {"b", "c"}
     assert all(m.commit_only and not m.entries and m.commit == index for m in apps)
-    answers = _deliver(net, apps)
+    answers = net.step_each(apps)
     assert answers == []  # nothing to tell the leader
     for f in ("b", "c"):
         assert net.peers[f].applied[-1:] == [b"x"]
@@ -69,24 +60,24 @@ def test_a_lost_acknowledgement_is_asked_for_again_after_a_heartbeat() -> None:
     index = a.propose(b"x")
     out = net.process("a")
     # Both followers get the entry; b's acknowledgement is lost.
-    acks = _deliver(net, out)
+    acks = net.step_each(out)
     for m in acks:
         if m.frm != "b":
             a.step(m)
     commit = [m for m in net.process("a") if m.type == MT.APP]
     assert a.raft.log.committed == index
     assert all(m.commit_only for m in commit)
-    assert _deliver(net, commit) == []
+    assert net.step_each(commit) == []
     assert a.raft.prs["b"].match < index  # the leader does not know b holds it
     # The next heartbeat's answer makes the leader send b an answered append.
     a.tick()
     beats = [m for m in net.process("a") if m.type == MT.HEARTBEAT]
     assert beats
-    for m in _deliver(net, beats):
+    for m in net.step_each(beats):
         a.step(m)
     again = [m for m in net.process("a") if m.to == "b" and m.type == MT.APP]
     assert again and not again[0].commit_only
-    answers = _deliver(net, again)
+    answers = net.step_each(again)
     assert [(m.type, m.reject, m.index) for m in answers] == [(MT.APP_RESP, False, index)]
     a.step(answers[0])
     assert a.raft.prs["b"].match == index
@@ -99,14 +90,14 @@ def test_a_follower_whose_entries_are_in_flight_answers_those_appends() -> None:
     out = net.process("a")
     to_c = [m for m in out if m.to == "c"]
     to_b = [m for m in out if m.to == "b"]  # still on its way
-    for m in _deliver(net, to_c):
+    for m in net.step_each(to_c):
         a.step(m)
     commit = [m for m in net.process("a") if m.type == MT.APP]
     assert a.raft.log.committed == first
     assert {m.to for m in commit} == {"b", "c"}
     assert all(m.commit_only and not m.entries for m in commit)
     # b answers the append with its entry, not the commit index behind it.
-    answers = _deliver(net, to_b + [m for m in commit if m.to == "b"])
+    answers = net.step_each(to_b + [m for m in commit if m.to == "b"])
     assert [(m.type, m.reject, m.index) for m in answers] == [(MT.APP_RESP, False, first)]
     assert net.peers["b"].applied[-1:] == [b"x"]
     a.step(answers[0])
@@ -152,7 +143,7 @@ def test_a_commit_only_flag_on_an_append_with_entries_is_ignored() -> None:
         commit=out[0].commit,
         commit_only=True,
     )
-    answers = _deliver(net, [flagged])
+    answers = net.step_each([flagged])
     assert [(m.type, m.reject, m.index) for m in answers] == [(MT.APP_RESP, False, index)]
 
 
@@ -172,30 +163,19 @@ def test_the_cluster_keeps_committing_without_the_answers() -> None:
 # -- commit_linger: the commit-only append waits for the next proposal -------------------
 
 
-def _lingering_net() -> Network:
-    net = Network(["a", "b", "c"], commit_linger=True)
-    net.campaign("a")
-    assert net.state("a") == StateType.LEADER
-    return net
-
-
-def _commit(net: Network, data: bytes) -> tuple[int, list[Message]]:
-    """Propose ``data`` on "a", deliver its appends, step the answers; return the
-    index and what "a" sends next."""
+def _lingering_after_one_write() -> tuple[Network, RawNode, int]:
+    """A lingering leader "a" that committed one write ("x") and holds back its commit
+    index from both followers; returns the network, "a" and the write's index."""
+    net = _leader_net(commit_linger=True)
+    index, after = _commit(net, b"x")
+    assert [m for m in after if m.type == MT.APP] == []  # held back
     a = net.node("a")
-    index = a.propose(data)
-    for m in _deliver(net, net.process("a")):
-        a.step(m)
-    return index, net.process("a")
+    assert a.commit_lingers()
+    return net, a, index
 
 
 def test_a_lingering_leader_sends_the_commit_index_with_the_next_appends() -> None:
-    net = _lingering_net()
-    a = net.node("a")
-    first, after = _commit(net, b"x")
-    assert a.raft.log.committed == first
-    assert [m for m in after if m.type == MT.APP] == []  # held back
-    assert a.commit_lingers()
+    net, a, first = _lingering_after_one_write()
     assert net.peers["b"].applied[-1:] != [b"x"]
     second = a.propose(b"y")
     apps = [m for m in net.process("a") if m.type == MT.APP]
@@ -203,28 +183,25 @@ def test_a_lingering_leader_sends_the_commit_index_with_the_next_appends() -> No
     assert all(m.entries and m.entries[-1].index == second for m in apps)
     assert all(m.commit == first for m in apps)
     assert not a.commit_lingers()
-    _deliver(net, apps)
+    net.step_each(apps)
     for f in ("b", "c"):
         assert net.peers[f].applied[-1:] == [b"x"]
 
 
 def test_flush_commit_sends_the_held_back_commit_index() -> None:
-    net = _lingering_net()
-    a = net.node("a")
-    first, _ = _commit(net, b"x")
-    assert a.commit_lingers()
+    net, a, first = _lingering_after_one_write()
     a.flush_commit()
     assert not a.commit_lingers()
     apps = [m for m in net.process("a") if m.type == MT.APP]
     assert {m.to for m in apps} == {"b", "c"}
     assert all(m.commit_only and not m.entries and m.commit == first for m in apps)
-    assert _deliver(net, apps) == []
+    assert net.step_each(apps) == []
     for f in ("b", "c"):
         assert net.peers[f].applied[-1:] == [b"x"]
 
 
 def test_a_follower_whose_forwarded_proposal_is_committed_is_told_at_once() -> None:
-    net = _lingering_net()
+    net = _leader_net(commit_linger=True)
     a = net.node("a")
     b = net.node("b")
     b.propose_anywhere([b"from-b"])
@@ -232,14 +209,14 @@ def test_a_follower_whose_forwarded_proposal_is_committed_is_told_at_once() -> N
     assert props
     a.step(props[0])
     index = a.raft.log.last_index()
-    for m in _deliver(net, net.process("a")):
+    for m in net.step_each(net.process("a")):
         a.step(m)
     after = net.process("a")
     assert a.raft.log.committed == index
     # b waits to answer its client: its commit index goes now; c's is held back.
     assert [(m.to, m.commit) for m in after if m.type == MT.APP] == [("b", index)]
     assert a.commit_lingers()
-    _deliver(net, after)
+    net.step_each(after)
     assert net.peers["b"].applied[-1:] == [b"from-b"]
     assert net.peers["c"].applied[-1:] != [b"from-b"]
     # b's proposal is forgotten once b was told: the next commit lingers for b too.
@@ -248,10 +225,7 @@ def test_a_follower_whose_forwarded_proposal_is_committed_is_told_at_once() -> N
 
 
 def test_a_heartbeat_that_carries_the_commit_index_ends_the_linger() -> None:
-    net = _lingering_net()
-    a = net.node("a")
-    first, _ = _commit(net, b"x")
-    assert a.commit_lingers()
+    net, a, first = _lingering_after_one_write()
     a.tick()
     beats = [m for m in net.process("a") if m.type == MT.HEARTBEAT]
     assert {m.to for m in beats} == {"b", "c"}

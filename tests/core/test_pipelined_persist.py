@@ -13,15 +13,6 @@ from raftd.core.types import EARLY_MESSAGES
 from raftd.testing.network import Network
 
 
-def _deliver(net: Network, msgs: list[Message]) -> list[Message]:
-    """Step ``msgs`` into their (fully processing) targets; return their answers."""
-    out: list[Message] = []
-    for m in msgs:
-        net.node(m.to).step(m)
-        out.extend(net.process(m.to))
-    return out
-
-
 def _leader_net() -> tuple[Network, RawNode]:
     net = Network(["a", "b", "c"])
     net.campaign("a")
@@ -36,7 +27,7 @@ def test_a_leader_commits_with_its_followers_while_its_own_write_is_outstanding(
     assert [e.index for e in rd.entries] == [index]
     assert {m.to for m in rd.early_messages if m.type == MessageType.APP} == {"b", "c"}
     # The followers persist and acknowledge; the leader's write is still outstanding.
-    acks = _deliver(net, rd.early_messages)
+    acks = net.step_each(rd.early_messages)
     assert {(m.frm, m.type) for m in acks} >= {
         ("b", MessageType.APP_RESP),
         ("c", MessageType.APP_RESP),
@@ -49,7 +40,7 @@ def test_a_leader_commits_with_its_followers_while_its_own_write_is_outstanding(
     assert early and all(m.type in EARLY_MESSAGES for m in early)
     assert {m.to for m in early} == {"b", "c"}
     assert all(m.commit >= index for m in early if m.type == MessageType.APP)
-    _deliver(net, early)
+    net.step_each(early)
     assert net.peers["b"].applied[-1:] == [b"x"]  # followers apply it already
     # The leader's write lands: it counts itself and applies.
     net.peers["a"].storage.append(rd.entries)
@@ -68,7 +59,7 @@ def test_without_a_majority_of_followers_nothing_commits_before_the_leaders_writ
     index = a.propose(b"x")
     rd = a.ready()
     to_b = [m for m in rd.early_messages if m.to in ("b", "c")]
-    for m in _deliver(net, to_b):
+    for m in net.step_each(to_b):
         a.step(m)
     # b and c hold it: with the leader that would be 3 of 5, without it only 2.
     assert a.raft.prs["b"].match == index and a.raft.prs["c"].match == index
@@ -98,7 +89,7 @@ def test_a_new_leader_sends_nothing_early_before_its_term_is_durable() -> None:
     a.campaign()
     rd = a.ready()  # persists the new term and the vote for itself
     assert rd.hard_state is not None and rd.hard_state.vote == "a"
-    for m in _deliver(net, rd.messages):
+    for m in net.step_each(rd.messages):
         a.step(m)
     assert a.raft.state == StateType.LEADER
     # Elected, but the term and vote of this election are not on its disk yet.
