@@ -150,9 +150,10 @@ class Raft:
         self._voters: list[NodeId] | None = None
         self.commit_linger = c.commit_linger
         # Followers whose commit-only append is held back (commit_linger), and, per
-        # follower, the last index of each proposal it forwarded, not yet told committed.
+        # follower, the first and last index of each batch of proposals it forwarded
+        # that it has not yet been told is wholly committed.
         self._lingering: set[NodeId] = set()
-        self._forwarded: dict[NodeId, collections.deque[int]] = {}
+        self._forwarded: dict[NodeId, collections.deque[tuple[int, int]]] = {}
 
         hs, cs = c.storage.initial_state()
         self._load_conf_state(cs)
@@ -251,12 +252,14 @@ class Raft:
         return bool(self._lingering)
 
     def _told_of_forwarded(self, pid: NodeId) -> bool:
-        """Whether the commit index now covers a proposal ``pid`` forwarded: then it is
-        sent at once, and those proposals are forgotten (``pid`` learns of them now)."""
+        """Whether the commit index now covers any proposal ``pid`` forwarded: then it
+        is sent at once, and the batches it wholly covers are forgotten (``pid`` learns
+        of them now)."""
         fwd = self._forwarded.get(pid)
-        if not fwd or fwd[0] > self.log.committed:
+        committed = self.log.committed
+        if not fwd or fwd[0][0] > committed:
             return False
-        while fwd and fwd[0] <= self.log.committed:
+        while fwd and fwd[0][1] <= committed:
             fwd.popleft()
         return True
 
@@ -682,7 +685,8 @@ class Raft:
                     [e.data for e in m.entries], [EntryType.NORMAL] * len(m.entries)
                 )
                 if self.commit_linger:
-                    self._forwarded.setdefault(m.frm, collections.deque()).append(last)
+                    batch = (last - len(m.entries) + 1, last)
+                    self._forwarded.setdefault(m.frm, collections.deque()).append(batch)
             return
         if t == MT.READ_INDEX:
             self._leader_read_index(m)

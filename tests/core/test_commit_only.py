@@ -231,3 +231,23 @@ def test_a_heartbeat_that_carries_the_commit_index_ends_the_linger() -> None:
     assert {m.to for m in beats} == {"b", "c"}
     assert all(m.commit == first for m in beats)
     assert not a.commit_lingers()
+
+
+def test_a_forwarder_is_told_when_the_commit_index_covers_part_of_its_batch() -> None:
+    net = _leader_net(commit_linger=True)
+    a = net.node("a")
+    net.node("b").propose_anywhere([b"b1", b"b2"])
+    props = [m for m in net.process("b") if m.type == MT.PROP]
+    a.step(props[0])
+    last = a.raft.log.last_index()
+    first = last - 1
+    net.process("a")  # the appends stay undelivered; c's answer is made up below
+    term = a.raft.term
+    a.step(Message(MT.APP_RESP, frm="c", to="a", term=term, index=first))
+    to_b = [m for m in net.process("a") if m.to == "b" and m.type == MT.APP]
+    assert a.raft.log.committed == first
+    # b's first proposal is committed (its client waits): b is told now, not later.
+    assert [(m.commit, m.commit_only) for m in to_b] == [(first, True)]
+    a.step(Message(MT.APP_RESP, frm="c", to="a", term=term, index=last))
+    to_b = [m for m in net.process("a") if m.to == "b" and m.type == MT.APP]
+    assert [m.commit for m in to_b] == [last]
