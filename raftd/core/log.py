@@ -222,7 +222,7 @@ class RaftLog:
         return self.unstable.snapshot is not None
 
     def has_next_committed_entries(self) -> bool:
-        if self.has_pending_snapshot():
+        if self.committed <= self.applied or self.unstable.snapshot is not None:
             return False
         off = max(self.applied + 1, self.first_index())
         return self.committed + 1 > off

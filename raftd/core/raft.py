@@ -419,14 +419,21 @@ class Raft:
         """Whether the next ``n`` ticks (n >= 1) would only advance this node's timers:
         no heartbeat, election, check-quorum or transfer timeout among them, so they may
         be counted later, together, as long as nothing is stepped in between."""
+        return self.quiet_ticks(n) >= n
+
+    def quiet_ticks(self, limit: int) -> int:
+        """How many of the next ticks, at most ``limit``, are quiet in the sense of
+        :meth:`ticks_are_quiet` (the largest such ``n``, 0 if the next tick is not)."""
         if self.state == StateType.LEADER:
-            return (
-                self.heartbeat_elapsed + n < self.heartbeat_timeout
-                and self.election_elapsed + n < self.election_timeout
+            n = min(
+                self.heartbeat_timeout - self.heartbeat_elapsed,
+                self.election_timeout - self.election_elapsed,
             )
-        if not self.promotable():
-            return True
-        return self.election_elapsed + n < self.randomized_election_timeout
+        elif not self.promotable():
+            return limit
+        else:
+            n = self.randomized_election_timeout - self.election_elapsed
+        return max(0, min(limit, n - 1))
 
     def past_election_timeout(self) -> bool:
         return self.election_elapsed >= self.randomized_election_timeout

@@ -193,6 +193,11 @@ class RawNode:
         provided it steps nothing else first."""
         return self.raft.ticks_are_quiet(n)
 
+    def quiet_ticks(self, limit: int) -> int:
+        """The largest ``n <= limit`` for which :meth:`ticks_are_quiet` holds (0 if the
+        next tick is not quiet)."""
+        return self.raft.quiet_ticks(limit)
+
     def commit_lingers(self) -> bool:
         """Whether a leader holds back a commit-only append (``Config.commit_linger``):
         the runtime should call :meth:`flush_commit` if no proposal comes soon."""
@@ -234,19 +239,25 @@ class RawNode:
 
     # -- outputs -----------------------------------------------------------------------------
     def has_ready(self) -> bool:
+        # Called several times per event-loop round: compares fields rather than
+        # building the SoftState and HardState that ready() reports.
         r = self.raft
-        if r.soft_state() != self._prev_soft:
+        ps = self._prev_soft
+        if r.lead != ps.leader or r.state != ps.state:
             return True
-        hs = r.hard_state()
-        if not hs.is_empty() and hs != self._prev_hard:
+        log = r.log
+        ph = self._prev_hard
+        if (r.term != ph.term or r.vote != ph.vote or log.committed != ph.commit) and (
+            r.term != 0 or r.vote != NONE or log.committed != 0
+        ):
             return True
-        if r.log.has_pending_snapshot():
+        if log.unstable.snapshot is not None:
             return True
-        if r.msgs or r.log.unstable.entries or r.read_states:
+        if r.msgs or log.unstable.entries or r.read_states:
             return True
         if r._pending_bcast is not None:
             return True
-        return r.log.has_next_committed_entries()
+        return log.committed > log.applied and log.has_next_committed_entries()
 
     def ready(self) -> Ready:
         """The current batch of work. Must be followed by :meth:`advance`."""

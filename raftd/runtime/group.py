@@ -323,6 +323,10 @@ class Group(Generic[ST, SM]):
         self._planned = 0
         self._quiet_ticks = 0
         self._tick_scope: trio.CancelScope | None = None
+        # The outstanding persist's event and when it was submitted: the ticker sets
+        # the event once a tick has passed, which ends the persist's quiet wait.
+        self._persist_landed: trio.Event | None = None
+        self._persist_since = 0.0
         self._wake = trio.Event()
         self._applied_event = trio.Event()
         self._leader_event = trio.Event()
@@ -675,8 +679,12 @@ class Group(Generic[ST, SM]):
                 self._tick_scope = sc
                 await trio.sleep_forever()
             self.stats.ticker_wakeups += 1
-            self._count_ticks(trio.current_time())
+            now = trio.current_time()
+            self._count_ticks(now)
             self.stats.ticks = self._ticks_total
+            landed = self._persist_landed
+            if landed is not None and now - self._persist_since >= interval:
+                landed.set()
 
     def _count_ticks(self, now: float) -> None:
         """Count the tick boundaries passed by ``now``, by the plan (see :meth:`_ticker`).
@@ -719,9 +727,7 @@ class Group(Generic[ST, SM]):
         """The loop is about to sleep: let the ticker sleep through the quiet ticks."""
         if self._ticks or self._commands or self._planned or self._tick_scope is None:
             return
-        q = 0
-        while q < self.MAX_QUIET_TICKS and node.ticks_are_quiet(q + 1):
-            q += 1
+        q = node.quiet_ticks(self.MAX_QUIET_TICKS)
         if q:
             self._planned = q
             self._tick_scope.deadline = self._next_tick + q * self.preset.tick_s
@@ -1030,7 +1036,8 @@ class Group(Generic[ST, SM]):
         """Write ``rd``'s entries and hard state durably without stopping Raft.
 
         The fsync runs in the database's writer thread. Once it has taken longer than a
-        tick, the loop keeps stepping inputs while it waits: a follower reads the
+        tick (seen at the next tick boundary), the loop keeps stepping inputs while it
+        waits: a follower reads the
         heartbeats queued behind its slow disk (and so does not time out its leader), and
         a leader counts its followers' acknowledgements and sends its appends and
         heartbeats (:meth:`RawNode.take_early_messages`), so two healthy followers keep
@@ -1053,8 +1060,13 @@ class Group(Generic[ST, SM]):
         ticks0 = self._ticks_total
         stuck_at = since + self.preset.election_s * self.STUCK_PERSIST_FRACTION
         # A normal fsync: inputs wait and are batched after it, as without a writer.
-        with trio.move_on_after(self.preset.tick_s):
+        # A slow one: the ticker ends this wait at the first tick boundary at least a
+        # tick after the submit (so after one to two ticks; no timer of its own).
+        self._persist_landed, self._persist_since = landed, trio.current_time()
+        try:
             await landed.wait()
+        finally:
+            self._persist_landed = None
         if box:
             box[0].unwrap()
             return

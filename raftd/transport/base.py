@@ -222,7 +222,7 @@ class PeerQueue:
     and a failed dial discards everything queued).
     """
 
-    __slots__ = ("_event", "_q", "maxlen")
+    __slots__ = ("_event", "_q", "maxlen", "poked")
 
     def __init__(self, maxlen: int) -> None:
         if maxlen <= 0:
@@ -230,6 +230,9 @@ class PeerQueue:
         self.maxlen = maxlen
         self._q: deque[Message] = deque()
         self._event = trio.Event()
+        #: Set by :meth:`poke`: the sender should write something even if nothing is
+        #: queued (a keepalive). The sender clears it.
+        self.poked = False
 
     def __len__(self) -> int:
         return len(self._q)
@@ -254,10 +257,21 @@ class PeerQueue:
         self._q.clear()
         return n
 
+    def poke(self) -> None:
+        """Wake the sender waiting in :meth:`wait_ready` although nothing is queued."""
+        self.poked = True
+        self._event.set()
+
     async def wait_nonempty(self) -> None:
         while not self._q:
             # Replace the event before waiting: put_nowait sets whichever is current,
             # and nothing can run between this check and the assignment.
+            self._event = trio.Event()
+            await self._event.wait()
+
+    async def wait_ready(self) -> None:
+        """Wait until a message is queued or :meth:`poke` is called."""
+        while not self._q and not self.poked:
             self._event = trio.Event()
             await self._event.wait()
 

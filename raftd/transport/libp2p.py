@@ -32,6 +32,7 @@ import logging
 import os
 import random
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,7 @@ from raftd.transport.base import (
     protocol_id,
     snapshot_envelope,
 )
+from raftd.transport.directwrite import DirectWriter, direct_writer
 from raftd.wire.framing import (
     DEFAULT_MAX_FRAME_SIZE,
     FrameDecoder,
@@ -178,7 +180,16 @@ _MAX_OPEN_PATIENCE = 4
 class _Peer:
     """Outbound state for one peer (owned by its sender task)."""
 
-    __slots__ = ("addrs", "failures", "id", "open_timeout", "pid", "scope", "started")
+    __slots__ = (
+        "addrs",
+        "failures",
+        "id",
+        "last_write",
+        "open_timeout",
+        "pid",
+        "scope",
+        "started",
+    )
 
     def __init__(self, peer_id: str, pid: ID) -> None:
         self.id = peer_id
@@ -190,6 +201,9 @@ class _Peer:
         #: Bound on opening a stream over an existing connection; 0: the dial timeout.
         #: Grows while the peer proves alive but slow (see ``_open_stream``).
         self.open_timeout = 0.0
+        #: ``time.monotonic()`` of the last frame written on the open raft stream; None
+        #: while there is no stream (nothing to keep alive).
+        self.last_write: float | None = None
 
 
 class Libp2pTransport(OutboxTransport):
@@ -347,6 +361,7 @@ class Libp2pTransport(OutboxTransport):
                 self._host.set_stream_handler(self._raft_proto, self._handle_raft_stream)
                 self._host.set_stream_handler(self._snap_proto, self._handle_snap_stream)
                 nursery.start_soon(self._outbox.run_delay_line)
+                nursery.start_soon(self._keepalive)
                 for peer in list(self._peers.values()):
                     self._start_sender(peer)
                 task_status.started()
@@ -362,33 +377,53 @@ class Libp2pTransport(OutboxTransport):
 
     # --- outbound ------------------------------------------------------------------------
 
+    async def _keepalive(self) -> None:
+        """Poke the sender of every peer whose raft stream has been idle for
+        ``keepalive_interval``: it then writes an empty Batch, so the receiver's idle
+        timeout only fires on dead or frozen peers. One task for all peers, instead of a
+        timeout around every sender's wait for its queue."""
+        interval = self.config.keepalive_interval
+        while True:
+            now = time.monotonic()
+            wait = interval
+            for peer in list(self._peers.values()):
+                last = peer.last_write
+                if last is None:
+                    continue
+                idle = now - last
+                if idle >= interval:
+                    self._outbox.queue(peer.id).poke()
+                else:
+                    wait = min(wait, interval - idle)
+            await trio.sleep(wait)
+
     async def _sender(self, peer: _Peer) -> None:
         """The one writer of ``peer``'s raft stream: drain, batch, write, reconnect."""
-        cfg = self.config
         queue = self._outbox.queue(peer.id)
         stream: Any = None
+        writer: DirectWriter | None = None
         sealer: FrameSealer | None = None
         generation = self._generation
-        backoff = cfg.backoff_min
+        backoff = self.config.backoff_min
         try:
             with peer.scope:
                 while True:
                     if not len(queue):
-                        with trio.move_on_after(
-                            cfg.keepalive_interval if stream is not None else float("inf")
-                        ):
+                        if stream is None:
                             await queue.wait_nonempty()
+                        else:
+                            await queue.wait_ready()
                         if not len(queue):
+                            queue.poked = False
                             # Idle: a keepalive keeps the peer's idle timeout quiet.
-                            if (
-                                stream is not None
-                                and sealer is not None
-                                and not await self._write(
-                                    stream, encode_frame(sealer.seal(b"")), peer
-                                )
-                            ):
-                                await self._reset(stream)
-                                stream = None
+                            if stream is not None and sealer is not None:
+                                if await self._write(
+                                    stream, encode_frame(sealer.seal(b"")), peer, writer
+                                ):
+                                    peer.last_write = time.monotonic()
+                                else:
+                                    await self._reset(stream)
+                                    stream = writer = peer.last_write = None
                             continue
                     if (
                         stream is not None
@@ -400,51 +435,69 @@ class Libp2pTransport(OutboxTransport):
                     ):
                         # A newer key became usable (rotation), or ours was retired.
                         await self._close(stream)
-                        stream = None
+                        stream = writer = peer.last_write = None
                     if stream is None:
-                        # Log the first failure of an outage, not every redial.
-                        level = logging.WARNING if peer.failures == 0 else logging.DEBUG
-                        stream = await self._open_stream(peer, self._raft_proto, level)
-                        if stream is not None:
-                            generation = self._generation
-                            sealer = self._make_sealer(peer.id, "raft")
-                            if sealer is None or not await self._write(
-                                stream, encode_frame(sealer.header), peer
-                            ):
-                                await self._reset(stream)
-                                stream = None
+                        stream, writer, sealer, backoff = await self._connect(peer, backoff)
                         if stream is None:
-                            peer.failures += 1
-                            self._stats.dropped_unreachable += queue.clear()
-                            self._report_unreachable(peer.id)
-                            sleep_for, backoff = next_backoff(
-                                backoff, cfg.backoff_min, cfg.backoff_max, self._rng
-                            )
-                            await trio.sleep(sleep_for)
                             continue
-                        if peer.failures:
-                            log.info(
-                                "connected to %s after %d failed dials", peer.id, peer.failures
-                            )
-                        peer.failures = 0
-                        backoff = cfg.backoff_min
+                        generation = self._generation
                     payload, count = self._drain(peer.id, queue, sealer)
                     if not count:
                         continue
                     assert sealer is not None
                     frame = encode_frame(sealer.seal(payload))
-                    if await self._write(stream, frame, peer):
+                    if await self._write(stream, frame, peer, writer):
+                        queue.poked = False
+                        peer.last_write = time.monotonic()
                         self._stats.sent += count
                         self._stats.frames_sent += 1
                         self._stats.bytes_sent += len(frame)
+                        if len(queue):
+                            # More is queued already: let other tasks run first (a
+                            # direct write reaches no checkpoint).
+                            await trio.lowlevel.checkpoint()
                     else:
                         self._stats.dropped_unreachable += count + queue.clear()
                         await self._reset(stream)
-                        stream = None
+                        stream = writer = peer.last_write = None
                         self._report_unreachable(peer.id)
         finally:
+            peer.last_write = None
             if stream is not None:
                 await self._close(stream)
+
+    async def _connect(
+        self, peer: _Peer, backoff: float
+    ) -> tuple[Any, DirectWriter | None, FrameSealer | None, float]:
+        """Open the raft stream to ``peer`` and write the sealer's header: the stream,
+        its direct writer, the sealer and the next backoff. On failure, discard what is
+        queued, report the peer unreachable, sleep the backoff and return no stream."""
+        cfg = self.config
+        # Log the first failure of an outage, not every redial.
+        level = logging.WARNING if peer.failures == 0 else logging.DEBUG
+        stream = await self._open_stream(peer, self._raft_proto, level)
+        sealer: FrameSealer | None = None
+        writer: DirectWriter | None = None
+        if stream is not None:
+            sealer = self._make_sealer(peer.id, "raft")
+            writer = direct_writer(stream)
+            if sealer is None or not await self._write(
+                stream, encode_frame(sealer.header), peer, writer
+            ):
+                await self._reset(stream)
+                stream = None
+        if stream is None:
+            peer.failures += 1
+            self._stats.dropped_unreachable += self._outbox.queue(peer.id).clear()
+            self._report_unreachable(peer.id)
+            sleep_for, backoff = next_backoff(backoff, cfg.backoff_min, cfg.backoff_max, self._rng)
+            await trio.sleep(sleep_for)
+            return None, None, None, backoff
+        if peer.failures:
+            log.info("connected to %s after %d failed dials", peer.id, peer.failures)
+        peer.failures = 0
+        peer.last_write = time.monotonic()
+        return stream, writer, sealer, cfg.backoff_min
 
     def _drain(
         self, peer_id: str, queue: Any, sealer: FrameSealer | None = None
@@ -523,25 +576,47 @@ class Libp2pTransport(OutboxTransport):
             self._namespace, kind, local_peer=self._local_id, remote_peer=remote
         )
 
-    async def _write(self, stream: Any, data: bytes, peer: _Peer) -> bool:
+    async def _write(
+        self, stream: Any, data: bytes, peer: _Peer, writer: DirectWriter | None = None
+    ) -> bool:
         """Write ``data`` within ``write_timeout``; False on any failure (the caller
         resets the stream, since a partial write leaves the framing corrupt).
+
+        With ``writer`` (the stream's :class:`DirectWriter`), a write that need not wait
+        goes to the socket at once, without a cancel scope; one that would wait takes
+        the bounded, shielded path below (for the tail of a frame the socket took only
+        part of, too).
 
         A timed-out write also aborts every connection to the peer: the cancelled write
         may have consumed a Noise nonce or sent part of an encrypted frame, after which
         the whole connection is garbage (measured: every later stream on it hung).
         ``stream.write`` must therefore never be cancelled from outside this method.
         """
+        rest: bool | memoryview = False
+        if writer is not None:
+            try:
+                rest = writer.write_nowait(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                log.info("write to %s failed: %s", peer.id, _describe(exc))
+                return False
+            if rest is True:
+                return True
         with trio.move_on_after(self.config.write_timeout) as scope:
             # Shielded: an outside cancel (shutdown, remove_peer, a snapshot deadline)
             # must not cut a frame in half on a connection other groups share; it waits
             # for this write instead, at most write_timeout.
             scope.shield = True
             try:
-                await stream.write(data)
+                if rest is False:
+                    await stream.write(data)
+                else:
+                    assert writer is not None and not isinstance(rest, bool)
+                    await writer.finish(rest)
                 return True
             except Exception as exc:  # StreamReset/StreamClosed/StreamError/MuxedStream*
                 log.info("write to %s failed: %s", peer.id, _describe(exc))
+                if rest is not False:
+                    await self._abort_connections(peer)
                 return False
         log.warning(
             "write to %s timed out after %.1fs: dropping the connection",

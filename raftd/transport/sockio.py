@@ -95,7 +95,7 @@ class SocketIO:
         except OSError as exc:
             raise self._error(exc) from exc
 
-    async def send_all(self, data: bytes) -> None:
+    async def send_all(self, data: bytes | memoryview) -> None:
         """Write all of ``data``, waiting for room in the socket when it is full."""
         if self._fd < 0:
             await self.stream.send_all(data)

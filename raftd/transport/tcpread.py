@@ -33,13 +33,13 @@ from libp2p.io.trio import TrioTCPStream
 from raftd.transport.fastlock import take
 from raftd.transport.sockio import SocketIO
 
-__all__ = ["CHUNK", "install", "last_received"]
+__all__ = ["CHUNK", "install", "io_of", "last_received"]
 
 #: Bytes asked of the socket per receive.
 CHUNK = 64 * 1024
 
 
-def _io(stream: Any) -> SocketIO:
+def io_of(stream: Any) -> SocketIO:
     """The :class:`SocketIO` of a ``TrioTCPStream`` (one per stream, made on first use)."""
     io: SocketIO | None = getattr(stream, "_raftd_io", None)
     if io is None:
@@ -69,7 +69,7 @@ async def _read_locked(self: Any, n: int | None) -> bytes:
         del buf[:n]
         return out
     try:
-        data: bytes = await _io(self).receive_some(max(n or 0, CHUNK))
+        data: bytes = await io_of(self).receive_some(max(n or 0, CHUNK))
     except trio.BrokenResourceError as error:
         raise ConnectionClosedError(
             f"TCP connection reset by remote peer: {error}", transport="tcp"
@@ -91,7 +91,7 @@ async def _write(self: Any, data: bytes) -> None:
     lock = self.write_lock
     await take(lock)
     try:
-        await _io(self).send_all(data)
+        await io_of(self).send_all(data)
     except trio.BrokenResourceError as error:
         raise ConnectionClosedError(
             f"TCP connection reset by remote peer: {error}", transport="tcp"

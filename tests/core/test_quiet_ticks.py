@@ -1,8 +1,9 @@
 """Raft.ticks_are_quiet(n): true exactly when none of the next n ticks does anything but
 advance the timers (no message, no change of state, term or leader, no timer reset), so
-a runtime may count such ticks later, together. Checked against what ticking actually
-does, for followers, candidates, learners and leaders (with and without check-quorum),
-from many starting points."""
+a runtime may count such ticks later, together; Raft.quiet_ticks(limit): the longest
+such n, capped at the limit. Checked against what ticking actually does, for followers,
+candidates, learners and leaders (with and without check-quorum), from many starting
+points."""
 
 from __future__ import annotations
 
@@ -38,9 +39,13 @@ def _effects(r: Raft, ticks: int) -> list[bool]:
 
 def _check(r: Raft) -> None:
     predicted = [r.ticks_are_quiet(n) for n in range(1, HORIZON + 1)]
+    counted = {limit: r.quiet_ticks(limit) for limit in (1, 5, HORIZON)}
     effects = _effects(r, HORIZON)
     for n in range(1, HORIZON + 1):
         assert predicted[n - 1] == (not any(effects[:n])), (n, predicted, effects)
+    for limit, q in counted.items():  # the longest quiet run, capped at the limit
+        quiet = next((i for i, e in enumerate(effects) if e), HORIZON)
+        assert q == min(limit, quiet), (limit, q, effects)
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -78,4 +83,5 @@ def test_learner_never_campaigns() -> None:
     r.apply_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, "a"))
     assert not r.promotable()
     assert all(r.ticks_are_quiet(n) for n in range(1, 100))
+    assert r.quiet_ticks(64) == 64
     assert not any(_effects(r, 100))
