@@ -45,6 +45,7 @@ from google.protobuf.message import DecodeError
 from libp2p.custom_types import TProtocol
 
 from raftd.transport.base import protocol_id
+from raftd.transport.directwrite import direct_writer, write_within
 from raftd.transport.fastlock import take_all
 from raftd.transport.libp2p import FrameReader, parse_peer_id
 from raftd.wire.framing import FrameError, encode_frame
@@ -241,6 +242,7 @@ class CmdStream:
         self._sealing = sealing
         self._config = config
         self._reader = FrameReader(stream, config.max_frame_size, config.read_chunk)
+        self._writer = direct_writer(stream)
         self._header_out = uses_headers  # our header still to be written
         self._header_in = peer_header_pending  # the peer's header still to be read
         self.failed = False
@@ -319,16 +321,14 @@ class CmdStream:
             self.failed = True
             raise CmdStreamError(f"cannot seal a frame: {exc}") from exc
         data = b"".join(parts)
-        with trio.move_on_after(self._config.write_timeout) as scope:
-            # Shielded: a write cancelled half-way corrupts the framing (and possibly the
-            # Noise session under it); it gets write_timeout, then the stream is reset.
-            scope.shield = True
-            try:
-                await self.stream.write(data)
+        # Shielded (a write cancelled half-way corrupts the framing, and possibly the
+        # Noise session under it): it gets write_timeout, then the stream is reset.
+        try:
+            if await write_within(self.stream, self._writer, data, self._config.write_timeout):
                 return
-            except Exception as exc:
-                self.failed = True
-                raise CmdStreamError(f"write failed: {_describe(exc)}") from exc
+        except Exception as exc:
+            self.failed = True
+            raise CmdStreamError(f"write failed: {_describe(exc)}") from exc
         self.failed = True
         raise CmdStreamError(f"write timed out after {self._config.write_timeout:.1f}s")
 

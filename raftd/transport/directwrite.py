@@ -48,7 +48,7 @@ from libp2p.stream_muxer.yamux.yamux import YamuxStream
 from raftd.transport.sockio import SocketIO
 from raftd.transport.tcpread import io_of
 
-__all__ = ["DirectWriter", "direct_writer"]
+__all__ = ["DirectWriter", "direct_writer", "write_within"]
 
 _HEADER = struct.Struct(_yamux.YAMUX_HEADER_FORMAT)
 #: Payload bytes of one DATA frame that also fit one Noise message.
@@ -150,3 +150,28 @@ def direct_writer(stream: Any) -> DirectWriter | None:
     ):
         return None
     return DirectWriter(stream, ys, conn, noise, tcp, io_of(tcp))
+
+
+async def write_within(
+    stream: Any, writer: DirectWriter | None, data: bytes, seconds: float
+) -> bool:
+    """Write ``data`` on ``stream`` (a libp2p stream; ``writer`` its
+    :class:`DirectWriter`, if it has one) within ``seconds``, shielded from outside
+    cancellation: a write cut short would leave part of a frame, or a used Noise nonce,
+    on a connection other streams share. A write that need not wait is done at once,
+    without a cancel scope. False if the time ran out: the connection may then hold
+    part of a frame and must be dropped. The write's own errors propagate."""
+    rest: bool | memoryview = False
+    if writer is not None:
+        rest = writer.write_nowait(data)
+        if rest is True:
+            return True
+    with trio.move_on_after(seconds) as scope:
+        scope.shield = True
+        if isinstance(rest, memoryview):
+            assert writer is not None
+            await writer.finish(rest)
+        else:
+            await stream.write(data)
+        return True
+    return False

@@ -70,7 +70,7 @@ from raftd.transport.base import (
     protocol_id,
     snapshot_envelope,
 )
-from raftd.transport.directwrite import DirectWriter, direct_writer
+from raftd.transport.directwrite import DirectWriter, direct_writer, write_within
 from raftd.wire.framing import (
     DEFAULT_MAX_FRAME_SIZE,
     FrameDecoder,
@@ -579,45 +579,23 @@ class Libp2pTransport(OutboxTransport):
     async def _write(
         self, stream: Any, data: bytes, peer: _Peer, writer: DirectWriter | None = None
     ) -> bool:
-        """Write ``data`` within ``write_timeout``; False on any failure (the caller
-        resets the stream, since a partial write leaves the framing corrupt).
-
-        With ``writer`` (the stream's :class:`DirectWriter`), a write that need not wait
-        goes to the socket at once, without a cancel scope; one that would wait takes
-        the bounded, shielded path below (for the tail of a frame the socket took only
-        part of, too).
+        """Write ``data`` within ``write_timeout``, shielded from outside cancellation
+        (:func:`~raftd.transport.directwrite.write_within`; with ``writer``, the stream's
+        :class:`DirectWriter`, a write that need not wait costs no cancel scope). False
+        on any failure (the caller resets the stream, since a partial write leaves the
+        framing corrupt).
 
         A timed-out write also aborts every connection to the peer: the cancelled write
         may have consumed a Noise nonce or sent part of an encrypted frame, after which
         the whole connection is garbage (measured: every later stream on it hung).
         ``stream.write`` must therefore never be cancelled from outside this method.
         """
-        rest: bool | memoryview = False
-        if writer is not None:
-            try:
-                rest = writer.write_nowait(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                log.info("write to %s failed: %s", peer.id, _describe(exc))
-                return False
-            if rest is True:
+        try:
+            if await write_within(stream, writer, data, self.config.write_timeout):
                 return True
-        with trio.move_on_after(self.config.write_timeout) as scope:
-            # Shielded: an outside cancel (shutdown, remove_peer, a snapshot deadline)
-            # must not cut a frame in half on a connection other groups share; it waits
-            # for this write instead, at most write_timeout.
-            scope.shield = True
-            try:
-                if rest is False:
-                    await stream.write(data)
-                else:
-                    assert writer is not None and not isinstance(rest, bool)
-                    await writer.finish(rest)
-                return True
-            except Exception as exc:  # StreamReset/StreamClosed/StreamError/MuxedStream*
-                log.info("write to %s failed: %s", peer.id, _describe(exc))
-                if rest is not False:
-                    await self._abort_connections(peer)
-                return False
+        except Exception as exc:  # StreamReset/StreamClosed/StreamError/MuxedStream*
+            log.info("write to %s failed: %s", peer.id, _describe(exc))
+            return False
         log.warning(
             "write to %s timed out after %.1fs: dropping the connection",
             peer.id,
