@@ -106,13 +106,21 @@ class RaftLog:
         )
 
     # -- indexes ---------------------------------------------------------------------------
+    # first_index and last_index are Unstable.maybe_first_index / maybe_last_index, then
+    # the storage's, written out: the core asks for them several times per message.
     def first_index(self) -> int:
-        i = self.unstable.maybe_first_index()
-        return i if i is not None else self.storage.first_index()
+        snap = self.unstable.snapshot
+        if snap is not None:
+            return snap.metadata.index + 1
+        return self.storage.first_index()
 
     def last_index(self) -> int:
-        i = self.unstable.maybe_last_index()
-        return i if i is not None else self.storage.last_index()
+        u = self.unstable
+        if u.entries:
+            return u.offset + len(u.entries) - 1
+        if u.snapshot is not None:
+            return u.snapshot.metadata.index
+        return self.storage.last_index()
 
     def term(self, i: int) -> int:
         """Term of entry ``i``. Raises :class:`CompactedError` / :class:`UnavailableError`."""

@@ -31,7 +31,7 @@ def committed_index(voters: Collection[NodeId], match: Mapping[NodeId, int]) -> 
     """
     if not voters:
         return 0
-    acked = sorted((match.get(v, 0) for v in voters), reverse=True)
+    acked = sorted([match.get(v, 0) for v in voters], reverse=True)
     return acked[majority(len(acked)) - 1]
 
 

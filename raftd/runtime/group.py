@@ -128,6 +128,11 @@ class MetaOnlyStorage:
     def __init__(self, inner: RaftStorage, applied: int = 0) -> None:
         self.inner = inner
         self.applied = applied
+        # The reads the core makes several times per message go straight to the store.
+        self.entries: Callable[..., list[Entry]] = inner.entries
+        self.term: Callable[[int], int] = inner.term
+        self.last_index: Callable[[], int] = inner.last_index
+        self.first_index: Callable[[], int] = inner.first_index
 
     def initial_state(self) -> Any:
         """The stored hard state, with its commit index raised to the state machine's
@@ -139,18 +144,6 @@ class MetaOnlyStorage:
         if commit > hs.commit and not hs.is_empty():
             hs = replace(hs, commit=commit)
         return hs, cs
-
-    def entries(self, lo: int, hi: int, max_size: int | None = None) -> list[Entry]:
-        return self.inner.entries(lo, hi, max_size)
-
-    def term(self, index: int) -> int:
-        return self.inner.term(index)
-
-    def last_index(self) -> int:
-        return self.inner.last_index()
-
-    def first_index(self) -> int:
-        return self.inner.first_index()
 
     def snapshot(self) -> Snapshot:
         return Snapshot(metadata=self.inner.snapshot_metadata())
