@@ -437,10 +437,11 @@ class Libp2pTransport(OutboxTransport):
                         await self._close(stream)
                         stream = writer = peer.last_write = None
                     if stream is None:
-                        stream, writer, sealer, backoff = await self._connect(peer, backoff)
+                        stream, writer, sealer, generation, backoff = await self._connect(
+                            peer, backoff
+                        )
                         if stream is None:
                             continue
-                        generation = self._generation
                     payload, count = self._drain(peer.id, queue, sealer)
                     if not count:
                         continue
@@ -468,16 +469,18 @@ class Libp2pTransport(OutboxTransport):
 
     async def _connect(
         self, peer: _Peer, backoff: float
-    ) -> tuple[Any, DirectWriter | None, FrameSealer | None, float]:
+    ) -> tuple[Any, DirectWriter | None, FrameSealer | None, int, float]:
         """Open the raft stream to ``peer`` and write the sealer's header: the stream,
-        its direct writer, the sealer and the next backoff. On failure, discard what is
-        queued, report the peer unreachable, sleep the backoff and return no stream."""
+        its direct writer, the sealer, the key generation the sealer was made in and the
+        next backoff. On failure, discard what is queued, report the peer unreachable,
+        sleep the backoff and return no stream."""
         cfg = self.config
         # Log the first failure of an outage, not every redial.
         level = logging.WARNING if peer.failures == 0 else logging.DEBUG
         stream = await self._open_stream(peer, self._raft_proto, level)
         sealer: FrameSealer | None = None
         writer: DirectWriter | None = None
+        generation = self._generation  # read after the dial: the sealer's key ring
         if stream is not None:
             sealer = self._make_sealer(peer.id, "raft")
             writer = direct_writer(stream)
@@ -492,12 +495,12 @@ class Libp2pTransport(OutboxTransport):
             self._report_unreachable(peer.id)
             sleep_for, backoff = next_backoff(backoff, cfg.backoff_min, cfg.backoff_max, self._rng)
             await trio.sleep(sleep_for)
-            return None, None, None, backoff
+            return None, None, None, generation, backoff
         if peer.failures:
             log.info("connected to %s after %d failed dials", peer.id, peer.failures)
         peer.failures = 0
         peer.last_write = time.monotonic()
-        return stream, writer, sealer, cfg.backoff_min
+        return stream, writer, sealer, generation, cfg.backoff_min
 
     def _drain(
         self, peer_id: str, queue: Any, sealer: FrameSealer | None = None
