@@ -100,8 +100,15 @@ class DirectWriter:
         tcp_lock = self._tcp.write_lock
         if conn_lock.locked() or tcp_lock.locked():
             return False
-        conn_lock.acquire_nowait()
-        tcp_lock.acquire_nowait()
+        try:
+            conn_lock.acquire_nowait()
+        except trio.WouldBlock:
+            return False
+        try:
+            tcp_lock.acquire_nowait()
+        except trio.WouldBlock:
+            conn_lock.release()
+            return False
         try:
             ys.send_window -= n
             enc = self._noise.noise_state.encrypt(
