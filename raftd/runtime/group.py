@@ -1028,18 +1028,18 @@ class Group(Generic[ST, SM]):
     async def _persist(self, node: RawNode, rd: Ready) -> None:
         """Write ``rd``'s entries and hard state durably without stopping Raft.
 
-        The fsync runs in the database's writer thread. Once it has taken longer than a
-        tick (seen at the next tick boundary), the loop keeps stepping inputs while it
-        waits: a follower reads the
-        heartbeats queued behind its slow disk (and so does not time out its leader), and
-        a leader counts its followers' acknowledgements and sends its appends and
-        heartbeats (:meth:`RawNode.take_early_messages`), so two healthy followers keep
-        committing. Acknowledgements and votes still wait for their own persist. A
-        leader whose persist is still outstanding after ``STUCK_PERSIST_FRACTION`` of an
-        election timeout, while its own event loop keeps time and the process was not held
-        off the CPU (:class:`~raftd.runtime.starvation.CpuStarvation`: so the disk is slow,
-        not the CPU), hands leadership to the most caught-up voter (one with a slow disk of
-        its own lags in acknowledgements, so it is not picked)."""
+        The fsync runs in the database's writer thread. Once it has taken longer than a tick
+        (seen at the next tick boundary), the loop keeps stepping inputs while it waits: a
+        follower reads the heartbeats queued behind its slow disk (and so does not time out
+        its leader), and a leader counts its followers' acknowledgements and sends its
+        appends and heartbeats (:meth:`RawNode.take_early_messages`), so two healthy
+        followers keep committing. Acknowledgements and votes still wait for their own
+        persist. A leader whose persist is still outstanding after
+        ``STUCK_PERSIST_FRACTION`` of an election timeout, while its own event loop keeps
+        time and the process was not held off the CPU
+        (:class:`~raftd.runtime.starvation.CpuStarvation`: so the disk is slow, not the
+        CPU), hands leadership to the most caught-up voter (one with a slow disk of its own
+        lags in acknowledgements, so it is not picked)."""
         box: list[outcome.Outcome[None]] = []
         landed = trio.Event()
 
