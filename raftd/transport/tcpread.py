@@ -33,7 +33,7 @@ from libp2p.io.trio import TrioTCPStream
 from raftd.transport.fastlock import take
 from raftd.transport.sockio import SocketIO
 
-__all__ = ["CHUNK", "install", "io_of", "last_received"]
+__all__ = ["CHUNK", "install", "installed", "io_of", "last_received"]
 
 #: Bytes asked of the socket per receive.
 CHUNK = 64 * 1024
@@ -114,3 +114,8 @@ def install() -> None:
     Idempotent."""
     TrioTCPStream.read = _buffered_read  # type: ignore[method-assign]
     TrioTCPStream.write = _write  # type: ignore[method-assign]
+
+
+def installed() -> bool:
+    """Whether :func:`install` is in effect."""
+    return TrioTCPStream.read is _buffered_read

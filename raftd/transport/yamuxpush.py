@@ -37,7 +37,7 @@ from typing import Any, Literal
 import trio
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
-from raftd.transport import yamuxrecv
+from raftd.transport import yamuxrecv, yamuxwin
 from raftd.transport.yamuxrecv import SINK_ATTR
 from raftd.wire.framing import FrameDecoder, FrameError
 
@@ -91,7 +91,7 @@ class PushReader:
             self._wake()
             return
         ms = self._ms
-        if ms.target_recv_window - ms.recv_window >= ms._grow_threshold():
+        if ms.target_recv_window - ms.recv_window >= yamuxwin.grow_threshold(ms):
             self._wake()  # credit is due: the reader's task sends it
 
     def _wake(self) -> None:

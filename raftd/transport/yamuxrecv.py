@@ -34,7 +34,12 @@ each frame to the library to wait in that queue keeps the queue alive, and almos
 frame would take the fast path. Every other frame (SYN, ACK, FIN, RST,
 PING, GO_AWAY, a body not yet in the buffer, an unknown stream) is handed to the
 library's loop unchanged, and the library reads and handles it as before. The body of a
-frame that must still arrive is read by the library, bounded by its timeout as before.
+frame that must still arrive is read bounded by the library's timeout, as before.
+
+On a Noise-over-TCP connection, headers and such bodies are read from the secure session
+by :class:`~raftd.transport.directread.NoiseReader`, which decrypts whole Noise messages
+from the TCP buffer into the session's buffer in one layer; other stacks read through
+the library's ``read_exactly``.
 
 Like :mod:`raftd.transport.yamuxsend`, this patches the library's classes once, at
 host creation; upstream, it belongs in ``Yamux.handle_incoming`` itself.
@@ -53,6 +58,8 @@ from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
+from raftd.transport.directread import NoiseReader, noise_reader
+
 __all__ = ["SINK_ATTR", "counts", "install", "installed"]
 
 _HEADER = struct.Struct(_yamux.YAMUX_HEADER_FORMAT)
@@ -68,8 +75,11 @@ _ORIGINAL_READ_DATA_BODY = Yamux._read_data_body
 counts = {"taken": 0, "passed": 0, "pushed": 0}
 #: The attribute of a stream that holds its push sink (see raftd.transport.yamuxpush).
 SINK_ATTR = "_raftd_sink"
-#: Which connection (secure session) feeds which muxer's loop.
-_MUXERS: weakref.WeakKeyDictionary[Any, weakref.ref[Any]] = weakref.WeakKeyDictionary()
+#: Which connection (secure session) feeds which muxer's loop, and the session's direct
+#: reader (raftd.transport.directread), if its stack has one.
+_MUXERS: weakref.WeakKeyDictionary[Any, tuple[weakref.ref[Any], NoiseReader | None]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _take(mux: Any, conn: Any, header: bytes) -> bool:
@@ -121,12 +131,16 @@ async def _read_exactly(reader: Any, n: int, *args: Any, **kwargs: Any) -> bytes
     """``read_exactly`` as the Yamux loop sees it: for a frame header on a connection
     with a registered muxer, the fast frames are handled here and the first other
     header is returned."""
-    ref = _MUXERS.get(reader) if n == _HEADER_SIZE else None
-    mux = ref() if ref is not None else None
+    entry = _MUXERS.get(reader) if n == _HEADER_SIZE else None
+    mux = entry[0]() if entry is not None else None
     if mux is None:
         return await _library_read_exactly(reader, n, *args, **kwargs)
+    direct = entry[1] if entry is not None else None
     while True:
-        header = await _library_read_exactly(reader, n, *args, **kwargs)
+        if direct is not None:
+            header = await direct.read_exactly(reader, n)
+        else:
+            header = await _library_read_exactly(reader, n, *args, **kwargs)
         if len(header) != _HEADER_SIZE or not _take(mux, reader, header):
             counts["passed"] += 1
             return header
@@ -134,16 +148,23 @@ async def _read_exactly(reader: Any, n: int, *args: Any, **kwargs: Any) -> bytes
 
 
 async def _handle_incoming(self: Any) -> None:
-    if isinstance(self.secured_conn, SecureSession):
-        _MUXERS[self.secured_conn] = weakref.ref(self)
+    conn = self.secured_conn
+    if isinstance(conn, SecureSession):
+        _MUXERS[conn] = (weakref.ref(self), noise_reader(conn))
     await _ORIGINAL_HANDLE_INCOMING(self)
 
 
 async def _read_data_body(self: Any, length: int) -> bytes:
-    # The library's body read, through the library's own read_exactly: a body that
-    # happens to be a header's size is never taken for a header.
+    # The library's body read, bounded as the library bounds it. Not through the
+    # patched read_exactly: a body that happens to be a header's size is never taken
+    # for a header.
+    conn = self.secured_conn
+    entry = _MUXERS.get(conn)
+    direct = entry[1] if entry is not None else None
     with trio.fail_after(_yamux._yamux_data_read_timeout()):
-        return await _library_read_exactly(self.secured_conn, length)
+        if direct is not None:
+            return await direct.read_exactly(conn, length)
+        return await _library_read_exactly(conn, length)
 
 
 def install() -> None:

@@ -31,16 +31,35 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
-__all__ = ["install", "installed"]
+__all__ = ["grow_threshold", "install", "installed"]
+
+#: The library's ``PY_YAMUX_*`` threshold settings, read from the environment once (the
+#: library reads them on every call: a dozen calls per frame received).
+_settings = {"divisor": 2, "hysteresis": True}
+
+
+def _read_settings() -> None:
+    _settings["divisor"] = _yamux._yamux_batch_threshold_divisor()
+    _settings["hysteresis"] = not _yamux._yamux_disable_hysteresis()
+
+
+def grow_threshold(stream: Any) -> int:
+    """``YamuxStream._grow_threshold()`` with the settings read at :func:`install`: the
+    credit below which no window update is sent."""
+    if not _settings["hysteresis"]:
+        return 0
+    target: int = stream.target_recv_window
+    return target // _settings["divisor"]
 
 
 async def _grant_window(self: Any, *, bytes_read: int = 0) -> None:
     del bytes_read  # the credit owed follows from the window and the buffer alone
     buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
     delta = self.target_recv_window - (self.recv_window + buffered)
-    if delta <= 0 or delta < self._grow_threshold():
+    if delta <= 0 or delta < grow_threshold(self):
         return
     self.recv_window += delta
     self._pending_recv_release = 0
@@ -54,6 +73,7 @@ _ORIGINAL = YamuxStream._auto_tune_and_send_window_update
 def install() -> None:
     """Make every ``YamuxStream`` grant credit by the go-yamux rule (see the module
     docstring), unless ``PY_YAMUX_RELEASE_ON_READ`` is set to a true value. Idempotent."""
+    _read_settings()
     if os.environ.get("PY_YAMUX_RELEASE_ON_READ", "0").upper() in ("1", "TRUE", "YES"):
         YamuxStream._auto_tune_and_send_window_update = _ORIGINAL  # type: ignore[method-assign]
         return

@@ -72,3 +72,26 @@ async def test_credit_is_granted_once_half_the_window_is_read(
             # Each grant is at least half the initial window: no per-read updates.
             assert min(updates) >= (256 * 1024) // 2
             await stream.close()
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{}, {"PY_YAMUX_BATCH_THRESHOLD_DIV": "4"}, {"PY_YAMUX_DISABLE_HYSTERESIS": "1"}],
+)
+def test_the_threshold_is_the_librarys_with_the_settings_read_once(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Stream:
+        target_recv_window = 256 * 1024 + 3
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:
+        yamuxwin.install()
+        expected = YamuxStream._grow_threshold(Stream())  # type: ignore[arg-type]
+        for name in env:
+            monkeypatch.delenv(name)  # read at install, not on every call
+        assert yamuxwin.grow_threshold(Stream()) == expected
+    finally:
+        monkeypatch.undo()
+        yamuxwin.install()
