@@ -215,11 +215,11 @@ class Raft:
         if m.type in (MT.VOTE, MT.VOTE_RESP, MT.PRE_VOTE, MT.PRE_VOTE_RESP):
             if m.term == 0:
                 raise ValueError(f"term should be set when sending {m.type.name}")
-            self.msgs.append(_with(m, frm=self.id))
+            self.msgs.append(_stamped(m, self.id, m.term))
         elif m.type in (MT.PROP, MT.READ_INDEX):
-            self.msgs.append(_with(m, frm=self.id, term=0))
+            self.msgs.append(_stamped(m, self.id, 0))
         else:
-            self.msgs.append(_with(m, frm=self.id, term=self.term))
+            self.msgs.append(_stamped(m, self.id, self.term))
 
     def flush_broadcast(self) -> None:
         """Send the appends deferred by proposals and commit advances."""
@@ -975,3 +975,23 @@ class Raft:
 def _with(m: Message, **changes: Any) -> Message:
     """A copy of ``m`` with some fields replaced (Message is frozen)."""
     return replace(m, **changes)
+
+
+def _stamped(m: Message, frm: NodeId, term: int) -> Message:
+    """``_with(m, frm=frm, term=term)``, spelled out: every message sent passes here, and
+    ``dataclasses.replace`` inspects the class's fields on each call."""
+    return Message(
+        type=m.type,
+        to=m.to,
+        frm=frm,
+        term=term,
+        log_term=m.log_term,
+        index=m.index,
+        entries=m.entries,
+        commit=m.commit,
+        snapshot=m.snapshot,
+        reject=m.reject,
+        reject_hint=m.reject_hint,
+        context=m.context,
+        commit_only=m.commit_only,
+    )
