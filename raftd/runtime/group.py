@@ -943,15 +943,22 @@ class Group(Generic[ST, SM]):
 
     def _send(self, msgs: list[Message]) -> None:
         now: float | None = None
-        for m in msgs:
-            if m.type == MessageType.SNAP:
-                self._start_snapshot_send(m)
-                continue
-            if m.type == MessageType.HEARTBEAT:  # only a leader sends them
-                if now is None:
-                    now = self.clock()
-                self._rtt.sent(m.to, now)
-            self.transport.send(m.to, m)
+        transport = self.transport
+        # One batch: each peer's messages go out in one write, from this task when the
+        # stream is free (no sender task to wake).
+        transport.hold()
+        try:
+            for m in msgs:
+                if m.type == MessageType.SNAP:
+                    self._start_snapshot_send(m)
+                    continue
+                if m.type == MessageType.HEARTBEAT:  # only a leader sends them
+                    if now is None:
+                        now = self.clock()
+                    self._rtt.sent(m.to, now)
+                transport.send(m.to, m)
+        finally:
+            transport.flush()
 
     async def _handle_ready(self, node: RawNode, rd: Ready) -> None:
         # 0. A leader's appends and heartbeats go out while it persists (they promise

@@ -245,6 +245,14 @@ class PeerQueue:
         self._event.set()
         return True
 
+    def put_quiet(self, msg: Message) -> bool:
+        """Append ``msg`` without waking the sender (the caller writes it, or wakes the
+        sender with :meth:`poke`); False (and nothing queued) if the queue is full."""
+        if len(self._q) >= self.maxlen:
+            return False
+        self._q.append(msg)
+        return True
+
     def popleft(self) -> Message:
         return self._q.popleft()
 
@@ -334,8 +342,11 @@ class Outbox:
                 return
         self.enqueue(peer_id, msg)
 
-    def enqueue(self, peer_id: str, msg: Message) -> None:
-        if self.queue(peer_id).put_nowait(msg):
+    def enqueue(self, peer_id: str, msg: Message, *, quiet: bool = False) -> None:
+        """Queue ``msg`` for ``peer_id`` past the filter and the faults (``quiet``: without
+        waking its sender, see :meth:`PeerQueue.put_quiet`); count and log a full queue."""
+        q = self.queue(peer_id)
+        if q.put_quiet(msg) if quiet else q.put_nowait(msg):
             self._full_logged.discard(peer_id)
             return
         self.stats.count_queue_drop(peer_id)
@@ -404,7 +415,19 @@ class Transport(Protocol):
         ...
 
     def send(self, peer_id: str, msg: Message) -> None:
-        """Queue ``msg`` for ``peer_id``; never blocks (drops and counts when full)."""
+        """Queue ``msg`` for ``peer_id``; never blocks (drops and counts when full).
+        Between :meth:`hold` and :meth:`flush`, the message may wait for ``flush``."""
+        ...
+
+    def hold(self) -> None:
+        """Start a batch of sends: until :meth:`flush`, queued messages may wait for it
+        (so it can write them from the caller's task, without waking a sender)."""
+        ...
+
+    def flush(self) -> None:
+        """End the batch :meth:`hold` started: write what it queued where that needs no
+        wait, from the caller's task, and wake the senders of the rest. Never blocks,
+        never raises for network reasons."""
         ...
 
     def pending(self, peer_id: str) -> int:
@@ -470,6 +493,12 @@ class OutboxTransport(abc.ABC):
 
     def pending(self, peer_id: str) -> int:
         return self._outbox.pending(peer_id)
+
+    def hold(self) -> None:  # noqa: B027 - a default, not an abstract step
+        """Nothing to do: every queued message wakes its sender at once."""
+
+    def flush(self) -> None:  # noqa: B027 - a default, not an abstract step
+        """Nothing to do: every queued message already woke its sender."""
 
     def set_fault(
         self, drop_rate: float = 0.0, delay_s: float = 0.0, seed: int | None = None

@@ -48,7 +48,7 @@ from libp2p.stream_muxer.yamux.yamux import YamuxStream
 from raftd.transport.sockio import SocketIO
 from raftd.transport.tcpread import io_of
 
-__all__ = ["DirectWriter", "direct_writer", "write_within"]
+__all__ = ["DirectWriter", "direct_writer", "finish_within", "write_within"]
 
 _HEADER = struct.Struct(_yamux.YAMUX_HEADER_FORMAT)
 #: Payload bytes of one DATA frame that also fit one Noise message.
@@ -163,17 +163,25 @@ async def write_within(
     on a connection other streams share. A write that need not wait is done at once,
     without a cancel scope. False if the time ran out: the connection may then hold
     part of a frame and must be dropped. The write's own errors propagate."""
-    rest: bool | memoryview = False
     if writer is not None:
         rest = writer.write_nowait(data)
         if rest is True:
             return True
+        if isinstance(rest, memoryview):
+            return await finish_within(writer, rest, seconds)
     with trio.move_on_after(seconds) as scope:
         scope.shield = True
-        if isinstance(rest, memoryview):
-            assert writer is not None
-            await writer.finish(rest)
-        else:
-            await stream.write(data)
+        await stream.write(data)
+        return True
+    return False
+
+
+async def finish_within(writer: DirectWriter, rest: memoryview, seconds: float) -> bool:
+    """:meth:`DirectWriter.finish` within ``seconds``, shielded from outside cancellation
+    (see :func:`write_within`); False if the time ran out (drop the connection). The
+    locks are released either way; the write's own errors propagate."""
+    with trio.move_on_after(seconds) as scope:
+        scope.shield = True
+        await writer.finish(rest)
         return True
     return False

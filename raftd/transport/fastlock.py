@@ -10,7 +10,9 @@ Yamux connection's ``streams_lock`` on every read and every frame received.
 :func:`take` acquires a lock at once when it is free and nobody waits for it, and waits
 in line otherwise: the exclusion and the FIFO order are trio's own. :class:`FastLock` is
 a ``trio.Lock`` with that acquire. :func:`install` gives every new ``NetStream`` and
-``Yamux`` connection a :class:`FastLock` for those two locks.
+``Yamux`` connection a :class:`FastLock` for those two locks, and every connection's two
+write locks (Yamux's and the TCP stream's) a :class:`HandoffLock`, which another task
+may release.
 
 A task that only takes free locks does not yield: each of the patched paths still
 reaches a real checkpoint (a socket wait, or the one checkpoint kept per frame written,
@@ -25,13 +27,14 @@ import types
 from typing import Any
 
 import trio
+from libp2p.io.trio import TrioTCPStream
 from libp2p.network.stream.net_stream import NetStream
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-__all__ = ["FastLock", "install", "take", "take_all"]
+__all__ = ["FastLock", "HandoffLock", "install", "take", "take_all"]
 
 
-async def take(lock: trio.Lock) -> None:
+async def take(lock: trio.Lock | trio.Semaphore) -> None:
     """Acquire ``lock``: at once and without a checkpoint when it is free and nobody
     waits for it, else by waiting in line as ``lock.acquire()`` does."""
     try:
@@ -88,8 +91,51 @@ class FastLock:
         self._lock.release()
 
 
+class HandoffLock:
+    """A FIFO lock that any task may release, with :class:`FastLock`'s acquire.
+
+    A ``trio.Lock`` belongs to the task that took it. The two write locks of a
+    connection (Yamux's and the TCP stream's) are sometimes taken by one task and
+    released by another: a direct write from the Raft loop that the socket took only in
+    part leaves them held, with the rest of the frame, for the stream's sender task to
+    finish (:mod:`raftd.transport.directwrite`). Exclusion and order are those of a
+    ``trio.Semaphore`` of one."""
+
+    __slots__ = ("_sem",)
+
+    def __init__(self) -> None:
+        self._sem = trio.Semaphore(1, max_value=1)
+
+    async def acquire(self) -> None:
+        await take(self._sem)
+
+    def acquire_nowait(self) -> None:
+        self._sem.acquire_nowait()
+
+    def release(self) -> None:
+        self._sem.release()
+
+    def locked(self) -> bool:
+        return self._sem.value == 0
+
+    def statistics(self) -> Any:
+        return self._sem.statistics()
+
+    async def __aenter__(self) -> None:
+        await take(self._sem)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        self._sem.release()
+
+
 _NETSTREAM_INIT = NetStream.__init__
 _YAMUX_INIT = Yamux.__init__
+_TCP_INIT = TrioTCPStream.__init__
 
 
 def _netstream_init(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -100,9 +146,18 @@ def _netstream_init(self: Any, *args: Any, **kwargs: Any) -> None:
 def _yamux_init(self: Any, *args: Any, **kwargs: Any) -> None:
     _YAMUX_INIT(self, *args, **kwargs)
     self.streams_lock = FastLock()
+    self._write_lock = HandoffLock()
+
+
+def _tcp_init(self: Any, *args: Any, **kwargs: Any) -> None:
+    _TCP_INIT(self, *args, **kwargs)
+    self.write_lock = HandoffLock()
 
 
 def install() -> None:
-    """Give new ``NetStream`` and ``Yamux`` objects their :class:`FastLock`. Idempotent."""
+    """Give new ``NetStream`` and ``Yamux`` objects their :class:`FastLock`, and new
+    ``Yamux`` connections and TCP streams a :class:`HandoffLock` to write under.
+    Idempotent."""
     NetStream.__init__ = _netstream_init  # type: ignore[method-assign]
     Yamux.__init__ = _yamux_init  # type: ignore[method-assign]
+    TrioTCPStream.__init__ = _tcp_init  # type: ignore[method-assign]

@@ -62,6 +62,7 @@ from raftd.transport.base import (
     OnUnreachable,
     Outbox,
     OutboxTransport,
+    PeerQueue,
     SnapshotSource,
     TransportStats,
     is_routable,
@@ -70,7 +71,12 @@ from raftd.transport.base import (
     protocol_id,
     snapshot_envelope,
 )
-from raftd.transport.directwrite import DirectWriter, direct_writer, write_within
+from raftd.transport.directwrite import (
+    DirectWriter,
+    direct_writer,
+    finish_within,
+    write_within,
+)
 from raftd.wire.framing import (
     DEFAULT_MAX_FRAME_SIZE,
     FrameDecoder,
@@ -177,13 +183,47 @@ class FrameReader:
 _MAX_OPEN_PATIENCE = 4
 
 
+class _Idle:
+    """What a sender parked with an open stream lends :meth:`Libp2pTransport.flush`: the
+    queue it waits on, its stream's direct writer and sealer, and the key generation the
+    stream was opened in."""
+
+    __slots__ = ("generation", "queue", "sealer", "unflushed", "writer")
+
+    def __init__(
+        self, queue: PeerQueue, writer: DirectWriter, sealer: FrameSealer, gen: int
+    ) -> None:
+        self.queue = queue
+        self.writer = writer
+        self.sealer = sealer
+        self.generation = gen
+        #: Messages were queued quietly and await :meth:`Libp2pTransport.flush`.
+        self.unflushed = False
+
+
+class _Handoff:
+    """A frame :meth:`Libp2pTransport.flush` sealed but could not finish writing, left to
+    the sender: the whole frame (the direct write would have waited), the tail of a
+    frame written in part (the stream's write locks are held until it is sent), or the
+    error the write raised."""
+
+    __slots__ = ("count", "data", "nbytes")
+
+    def __init__(self, data: bytes | memoryview | Exception, count: int, nbytes: int) -> None:
+        self.data = data
+        self.count = count
+        self.nbytes = nbytes
+
+
 class _Peer:
     """Outbound state for one peer (owned by its sender task)."""
 
     __slots__ = (
         "addrs",
         "failures",
+        "handoff",
         "id",
+        "idle",
         "last_write",
         "open_timeout",
         "pid",
@@ -204,6 +244,10 @@ class _Peer:
         #: ``time.monotonic()`` of the last frame written on the open raft stream; None
         #: while there is no stream (nothing to keep alive).
         self.last_write: float | None = None
+        #: Set while the sender waits for messages with an open stream (see ``flush``).
+        self.idle: _Idle | None = None
+        #: What ``flush`` left the sender to finish.
+        self.handoff: _Handoff | None = None
 
 
 class Libp2pTransport(OutboxTransport):
@@ -256,6 +300,10 @@ class Libp2pTransport(OutboxTransport):
         #: Inbound raft streams read by push (raftd.transport.yamuxpush) where the
         #: connection allows it; False reads them through the stream as before.
         self.push_reads = True
+        #: Between hold() and flush(): sends to a parked sender are queued quietly.
+        self._holding = False
+        #: Peers whose idle sender has messages queued quietly, for ``flush``.
+        self._unflushed: list[_Peer] = []
 
     # --- properties --------------------------------------------------------------------
 
@@ -311,14 +359,76 @@ class Libp2pTransport(OutboxTransport):
                 peer_id,
             )
             return
-        if peer_id not in self._peers:
+        peer = self._peers.get(peer_id)
+        if peer is None:
             try:
-                self._peer(peer_id)
+                peer = self._peer(peer_id)
             except ValueError as exc:
                 self._stats.dropped_invalid += 1
                 log.error("cannot send to %r: %s", peer_id, exc)
                 return
-        self._outbox.submit(peer_id, msg)
+        idle = peer.idle
+        outbox = self._outbox
+        if (
+            not self._holding
+            or idle is None
+            or outbox.filter is not None
+            or outbox.fault is not None
+        ):
+            outbox.submit(peer_id, msg)
+            return
+        # The sender is parked: flush() writes this from the caller's task, which saves
+        # the sender a wake-up per batch.
+        outbox.enqueue(peer_id, msg, quiet=True)
+        if not idle.unflushed:
+            idle.unflushed = True
+            self._unflushed.append(peer)
+
+    def hold(self) -> None:
+        """Start a batch of sends (see :meth:`flush`)."""
+        self._holding = True
+
+    def flush(self) -> None:
+        """End the batch :meth:`hold` started. What it queued for each parked sender is
+        written now as one frame when the stream's direct write needs no wait
+        (:meth:`DirectWriter.write_nowait`), in the same order and with the same effects
+        as the sender's own write. Otherwise (a lock held, the window or the socket
+        full, a key to change, more than a frame's worth queued, a write error) the
+        sender is woken, and handed any frame already sealed (:class:`_Handoff`)."""
+        self._holding = False
+        peers, self._unflushed = self._unflushed, []
+        for peer in peers:
+            idle = peer.idle
+            if idle is None or not idle.unflushed:
+                continue  # the sender is awake: it drains the queue itself
+            idle.unflushed = False
+            self._write_for_idle(peer, idle)
+
+    def _write_for_idle(self, peer: _Peer, idle: _Idle) -> None:
+        queue, sealer = idle.queue, idle.sealer
+        if idle.generation == self._generation and not sealer.stale(
+            self.envelope.ring, self._peer_accepts.get(peer.id)
+        ):
+            payload, count = self._drain(peer.id, queue, sealer)
+            if count:
+                frame = encode_frame(sealer.seal(payload))
+                try:
+                    rest = idle.writer.write_nowait(frame)
+                except Exception as exc:  # as in _write: the sender resets the stream
+                    peer.handoff = _Handoff(exc, count, len(frame))
+                else:
+                    if rest is True:
+                        peer.last_write = time.monotonic()
+                        self._stats.sent += count
+                        self._stats.frames_sent += 1
+                        self._stats.bytes_sent += len(frame)
+                    else:
+                        data = frame if rest is False else rest
+                        peer.handoff = _Handoff(data, count, len(frame))
+            if peer.handoff is None and not len(queue):
+                return
+        peer.idle = None
+        queue.poke()
 
     def _peer(self, peer_id: str) -> _Peer:
         peer = self._peers.get(peer_id)
@@ -412,7 +522,26 @@ class Libp2pTransport(OutboxTransport):
                         if stream is None:
                             await queue.wait_nonempty()
                         else:
-                            await queue.wait_ready()
+                            if writer is not None and sealer is not None:
+                                peer.idle = _Idle(queue, writer, sealer, generation)
+                            try:
+                                await queue.wait_ready()
+                            finally:
+                                peer.idle = None
+                            handoff, peer.handoff = peer.handoff, None
+                            if handoff is not None:
+                                if await self._write(stream, handoff.data, peer, writer):
+                                    queue.poked = False
+                                    peer.last_write = time.monotonic()
+                                    self._stats.sent += handoff.count
+                                    self._stats.frames_sent += 1
+                                    self._stats.bytes_sent += handoff.nbytes
+                                else:
+                                    self._stats.dropped_unreachable += handoff.count + queue.clear()
+                                    await self._reset(stream)
+                                    stream = writer = peer.last_write = None
+                                    self._report_unreachable(peer.id)
+                                continue
                         if not len(queue):
                             queue.poked = False
                             # Idle: a keepalive keeps the peer's idle timeout quiet.
@@ -463,6 +592,13 @@ class Libp2pTransport(OutboxTransport):
                         stream = writer = peer.last_write = None
                         self._report_unreachable(peer.id)
         finally:
+            peer.idle = None
+            handoff, peer.handoff = peer.handoff, None
+            if handoff is not None and isinstance(handoff.data, memoryview):
+                # Cancelled with the tail of a frame handed over: it must still be sent
+                # (the connection's write locks are held, and other streams share it).
+                with trio.CancelScope(shield=True):
+                    await self._write(stream, handoff.data, peer, writer)
             peer.last_write = None
             if stream is not None:
                 await self._close(stream)
@@ -580,13 +716,19 @@ class Libp2pTransport(OutboxTransport):
         )
 
     async def _write(
-        self, stream: Any, data: bytes, peer: _Peer, writer: DirectWriter | None = None
+        self,
+        stream: Any,
+        data: bytes | memoryview | Exception,
+        peer: _Peer,
+        writer: DirectWriter | None = None,
     ) -> bool:
         """Write ``data`` within ``write_timeout``, shielded from outside cancellation
         (:func:`~raftd.transport.directwrite.write_within`; with ``writer``, the stream's
         :class:`DirectWriter`, a write that need not wait costs no cancel scope). False
         on any failure (the caller resets the stream, since a partial write leaves the
-        framing corrupt).
+        framing corrupt). A memoryview is the tail of a frame ``writer`` wrote in part,
+        with the stream's write locks still held; an exception is a failed direct write
+        (both from :class:`_Handoff`).
 
         A timed-out write also aborts every connection to the peer: the cancelled write
         may have consumed a Noise nonce or sent part of an encrypted frame, after which
@@ -594,7 +736,14 @@ class Libp2pTransport(OutboxTransport):
         ``stream.write`` must therefore never be cancelled from outside this method.
         """
         try:
-            if await write_within(stream, writer, data, self.config.write_timeout):
+            if isinstance(data, Exception):
+                raise data
+            if isinstance(data, memoryview):
+                assert writer is not None
+                done = await finish_within(writer, data, self.config.write_timeout)
+            else:
+                done = await write_within(stream, writer, data, self.config.write_timeout)
+            if done:
                 return True
         except Exception as exc:  # StreamReset/StreamClosed/StreamError/MuxedStream*
             log.info("write to %s failed: %s", peer.id, _describe(exc))

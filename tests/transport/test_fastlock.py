@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from libp2p.custom_types import TProtocol
@@ -15,7 +16,7 @@ from libp2p.network.stream.net_stream import NetStream
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from raftd.transport.fastlock import FastLock, take, take_all
+from raftd.transport.fastlock import FastLock, HandoffLock, take, take_all
 from raftd.transport.host import load_or_create_identity, open_host
 
 PROTO = TProtocol("/raftd-test/echo-lines/1")
@@ -118,6 +119,7 @@ async def test_frames_from_concurrent_writers_arrive_whole_and_cheaply(tmp_path:
             conn = outs[0].muxed_conn
             assert isinstance(conn, Yamux)
             assert isinstance(conn.streams_lock, FastLock)
+            assert isinstance(conn._write_lock, HandoffLock)
             assert isinstance(outs[0]._state_lock, FastLock)
             # A write still passes one checkpoint: a writer in a loop lets others run.
             with trio.testing.assert_checkpoints():
@@ -146,3 +148,29 @@ async def test_frames_from_concurrent_writers_arrive_whole_and_cheaply(tmp_path:
     per_frame = counter.steps / (streams * lines)
     print(f"task steps per frame: {per_frame:.2f}")
     assert per_frame < 6, per_frame
+
+
+async def test_a_handoff_lock_is_released_by_another_task_in_order() -> None:
+    lock = HandoffLock()
+    order: list[int] = []
+    lock.acquire_nowait()  # taken here...
+    assert lock.locked()
+
+    async def waiter(i: int) -> None:
+        async with lock:
+            order.append(i)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(3):
+            nursery.start_soon(waiter, i)
+            await trio.testing.wait_all_tasks_blocked()  # each in line in turn
+        assert order == []
+
+        async def releaser() -> None:
+            lock.release()  # ...released by another task
+
+        nursery.start_soon(releaser)
+    assert order == [0, 1, 2]
+    assert not lock.locked()
+    with pytest.raises(ValueError):
+        lock.release()  # never released twice
