@@ -53,7 +53,7 @@ from raftd.kv.backend import (
     Meta,
     Session,
 )
-from raftd.kv.cache import RecordCache
+from raftd.kv.cache import MISS, RecordCache
 from raftd.kv.watch import DELETE, PUT, EventHistory, KeyEvent
 from raftd.storage.base import Readable, Writable
 from raftd.storage.leveldb import LevelDB
@@ -118,8 +118,9 @@ class _Tx:
         self.leases: dict[int, LeaseRecord | None] = {}
 
     def get(self, key: bytes) -> KeyRecord | None:
-        if key in self.keys:
-            return self.keys[key]
+        rec = self.keys.get(key, MISS)
+        if rec is not MISS:
+            return rec  # type: ignore[return-value]  # not MISS
         return self.cache.key_or_load(key, self.b.get, fill=True)
 
     def scan(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, KeyRecord]]:

@@ -55,6 +55,28 @@ def test_bytes_bound_evicts_the_oldest_written_first() -> None:
     assert len(c) == 0 and c.size_bytes == 0 and c.key(b"k1") is MISS
 
 
+def test_key_or_load_fills_only_the_applier_and_keeps_the_bound() -> None:
+    one = _OVERHEAD + 2 + 100
+    c = RecordCache(max_bytes=2 * one)
+    loads: list[bytes] = []
+
+    def load(k: bytes) -> KeyRecord | None:
+        loads.append(k)
+        return None if k == b"k0" else rec(b"v" * 100)
+
+    assert c.key_or_load(b"k1", load, fill=False) == rec(b"v" * 100)
+    assert c.key(b"k1") is MISS  # a reader never fills
+    for k in (b"k1", b"k2", b"k3"):
+        assert c.key_or_load(k, load, fill=True) == rec(b"v" * 100)
+    assert c.key_or_load(b"k3", load, fill=True) == rec(b"v" * 100)  # a hit: no load
+    assert loads == [b"k1", b"k1", b"k2", b"k3"]
+    assert c.key(b"k1") is MISS and c.size_bytes == 2 * one  # the oldest filled went
+    assert c.key_or_load(b"k0", load, fill=True) is None
+    assert c.key(b"k0") is None  # a known absence
+    assert c.size_bytes == one + _OVERHEAD + 2
+    assert (c.hits, c.misses) == (2, 7)
+
+
 def test_zero_bounds_hold_nothing() -> None:
     c = RecordCache(max_bytes=0, max_sessions=0)
     c.committed({b"a": rec(b"1")}, {b"c": Session(1, b"")})
