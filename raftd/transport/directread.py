@@ -42,7 +42,7 @@ from raftd.transport.fastlock import take
 from raftd.transport.sockio import SocketIO
 from raftd.transport.tcpread import CHUNK, io_of
 
-__all__ = ["NoiseReader", "counts", "noise_reader"]
+__all__ = ["NoiseReader", "counts", "noise_over_tcp", "noise_reader"]
 
 #: Noise messages taken whole from the TCP buffer, and socket receives made, since start.
 counts = {"messages": 0, "receives": 0}
@@ -121,11 +121,9 @@ class NoiseReader:
             buf.extend(data)
 
 
-def noise_reader(session: Any) -> NoiseReader | None:
-    """A :class:`NoiseReader` for ``session`` if it is Noise over a plain TCP socket read
-    through :mod:`raftd.transport.tcpread`, else None."""
-    if not tcpread.installed():
-        return None
+def noise_over_tcp(session: Any) -> tuple[Any, Any] | None:
+    """``(noise, tcp)``: the Noise transport reader-writer and the ``TrioTCPStream`` under
+    ``session`` (a secure session) when it is Noise over a plain TCP socket, else None."""
     try:
         noise = session.conn
         packet = noise.read_writer
@@ -140,4 +138,14 @@ def noise_reader(session: Any) -> NoiseReader | None:
         and isinstance(tcp.stream, trio.SocketStream)
     ):
         return None
+    return noise, tcp
+
+
+def noise_reader(session: Any) -> NoiseReader | None:
+    """A :class:`NoiseReader` for ``session`` if it is Noise over a plain TCP socket read
+    through :mod:`raftd.transport.tcpread`, else None."""
+    found = noise_over_tcp(session) if tcpread.installed() else None
+    if found is None:
+        return None
+    noise, tcp = found
     return NoiseReader(noise, tcp, io_of(tcp))

@@ -35,16 +35,15 @@ import struct
 from typing import Any, Final
 
 import trio
-from libp2p.io.trio import TrioTCPStream
 from libp2p.network.stream.net_stream import StreamState
 from libp2p.security.noise.io import (
     MAX_PLAINTEXT_LENGTH,
     SIZE_NOISE_MESSAGE_LEN,
-    NoiseTransportReadWriter,
 )
 from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
+from raftd.transport.directread import noise_over_tcp
 from raftd.transport.sockio import SocketIO
 from raftd.transport.tcpread import io_of
 
@@ -137,20 +136,14 @@ def direct_writer(stream: Any) -> DirectWriter | None:
     try:
         ys = stream.muxed_stream
         conn = ys.conn
-        noise = conn.secured_conn.conn
-        packet = noise.read_writer
-        tcp = packet.read_write_closer.stream
+        session = conn.secured_conn
         stream._state_lock.locked  # noqa: B018 - present, or the stack is unknown
     except AttributeError:
         return None
-    if not (
-        isinstance(ys, YamuxStream)
-        and isinstance(noise, NoiseTransportReadWriter)
-        and packet.size_len_bytes == SIZE_NOISE_MESSAGE_LEN
-        and type(tcp) is TrioTCPStream
-        and isinstance(tcp.stream, trio.SocketStream)
-    ):
+    found = noise_over_tcp(session) if isinstance(ys, YamuxStream) else None
+    if found is None:
         return None
+    noise, tcp = found
     return DirectWriter(stream, ys, conn, noise, tcp, io_of(tcp))
 
 

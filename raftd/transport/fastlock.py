@@ -57,12 +57,13 @@ async def take_all(sem: trio.Semaphore, total: int) -> None:
 
 
 class FastLock:
-    """A ``trio.Lock`` whose uncontended acquire is not a checkpoint (see module doc)."""
+    """A ``trio.Lock`` whose uncontended acquire is not a checkpoint (see module doc).
+    Subclasses may hold a ``trio.Semaphore`` of one instead."""
 
     __slots__ = ("_lock",)
 
     def __init__(self) -> None:
-        self._lock = trio.Lock()
+        self._lock: trio.Lock | trio.Semaphore = trio.Lock()
 
     async def acquire(self) -> None:
         await take(self._lock)
@@ -74,7 +75,8 @@ class FastLock:
         self._lock.release()
 
     def locked(self) -> bool:
-        return self._lock.locked()
+        lock = self._lock
+        return lock.locked() if isinstance(lock, trio.Lock) else lock.value == 0
 
     def statistics(self) -> Any:
         return self._lock.statistics()
@@ -91,7 +93,7 @@ class FastLock:
         self._lock.release()
 
 
-class HandoffLock:
+class HandoffLock(FastLock):
     """A FIFO lock that any task may release, with :class:`FastLock`'s acquire.
 
     A ``trio.Lock`` belongs to the task that took it. The two write locks of a
@@ -101,36 +103,10 @@ class HandoffLock:
     finish (:mod:`raftd.transport.directwrite`). Exclusion and order are those of a
     ``trio.Semaphore`` of one."""
 
-    __slots__ = ("_sem",)
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self._sem = trio.Semaphore(1, max_value=1)
-
-    async def acquire(self) -> None:
-        await take(self._sem)
-
-    def acquire_nowait(self) -> None:
-        self._sem.acquire_nowait()
-
-    def release(self) -> None:
-        self._sem.release()
-
-    def locked(self) -> bool:
-        return self._sem.value == 0
-
-    def statistics(self) -> Any:
-        return self._sem.statistics()
-
-    async def __aenter__(self) -> None:
-        await take(self._sem)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        self._sem.release()
+        self._lock = trio.Semaphore(1, max_value=1)
 
 
 _NETSTREAM_INIT = NetStream.__init__
