@@ -411,10 +411,11 @@ class Libp2pTransport(OutboxTransport):
         ):
             payload, count = self._drain(peer.id, queue, sealer)
             if count:
-                frame = encode_frame(sealer.seal(payload))
+                frame = b""
                 try:
+                    frame = encode_frame(sealer.seal(payload))
                     rest = idle.writer.write_nowait(frame)
-                except Exception as exc:  # as in _write: the sender resets the stream
+                except Exception as exc:  # a failed write: the sender resets the stream
                     peer.handoff = _Handoff(exc, count, len(frame))
                 else:
                     if rest is True:

@@ -164,3 +164,32 @@ async def test_a_failed_write_resets_the_stream_and_reconnects(
 
             await wait_until(resend, interval=0.05)
             assert 1 not in _indexes(b, a)  # dropped with the stream, as Raft expects
+
+
+async def test_a_frame_that_cannot_be_sealed_fails_like_a_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trio.fail_after(30):
+        async with libp2p_node(tmp_path, "a") as a, libp2p_node(tmp_path, "b") as b:
+            introduce(a, b)
+            await _connected(a, b)
+            peer = a.transport._peers[b.id]
+            assert peer.idle is not None
+
+            def refuse(self: Any, plaintext: bytes) -> bytes:
+                raise ValueError("plaintext exceeds the limit")
+
+            monkeypatch.setattr(type(peer.idle.sealer), "seal", refuse)
+            a.transport.hold()
+            a.transport.send(b.id, app(a, b, 1))
+            a.transport.flush()  # never raises into the Raft loop
+            await a.rec.wait_for(lambda: b.id in a.rec.unreachable)
+            monkeypatch.undo()
+
+            def resend() -> bool:
+                if 2 not in _indexes(b, a):
+                    a.transport.send(b.id, app(a, b, 2))
+                return 2 in _indexes(b, a)
+
+            await wait_until(resend, interval=0.05)
+            assert 1 not in _indexes(b, a)
