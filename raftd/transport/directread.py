@@ -38,9 +38,6 @@ from libp2p.security.noise.io import SIZE_NOISE_MESSAGE_LEN, NoiseTransportReadW
 from libp2p.security.secure_session import SecureSession
 
 from raftd.transport import tcpread
-from raftd.transport.fastlock import take
-from raftd.transport.sockio import SocketIO
-from raftd.transport.tcpread import CHUNK, io_of
 
 __all__ = ["NoiseReader", "counts", "noise_over_tcp", "noise_reader"]
 
@@ -52,12 +49,11 @@ class NoiseReader:
     """Fills one secure session's buffer from its TCP stream (see the module docstring).
     Used by the session's one reader, the Yamux loop."""
 
-    __slots__ = ("_io", "_noise", "_tcp")
+    __slots__ = ("_noise", "_tcp")
 
-    def __init__(self, noise: Any, tcp: Any, io: SocketIO) -> None:
+    def __init__(self, noise: Any, tcp: Any) -> None:
         self._noise = noise
         self._tcp = tcp
-        self._io = io
 
     async def read_exactly(self, session: Any, n: int) -> bytes:
         """Exactly ``n`` bytes of the session's plaintext, as ``read_exactly(session, n)``
@@ -71,7 +67,7 @@ class NoiseReader:
     def _decrypt_next(self, session: Any) -> bool:
         """Move one whole Noise message from the TCP buffer into the session's buffer;
         False if the TCP buffer holds no whole message."""
-        buf: bytearray | None = getattr(self._tcp, "_raftd_rbuf", None)
+        buf = tcpread.buffered(self._tcp)
         if buf is None or len(buf) < SIZE_NOISE_MESSAGE_LEN:
             return False
         end = SIZE_NOISE_MESSAGE_LEN + ((buf[0] << 8) | buf[1])
@@ -89,36 +85,19 @@ class NoiseReader:
         return True
 
     async def _receive(self, session: Any) -> None:
-        """Append what the socket has to the TCP buffer; at the end of the stream, raise
+        """Add what the socket has to the TCP buffer; at the end of the stream, raise
         what the library's read would."""
-        tcp = self._tcp
-        lock = tcp.read_lock
-        await take(lock)
-        try:
-            data = await self._io.receive_some(CHUNK)
-        except trio.BrokenResourceError as error:
-            raise ConnectionClosedError(
-                f"TCP connection reset by remote peer: {error}", transport="tcp"
-            ) from error
-        except trio.ClosedResourceError:
-            data = b""  # closed locally: the end of the stream, as the library sees it
-        finally:
-            lock.release()
         counts["receives"] += 1
-        buf: bytearray | None = getattr(tcp, "_raftd_rbuf", None)
-        if not data:
-            pending = len(buf or b"") + session.high_watermark - session.low_watermark
-            raise IncompleteReadError(
-                "Connection closed during read operation: expected a Noise message but "
-                f"received {pending} bytes",
-                expected_bytes=SIZE_NOISE_MESSAGE_LEN,
-                received_bytes=pending,
-            )
-        tcp._raftd_rx_at = trio.current_time()
-        if buf is None:
-            tcp._raftd_rbuf = bytearray(data)
-        else:
-            buf.extend(data)
+        if await tcpread.fill(self._tcp):
+            return
+        buf = tcpread.buffered(self._tcp)
+        pending = len(buf or b"") + session.high_watermark - session.low_watermark
+        raise IncompleteReadError(
+            "Connection closed during read operation: expected a Noise message but "
+            f"received {pending} bytes",
+            expected_bytes=SIZE_NOISE_MESSAGE_LEN,
+            received_bytes=pending,
+        )
 
 
 def noise_over_tcp(session: Any) -> tuple[Any, Any] | None:
@@ -148,4 +127,4 @@ def noise_reader(session: Any) -> NoiseReader | None:
     if found is None:
         return None
     noise, tcp = found
-    return NoiseReader(noise, tcp, io_of(tcp))
+    return NoiseReader(noise, tcp)

@@ -99,8 +99,8 @@ class DirectWriter:
         tcp_lock = self._tcp.write_lock
         if conn_lock.locked() or tcp_lock.locked():
             return False
-        # A trio lock nobody holds has nobody waiting for it (a release hands it to the
-        # next waiter at once), so both are taken here without fail.
+        # A lock nobody holds has nobody waiting for it (trio hands a released lock or
+        # semaphore to the next waiter at once), so both are taken here without fail.
         conn_lock.acquire_nowait()
         tcp_lock.acquire_nowait()
         try:

@@ -419,10 +419,7 @@ class Libp2pTransport(OutboxTransport):
                     peer.handoff = _Handoff(exc, count, len(frame))
                 else:
                     if rest is True:
-                        peer.last_write = time.monotonic()
-                        self._stats.sent += count
-                        self._stats.frames_sent += 1
-                        self._stats.bytes_sent += len(frame)
+                        self._sent(peer, count, len(frame))
                     else:
                         data = frame if rest is False else rest
                         peer.handoff = _Handoff(data, count, len(frame))
@@ -533,15 +530,10 @@ class Libp2pTransport(OutboxTransport):
                             if handoff is not None:
                                 if await self._write(stream, handoff.data, peer, writer):
                                     queue.poked = False
-                                    peer.last_write = time.monotonic()
-                                    self._stats.sent += handoff.count
-                                    self._stats.frames_sent += 1
-                                    self._stats.bytes_sent += handoff.nbytes
+                                    self._sent(peer, handoff.count, handoff.nbytes)
                                 else:
-                                    self._stats.dropped_unreachable += handoff.count + queue.clear()
-                                    await self._reset(stream)
-                                    stream = writer = peer.last_write = None
-                                    self._report_unreachable(peer.id)
+                                    await self._drop(peer, stream, queue, handoff.count)
+                                    stream = writer = None
                                 continue
                         if not len(queue):
                             queue.poked = False
@@ -579,19 +571,14 @@ class Libp2pTransport(OutboxTransport):
                     frame = encode_frame(sealer.seal(payload))
                     if await self._write(stream, frame, peer, writer):
                         queue.poked = False
-                        peer.last_write = time.monotonic()
-                        self._stats.sent += count
-                        self._stats.frames_sent += 1
-                        self._stats.bytes_sent += len(frame)
+                        self._sent(peer, count, len(frame))
                         if len(queue):
                             # More is queued already: let other tasks run first (a
                             # direct write reaches no checkpoint).
                             await trio.lowlevel.checkpoint()
                     else:
-                        self._stats.dropped_unreachable += count + queue.clear()
-                        await self._reset(stream)
-                        stream = writer = peer.last_write = None
-                        self._report_unreachable(peer.id)
+                        await self._drop(peer, stream, queue, count)
+                        stream = writer = None
         finally:
             peer.idle = None
             handoff, peer.handoff = peer.handoff, None
@@ -603,6 +590,21 @@ class Libp2pTransport(OutboxTransport):
             peer.last_write = None
             if stream is not None:
                 await self._close(stream)
+
+    def _sent(self, peer: _Peer, count: int, nbytes: int) -> None:
+        """Count a frame of ``count`` messages and ``nbytes`` bytes written whole."""
+        peer.last_write = time.monotonic()
+        self._stats.sent += count
+        self._stats.frames_sent += 1
+        self._stats.bytes_sent += nbytes
+
+    async def _drop(self, peer: _Peer, stream: Any, queue: PeerQueue, count: int) -> None:
+        """After a failed write of ``count`` messages: discard them and what is queued,
+        reset the stream (the caller forgets it) and report the peer unreachable."""
+        self._stats.dropped_unreachable += count + queue.clear()
+        await self._reset(stream)
+        peer.last_write = None
+        self._report_unreachable(peer.id)
 
     async def _connect(
         self, peer: _Peer, backoff: float

@@ -33,7 +33,7 @@ from libp2p.io.trio import TrioTCPStream
 from raftd.transport.fastlock import take
 from raftd.transport.sockio import SocketIO
 
-__all__ = ["CHUNK", "install", "installed", "io_of", "last_received"]
+__all__ = ["CHUNK", "buffered", "fill", "install", "installed", "io_of", "last_received"]
 
 #: Bytes asked of the socket per receive.
 CHUNK = 64 * 1024
@@ -68,16 +68,7 @@ async def _read_locked(self: Any, n: int | None) -> bytes:
         out = bytes(buf[:n])
         del buf[:n]
         return out
-    try:
-        data: bytes = await io_of(self).receive_some(max(n or 0, CHUNK))
-    except trio.BrokenResourceError as error:
-        raise ConnectionClosedError(
-            f"TCP connection reset by remote peer: {error}", transport="tcp"
-        ) from error
-    except trio.ClosedResourceError:
-        return b""  # closed locally: end of stream, as the library does
-    if data:
-        self._raftd_rx_at = trio.current_time()
+    data = await _receive(self, max(n or 0, CHUNK))
     if n is None or len(data) <= n:
         return data
     if buf is None:
@@ -85,6 +76,50 @@ async def _read_locked(self: Any, n: int | None) -> bytes:
     else:
         buf.extend(data[n:])
     return data[:n]
+
+
+async def _receive(stream: Any, max_bytes: int) -> bytes:
+    """One receive from the socket, with the caller holding the read lock: the library's
+    errors (a reset peer is ``ConnectionClosedError``; ``b""`` is the end of the stream,
+    also when it was closed here), and the time bytes arrived noted."""
+    try:
+        data: bytes = await io_of(stream).receive_some(max_bytes)
+    except trio.BrokenResourceError as error:
+        raise ConnectionClosedError(
+            f"TCP connection reset by remote peer: {error}", transport="tcp"
+        ) from error
+    except trio.ClosedResourceError:
+        return b""  # closed locally: end of stream, as the library does
+    if data:
+        stream._raftd_rx_at = trio.current_time()
+    return data
+
+
+def buffered(stream: Any) -> bytearray | None:
+    """The bytes received on ``stream`` (a ``TrioTCPStream``) and not read yet, which its
+    next reads return first (None until a receive left some)."""
+    buf: bytearray | None = getattr(stream, "_raftd_rbuf", None)
+    return buf
+
+
+async def fill(stream: Any) -> bool:
+    """Receive what the socket of ``stream`` has (at least one byte, waiting for it)
+    onto the end of :func:`buffered`, under the stream's read lock; False at the end of
+    the stream. Errors as the stream's reads."""
+    lock = stream.read_lock
+    await take(lock)
+    try:
+        data = await _receive(stream, CHUNK)
+    finally:
+        lock.release()
+    if not data:
+        return False
+    buf = buffered(stream)
+    if buf is None:
+        stream._raftd_rbuf = bytearray(data)
+    else:
+        buf.extend(data)
+    return True
 
 
 async def _write(self: Any, data: bytes) -> None:

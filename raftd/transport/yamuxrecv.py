@@ -133,9 +133,9 @@ async def _read_exactly(reader: Any, n: int, *args: Any, **kwargs: Any) -> bytes
     header is returned."""
     entry = _MUXERS.get(reader) if n == _HEADER_SIZE else None
     mux = entry[0]() if entry is not None else None
-    if mux is None:
+    if entry is None or mux is None:
         return await _library_read_exactly(reader, n, *args, **kwargs)
-    direct = entry[1] if entry is not None else None
+    direct = entry[1]
     while True:
         if direct is not None:
             header = await direct.read_exactly(reader, n)

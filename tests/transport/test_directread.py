@@ -42,9 +42,12 @@ class _Noise:
 
 
 class _Tcp:
-    def __init__(self) -> None:
+    """Stands in for a ``TrioTCPStream`` read through raftd.transport.tcpread."""
+
+    def __init__(self, io: SocketIO) -> None:
         self.read_lock = trio.Lock()
         self._raftd_rbuf: bytearray | None = None
+        self._raftd_io = io  # what tcpread.io_of returns for it
 
 
 def _packet(plain: bytes) -> bytes:
@@ -61,10 +64,8 @@ def _session() -> Any:
 def _pair() -> tuple[NoiseReader, Any, socket.socket]:
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
-    tcp = _Tcp()
-    reader = NoiseReader(
-        _Noise(), tcp, SocketIO(trio.SocketStream(trio.socket.from_stdlib_socket(ours)))
-    )
+    tcp = _Tcp(SocketIO(trio.SocketStream(trio.socket.from_stdlib_socket(ours))))
+    reader = NoiseReader(_Noise(), tcp)
     return reader, _session(), theirs
 
 
