@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from raftd.discovery.errors import split_cancelled
+from raftd.transport.host import refuse_streams
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -114,11 +115,10 @@ class PubsubPresence:
             finally:
                 self._pubsub = None
                 # Refuse pubsub streams before the services stop: a stopped service would
-                # raise inside the host (pitfall 4). Replaced, not removed: removal races
-                # with a negotiation in progress (py-libp2p then raises KeyError).
+                # raise inside the host (pitfall 4).
                 for proto in gs.get_protocols():
                     with contextlib.suppress(Exception):
-                        self.host.set_stream_handler(proto, _refuse)
+                        refuse_streams(self.host, proto)
 
     @staticmethod
     def _guarded(handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
@@ -169,8 +169,3 @@ class PubsubPresence:
             except Exception as exc:
                 self.errors += 1
                 log.debug("bad presence message on %s: %r", namespace, exc)
-
-
-async def _refuse(stream: Any) -> None:
-    with contextlib.suppress(Exception):
-        await stream.reset()

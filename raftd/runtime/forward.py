@@ -47,6 +47,7 @@ from libp2p.custom_types import TProtocol
 from raftd.transport.base import protocol_id
 from raftd.transport.directwrite import direct_writer, write_within
 from raftd.transport.fastlock import take_all
+from raftd.transport.host import refuse_streams
 from raftd.transport.libp2p import FrameReader, parse_peer_id
 from raftd.wire.framing import FrameError, encode_frame
 from raftd.wire.pb import api_pb2 as apb
@@ -675,7 +676,7 @@ class CmdHandler:
         finally:
             self._nursery = None
             with contextlib.suppress(Exception):
-                self.host.remove_stream_handler(self._proto)
+                refuse_streams(self.host, self._proto)
 
     async def _handle(self, stream: Any) -> None:
         # Called by libp2p: hand over to our nursery at once, never raise.

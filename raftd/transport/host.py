@@ -40,6 +40,7 @@ from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as x25519_key_pair
+from libp2p.custom_types import TProtocol
 from libp2p.identity_utils import load_identity, save_identity
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.peer.id import ID
@@ -59,6 +60,7 @@ __all__ = [
     "open_host",
     "peer_id_of",
     "quiet_libp2p_logging",
+    "refuse_streams",
     "validate_psk",
 ]
 
@@ -216,6 +218,26 @@ async def open_host(
                     await host.close()
                 except Exception as exc:
                     logging.getLogger("raftd.transport").debug("host close: %r", exc)
+
+
+def refuse_streams(host: Any, protocol: str) -> None:
+    """From now on, reset every inbound stream of ``protocol`` on ``host``, for a
+    component that stops serving it while the host runs on.
+
+    The handler is replaced, never removed: py-libp2p 0.8.1's multiselect checks that a
+    protocol has a handler, writes its answer, then looks the handler up again; a removal
+    in between raises ``KeyError`` inside the host's connection task, which takes the
+    whole host (and the daemon's exit status) down. One entry per protocol stays in the
+    host's table, so the table is bounded by the protocols ever served."""
+    host.set_stream_handler(TProtocol(protocol), _refuse_stream)
+
+
+async def _refuse_stream(stream: Any) -> None:
+    # Runs in libp2p's task: nothing may escape it.
+    try:
+        await stream.reset()
+    except Exception:
+        logging.getLogger("raftd.transport").debug("reset of a refused stream failed")
 
 
 def listen_addrs_of(host: Any) -> list[str]:

@@ -77,6 +77,7 @@ from raftd.transport.directwrite import (
     finish_within,
     write_within,
 )
+from raftd.transport.host import refuse_streams
 from raftd.wire.framing import (
     DEFAULT_MAX_FRAME_SIZE,
     FrameDecoder,
@@ -481,7 +482,7 @@ class Libp2pTransport(OutboxTransport):
                 peer.scope = trio.CancelScope()
             for proto in (self._raft_proto, self._snap_proto):
                 with contextlib.suppress(Exception):
-                    self._host.remove_stream_handler(proto)
+                    refuse_streams(self._host, proto)
 
     # --- outbound ------------------------------------------------------------------------
 

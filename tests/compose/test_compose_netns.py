@@ -37,6 +37,16 @@ def peer_id(r: ComposeRunner, name: str) -> str:
     return dict(labels)["peer_id"]
 
 
+def assert_clean_down(r: ComposeRunner, names: list[str]) -> None:
+    """``docker compose down`` stops exactly ``names``, each with exit status 0; the log
+    of any that did not is in the failure."""
+    codes = r.down()
+    bad = [n for n, rc in codes.items() if rc != 0]
+    assert codes == dict.fromkeys(names, 0), "\n".join(
+        [str(codes), *(r.log_tail(n, 80) for n in bad)]
+    )
+
+
 def assert_json_logs(r: ComposeRunner, name: str) -> None:
     """RAFTD_LOG_FORMAT=json: every line the daemon wrote is one JSON object."""
     lines = [ln for ln in r.log_lines(name) if not ln.startswith("--- start ")]
@@ -114,20 +124,20 @@ def test_compose_lifecycle(need_netns: None, tmp_path: Path) -> None:
         assert first["socket"] == str(r.volume("node1-sock") / "raftd.sock")
 
         # docker compose restart node2: SIGTERM, exit 0, same volume, same identity.
-        assert r.restart("node2") == 0
+        rc = r.restart("node2")
+        assert rc == 0, r.log_tail("node2", 80)
         r.wait_healthy(["node2"], 40)
         assert peer_id(r, "node2") == ids["node2"]
 
         # docker compose down (volumes kept), then up.
-        codes = r.down()
-        assert codes == {n: 0 for n in [*nodes, "app1"]}, codes
+        assert_clean_down(r, [*nodes, "app1"])
         for n in nodes:
             vol = r.volume(f"{n}-data")
             assert any(vol.iterdir()), f"{n}: data volume is empty"
         r.up()
         r.wait_healthy(nodes, 40)
         assert {n: peer_id(r, n) for n in nodes} == ids
-        assert r.down() == {n: 0 for n in nodes}
+        assert_clean_down(r, nodes)
         for n in nodes:
             assert_json_logs(r, n)
 
@@ -174,25 +184,26 @@ def test_compose_cluster_forms_by_discovery(
             assert kv is not None and kv.value == b"v1"
 
         if n > 3:  # the lifecycle below is the same for every size: run it once
-            assert set(r.down().values()) == {0}
+            assert_clean_down(r, nodes)
             return
         r.start("app1", extra_env={"APP_INTERVAL": "0.2", "APP_ITERATIONS": "3"})
         app = r.procs["app1"]
         assert app.wait(timeout=60) == 0, r.log_tail("app1")
 
-        assert r.restart("node2") == 0
+        rc = r.restart("node2")
+        assert rc == 0, r.log_tail("node2", 80)
         wait_until(lambda: r.readyz("node2")[0] == 200, 60, interval=0.1, what="node2 ready again")
         with Client(sock("node2"), namespace=NS, timeout=10) as c:
             kv = c.get("compose/k")
             assert kv is not None and kv.value == b"v1"
 
-        assert set(r.down().values()) == {0}
+        assert_clean_down(r, nodes)
         r.up()
         wait_until(all_ready, 60, interval=0.1, what="all nodes ready after down/up")
         wait_until(one_leader, 30, interval=0.1, what="one leader after down/up")
         with Client(sock(nodes[1]), namespace=NS, timeout=10) as c:
             kv = c.get("compose/k")
             assert kv is not None and kv.value == b"v1"
-        assert set(r.down().values()) == {0}
+        assert_clean_down(r, nodes)
         for x in nodes:
             assert_json_logs(r, x)

@@ -8,9 +8,12 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+from libp2p.custom_types import TProtocol
+from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from raftd.transport.base import Transport
 from raftd.transport.host import (
@@ -20,6 +23,7 @@ from raftd.transport.host import (
     load_or_create_identity,
     open_host,
     peer_id_of,
+    refuse_streams,
     validate_psk,
 )
 from raftd.transport.libp2p import Libp2pTransport, Libp2pTransportConfig, parse_peer_id
@@ -114,6 +118,64 @@ async def test_psk_on_one_side_only_fails(tmp_path: Path) -> None:
     with trio.fail_after(15):
         rec = await _exchange(tmp_path, PSK_A, None)
     assert rec.unreachable and not rec.messages
+
+
+RETIRED = TProtocol("/raftd-test/retired/1")
+ECHO = TProtocol("/raftd-test/echo/1")
+
+
+class _RetireWhileNegotiating(dict[Any, Any]):
+    """A host's handler table that stops serving ``RETIRED`` exactly when a negotiation
+    has checked that the protocol is served and is about to answer: the window in which
+    a component's shutdown can land."""
+
+    def __init__(self, table: dict[Any, Any], host: Any) -> None:
+        super().__init__(table)
+        self.host = host
+        self.retired = False
+
+    def __contains__(self, key: object) -> bool:
+        found = super().__contains__(key)
+        if key == RETIRED and found and not self.retired:
+            self.retired = True
+            refuse_streams(self.host, RETIRED)
+        return found
+
+
+async def _answer(stream: Any) -> bytes | None:
+    """What ``stream`` answers a request with; None for a reset or a closed stream."""
+    try:
+        await stream.write(b"x")
+        return await stream.read(100) or None
+    except Exception:
+        return None
+
+
+async def test_a_refused_protocol_resets_streams_and_the_host_serves_on(tmp_path: Path) -> None:
+    """A component that stops serving its protocol while a stream of it is being
+    negotiated: the stream is reset, and the host (which a handler missing at that point
+    would take down) serves its other protocols."""
+
+    async def handler(stream: Any) -> None:
+        data = await stream.read(100)
+        await stream.write(data)
+        await stream.close()
+
+    ka = load_or_create_identity(tmp_path / "a")
+    kb = load_or_create_identity(tmp_path / "b")
+    with trio.fail_after(20):
+        async with open_host(ka) as ha, open_host(kb) as hb:
+            hb.set_stream_handler(RETIRED, handler)
+            hb.set_stream_handler(ECHO, handler)
+            table = _RetireWhileNegotiating(hb.multiselect.handlers, hb)
+            hb.multiselect.handlers = table
+            await ha.connect(info_from_p2p_addr(hb.get_addrs()[0]))
+            retired = await ha.new_stream(hb.get_id(), [RETIRED])
+            assert table.retired
+            assert await _answer(retired) is None
+            assert RETIRED in table  # replaced, never removed
+            echo = await ha.new_stream(hb.get_id(), [ECHO])
+            assert await _answer(echo) == b"x"
 
 
 def test_libp2p_log_filter() -> None:
