@@ -1207,40 +1207,43 @@ class Group(Generic[ST, SM]):
             # Only a leader measures RTTs; a former leader's numbers would go stale.
             self._rtt.clear()
             err = LeadershipLost("leadership lost before the entry was applied")
-            for _, w in self._pending.values():
+            pending, self._pending = self._pending, {}
+            for _, w in pending.values():
                 w.fail(err)
-            self.stats.proposals_failed += len(self._pending)
-            self._pending.clear()
+            self.stats.proposals_failed += len(pending)
         if state != StateType.LEADER or leader == NONE:
             # Reads in flight through a leader that is gone will never be answered.
-            for waiters in self._reads_in_flight.values():
+            in_flight, self._reads_in_flight = self._reads_in_flight, {}
+            for waiters in in_flight.values():
                 for w in waiters:
                     w.fail(NotLeader(leader))
-            self._reads_in_flight.clear()
 
     def _fail_all(self, err: BaseException) -> None:
-        for _, w in self._pending.values():
+        """Fail every waiter with ``err``. Each container is emptied before its waiters
+        are failed: a waiter's callback runs here and may stop waiting
+        (:meth:`command_stop`) or start anew."""
+        pending, self._pending = self._pending, {}
+        for _, w in pending.values():
             w.fail(err)
-        self._pending.clear()
-        for _, _, w in self._proposals:
+        proposals, self._proposals = self._proposals, []
+        for _, _, w in proposals:
             w.fail(err)
-        self._proposals.clear()
-        for p in self._commands.values():
+        commands, self._commands = self._commands, {}
+        self._commands_due.clear()
+        for p in commands.values():
             for w in tuple(p.waiters):  # a callback may leave the list
                 w.fail(err)
-        self._commands.clear()
-        self._commands_due.clear()
         waiters, self._read_waiters = self._read_waiters, []
         for w in waiters:
             w.fail(err)
-        for waiters in self._reads_in_flight.values():
+        in_flight, self._reads_in_flight = self._reads_in_flight, {}
+        for waiters in in_flight.values():
             for w in waiters:
                 w.fail(err)
-        self._reads_in_flight.clear()
-        for _, waiters in self._reads_ready:
+        ready, self._reads_ready = self._reads_ready, []
+        for _, waiters in ready:
             for w in waiters:
                 w.fail(err)
-        self._reads_ready.clear()
         self._applied_event.set()
 
     # -- snapshots --------------------------------------------------------------------------
