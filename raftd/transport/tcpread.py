@@ -71,10 +71,7 @@ async def _read_locked(self: Any, n: int | None) -> bytes:
     data = await _receive(self, max(n or 0, CHUNK))
     if n is None or len(data) <= n:
         return data
-    if buf is None:
-        self._raftd_rbuf = bytearray(data[n:])
-    else:
-        buf.extend(data[n:])
+    _keep(self, buf, data[n:])
     return data[:n]
 
 
@@ -114,12 +111,17 @@ async def fill(stream: Any) -> bool:
         lock.release()
     if not data:
         return False
-    buf = buffered(stream)
+    _keep(stream, buffered(stream), data)
+    return True
+
+
+def _keep(stream: Any, buf: bytearray | None, data: bytes) -> None:
+    """Append ``data`` to ``stream``'s buffer of received, unread bytes (``buf``, the
+    buffer as :func:`buffered` returned it)."""
     if buf is None:
         stream._raftd_rbuf = bytearray(data)
     else:
         buf.extend(data)
-    return True
 
 
 async def _write(self: Any, data: bytes) -> None:
