@@ -2,9 +2,9 @@
 
 | preset   | tick   | heartbeat | election timeout | snapshot every       | bootstrap window |
 |----------|--------|-----------|------------------|----------------------|------------------|
-| local    | 50 ms  | 100 ms    | 500-1000 ms      | 10,000 entries/60 s  | 1.5 s            |
-| regional | 100 ms | 200 ms    | 1.5-3 s          | 20,000 entries/120 s | 4 s              |
-| global   | 250 ms | 500 ms    | 5-10 s           | 50,000 entries/300 s | 10 s             |
+| local    | 50 ms  | 100 ms    | 500-1000 ms      | 100,000 entries/60 s | 1.5 s            |
+| regional | 100 ms | 200 ms    | 1.5-3 s          | 100,000 entries/120 s | 4 s             |
+| global   | 250 ms | 500 ms    | 5-10 s           | 100,000 entries/300 s | 10 s            |
 
 ``local`` is for a LAN or one host: failover is about the election timeout (0.5-1 s).
 ``global`` tolerates 300 ms RTT links: a heartbeat round trip fits ten times into the
@@ -49,7 +49,7 @@ PRESETS: dict[str, Preset] = {
         tick_s=0.05,
         heartbeat_ticks=2,
         election_ticks=10,
-        snapshot_entries=10_000,
+        snapshot_entries=100_000,
         snapshot_interval_s=60.0,
         compaction_trailing=5_000,
         bootstrap_window_s=1.5,
@@ -62,7 +62,7 @@ PRESETS: dict[str, Preset] = {
         tick_s=0.1,
         heartbeat_ticks=2,
         election_ticks=15,
-        snapshot_entries=20_000,
+        snapshot_entries=100_000,
         snapshot_interval_s=120.0,
         compaction_trailing=5_000,
         bootstrap_window_s=4.0,
@@ -75,7 +75,7 @@ PRESETS: dict[str, Preset] = {
         tick_s=0.25,
         heartbeat_ticks=2,
         election_ticks=20,
-        snapshot_entries=50_000,
+        snapshot_entries=100_000,
         snapshot_interval_s=300.0,
         compaction_trailing=10_000,
         bootstrap_window_s=10.0,

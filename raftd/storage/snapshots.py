@@ -352,18 +352,20 @@ class SnapshotStore:
 class SnapshotPolicy:
     """When to snapshot and how much log to keep behind a snapshot.
 
-    A snapshot is due when ``entries`` entries were applied since the last one AND those
-    entries hold at least ``growth`` times the last snapshot's bytes, or when
-    ``interval_s`` seconds passed and at least one entry was applied, whichever comes
-    first. The byte rule is the Raft thesis's (chapter 5: snapshot once the log has
-    grown by a multiple of the previous snapshot's size): a snapshot costs in proportion
-    to the state, so with a large state and a fixed count of entries the snapshots alone
-    would cost more per entry as the state grows. After a snapshot at index ``i`` the log
-    is compacted up to ``i - trailing``, so followers that lag by less than ``trailing``
+    A snapshot is due once the entries applied since the last one hold at least
+    ``growth`` times the last snapshot's bytes (the byte rule), AND either ``entries``
+    entries were applied or ``interval_s`` seconds passed, whichever comes first. The
+    byte rule is the Raft thesis's (chapter 5: snapshot once the log has grown by a
+    multiple of the previous snapshot's size): a snapshot costs in proportion to the
+    state, so with a large state a fixed count of entries, or a fixed time, would spend
+    more per write on snapshots as the state grows. The count bounds the log of a small
+    state (etcd's default, 100,000 entries); the time lets a slow trickle of writes
+    compact its log once it is worth it. After a snapshot at index ``i`` the log is
+    compacted up to ``i - trailing``, so followers that lag by less than ``trailing``
     entries still catch up from the log instead of needing a whole snapshot.
     """
 
-    entries: int = 10_000
+    entries: int = 100_000
     interval_s: float = 60.0
     trailing: int = 5_000
     keep: int = 3
@@ -392,11 +394,9 @@ class SnapshotPolicy:
         """``log_bytes``: bytes of the entries applied since the last snapshot, which
         was ``snapshot_bytes`` long (0 when unknown: the byte rule then holds)."""
         behind = applied - snapshot_index
-        if behind <= 0:
+        if behind <= 0 or log_bytes < self.growth * snapshot_bytes:
             return False
-        if now - last_at >= self.interval_s:
-            return True
-        return behind >= self.entries and log_bytes >= self.growth * snapshot_bytes
+        return behind >= self.entries or now - last_at >= self.interval_s
 
     def compact_index(self, snapshot_index: int) -> int:
         """Compact up to here (0 means nothing to compact)."""
@@ -404,9 +404,9 @@ class SnapshotPolicy:
 
 
 PRESETS: dict[str, SnapshotPolicy] = {
-    "local": SnapshotPolicy(entries=10_000, interval_s=60.0),
-    "regional": SnapshotPolicy(entries=20_000, interval_s=120.0),
-    "global": SnapshotPolicy(entries=50_000, interval_s=300.0),
+    "local": SnapshotPolicy(entries=100_000, interval_s=60.0),
+    "regional": SnapshotPolicy(entries=100_000, interval_s=120.0),
+    "global": SnapshotPolicy(entries=100_000, interval_s=300.0),
 }
 """Suggested defaults per deployment preset (the trailing window is 5000 entries)."""
 

@@ -118,7 +118,8 @@ def test_policy_byte_rule_waits_for_the_log_to_outgrow_the_last_snapshot() -> No
 
     assert not due(log_bytes=999)  # enough entries, too few bytes
     assert due(log_bytes=1000)
-    assert due(now=10.0)  # the time rule does not wait for bytes
+    assert not due(now=10.0)  # the time rule waits for bytes too
+    assert due(applied=150, now=10.0, log_bytes=1000)  # by time, with enough bytes
     assert not due(applied=150, log_bytes=10**6)  # too few entries
     assert due(snapshot_bytes=0)  # no snapshot size known yet
     assert due(SnapshotPolicy(entries=100, growth=0.0))
@@ -144,9 +145,9 @@ def test_snapshotter_counts_the_snapshot_and_the_log_since(node: Node) -> None:
 
 
 def test_presets() -> None:
-    assert (PRESETS["local"].entries, PRESETS["local"].interval_s) == (10_000, 60.0)
-    assert (PRESETS["regional"].entries, PRESETS["regional"].interval_s) == (20_000, 120.0)
-    assert (PRESETS["global"].entries, PRESETS["global"].interval_s) == (50_000, 300.0)
+    assert (PRESETS["local"].entries, PRESETS["local"].interval_s) == (100_000, 60.0)
+    assert (PRESETS["regional"].entries, PRESETS["regional"].interval_s) == (100_000, 120.0)
+    assert (PRESETS["global"].entries, PRESETS["global"].interval_s) == (100_000, 300.0)
     assert all(p.trailing == 5000 and p.keep == 3 for p in PRESETS.values())
 
 
@@ -185,6 +186,8 @@ def test_snapshotter_snapshots_and_compacts_behind(node: Node) -> None:
     assert meta is not None and meta.index == 100
     assert storage.first_index() == 71  # trailing window of 30 kept: 71..100
     run_node(storage, sm, 5)
+    assert snapper.maybe_take(now=62.5) is None  # time, but a log smaller than the state
+    snapper.note_applied(snapper.snapshot_bytes)
     assert snapper.maybe_take(now=30.0) is None
     meta = snapper.maybe_take(now=62.5)  # by time
     assert meta is not None and meta.index == 105 and storage.first_index() == 76
@@ -260,8 +263,9 @@ def test_an_installed_snapshot_is_the_last_one_for_the_policy(tmp_path: Path) ->
     snapper.installed(nbytes, now=1.0)
     run_node(st, sm, 20)
     snapper.note_applied(nbytes - 1)
-    assert not snapper.due(now=60.9)  # the log has not outgrown the installed snapshot
-    assert snapper.due(now=61.0)  # the interval counts from the install
+    assert not snapper.due(now=2.0)  # the log has not outgrown the installed snapshot
+    assert not snapper.due(now=61.0)  # nor by time
+    assert snapper.last_at == 1.0  # the interval counts from the install
     snapper.note_applied(1)
     assert snapper.due(now=2.0)
     db.close()
