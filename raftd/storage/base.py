@@ -182,6 +182,11 @@ class RaftStorage(Storage, Protocol):
         """Metadata of the current snapshot, cheaply (no data is loaded)."""
         ...
 
+    def snapshot_size(self) -> int:
+        """Bytes of the current snapshot as stored (0 if there is none), cheaply (no data
+        is read): for a snapshot policy that restarts with the size of the last one."""
+        ...
+
     def apply_snapshot(self, snap: Snapshot) -> None:
         """Replace the whole log by ``snap`` (ignored unless newer than the current
         snapshot) and mark an install pending, durably. Same as ``save(None, [], snap)``."""

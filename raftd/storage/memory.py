@@ -120,6 +120,9 @@ class MemoryRaftStorage(MemoryStorage):
     def pending_install(self) -> SnapshotMetadata | None:
         return self._install
 
+    def snapshot_size(self) -> int:
+        return len(self.snap.data)
+
     def open_snapshot_data(self) -> AbstractContextManager[Readable]:
         @contextmanager
         def reader() -> Iterator[Readable]:

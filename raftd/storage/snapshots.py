@@ -459,9 +459,11 @@ class Snapshotter:
         self.sm = sm
         self.policy = policy
         self.last_at = now
-        #: Bytes of the last snapshot taken here (0: none yet), and of the entries
-        #: applied since (:meth:`note_applied`).
-        self.snapshot_bytes = 0
+        #: Bytes of the last snapshot (0: none yet), and of the entries applied since
+        #: (:meth:`note_applied`). After a restart the last snapshot is the stored one:
+        #: without its size the byte rule would hold at once and the node would write
+        #: its whole state again at the first count or time bound, at every restart.
+        self.snapshot_bytes = storage.snapshot_size()
         self.log_bytes = 0
 
     def installed(self, nbytes: int, now: float) -> None:

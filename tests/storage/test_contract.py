@@ -190,6 +190,8 @@ def test_create_snapshot(impl: Impl, store: RaftStorage) -> None:
         assert s.pending_install() is None  # nor does it need an install
         with s.open_snapshot_data() as f:
             assert f.read() == b"data@6"
+        # As stored: the data, and for a file its header and checksum.
+        assert len(b"data@6") <= s.snapshot_size() < len(b"data@6") + 512
     # not newer: unchanged
     assert s.create_snapshot(4, None, b"old") == sn
     with pytest.raises(UnavailableError):
@@ -424,3 +426,4 @@ def test_random_operations_match_reference(impl: Impl) -> None:
 def test_open_snapshot_data_of_empty_snapshot(store: RaftStorage) -> None:
     with store.open_snapshot_data() as f:
         assert f.read() == b""
+    assert store.snapshot_size() == 0

@@ -144,6 +144,25 @@ def test_snapshotter_counts_the_snapshot_and_the_log_since(node: Node) -> None:
     assert snapper.due(now=2.0)
 
 
+def test_a_restarted_snapshotter_knows_the_stored_snapshot_size(node: Node) -> None:
+    """The byte rule survives a restart: the stored snapshot's size is the last one's, so
+    a node does not write its whole state again at the first bound after each restart."""
+    _, storage, sm = node
+    policy = SnapshotPolicy(entries=100, interval_s=60.0, trailing=30)
+    snapper = Snapshotter(storage, sm, policy, now=0.0)
+    run_node(storage, sm, 200)
+    snapper.take(now=1.0)
+    size = snapper.snapshot_bytes
+    run_node(storage, sm, 150)
+    again = Snapshotter(storage, sm, policy, now=100.0)  # as after a restart
+    stored = again.snapshot_bytes
+    assert size <= stored < size + 512  # as stored: a file adds a header and a checksum
+    again.note_applied(stored - 1)
+    assert not again.due(now=200.0)  # 150 entries and 100 s, but a log smaller than the state
+    again.note_applied(1)
+    assert again.due(now=200.0)
+
+
 def test_presets() -> None:
     assert (PRESETS["local"].entries, PRESETS["local"].interval_s) == (100_000, 60.0)
     assert (PRESETS["regional"].entries, PRESETS["regional"].interval_s) == (100_000, 120.0)
@@ -252,11 +271,13 @@ def test_an_installed_snapshot_is_the_last_one_for_the_policy(tmp_path: Path) ->
     snap = leader_snapshot(tmp_path)
     db = LevelDB(tmp_path / "follower")
     st, sm = db.group(NS), KVStateMachine.leveldb(db, NS)
+    # Running before the install (a fresh node: no snapshot, no size).
+    snapper = Snapshotter(st, sm, SnapshotPolicy(entries=10, interval_s=60.0, trailing=5), now=0.0)
+    assert snapper.snapshot_bytes == 0
     st.save(None, (), snap)  # the install is pending until the state machine restores
     nbytes = restore_pending_install(st, sm)
     assert nbytes == len(snap.data) and sm.applied_index() == 300
     assert restore_pending_install(st, sm) is None  # nothing pending any more
-    snapper = Snapshotter(st, sm, SnapshotPolicy(entries=10, interval_s=60.0, trailing=5), now=0.0)
     run_node(st, sm, 20)
     snapper.note_applied(100)
     assert snapper.due(now=1.0)  # no size known: the entry count alone makes it due
