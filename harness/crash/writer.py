@@ -120,7 +120,11 @@ class Writer:
         self.snapper = Snapshotter(
             self.storage,
             self.sm,
-            SnapshotPolicy(entries=self.snap_every, interval_s=3600.0, trailing=50, keep=3),
+            # By count alone (no byte rule): the point is to reach the snapshot and
+            # compaction crash points often, in every run, restarts included.
+            SnapshotPolicy(
+                entries=self.snap_every, interval_s=3600.0, trailing=50, keep=3, growth=0.0
+            ),
             now=0.0,
         )
         self.client = b"w%05d" % self.run
