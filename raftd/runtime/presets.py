@@ -1,10 +1,10 @@
 """Timing presets. One tick drives the core; timeouts are counted in ticks.
 
-| preset   | tick   | heartbeat | election timeout | snapshot every       | bootstrap window |
-|----------|--------|-----------|------------------|----------------------|------------------|
-| local    | 50 ms  | 100 ms    | 500-1000 ms      | 100,000 entries/60 s | 1.5 s            |
-| regional | 100 ms | 200 ms    | 1.5-3 s          | 100,000 entries/120 s | 4 s             |
-| global   | 250 ms | 500 ms    | 5-10 s           | 100,000 entries/300 s | 10 s            |
+| preset   | tick   | heartbeat | election timeout | snapshot every        | bootstrap window |
+|----------|--------|-----------|------------------|-----------------------|------------------|
+| local    | 50 ms  | 100 ms    | 500-1000 ms      | 100,000 entries/60 s  | 1.5 s            |
+| regional | 100 ms | 200 ms    | 1.5-3 s          | 100,000 entries/120 s | 4 s              |
+| global   | 250 ms | 500 ms    | 5-10 s           | 100,000 entries/300 s | 10 s             |
 
 ``local`` is for a LAN or one host: failover is about the election timeout (0.5-1 s).
 ``global`` tolerates 300 ms RTT links: a heartbeat round trip fits ten times into the
