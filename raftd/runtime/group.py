@@ -66,6 +66,8 @@ from raftd.runtime.starvation import CpuStarvation
 from raftd.storage.base import GroupStorage, RaftStorage, StorageWriteError
 from raftd.storage.leveldb import LevelDBStorage
 from raftd.storage.snapshots import (
+    SnapshotCancelled,
+    SnapshotJob,
     SnapshotPolicy,
     Snapshotter,
     finish_pending_install,
@@ -240,6 +242,8 @@ class GroupStats:
     proposals_resent: int = 0
     leader_changes: int = 0
     snapshots_taken: int = 0
+    #: Snapshot images that could not be written (retried an interval later).
+    snapshot_failures: int = 0
     snapshots_installed: int = 0
     snapshots_sent: int = 0
     #: Persists that took longer than a tick (Raft kept stepping meanwhile).
@@ -333,6 +337,9 @@ class Group(Generic[ST, SM]):
         self.role: StateType = StateType.FOLLOWER
         self.conf: ConfState = ConfState()
         self._snapshotter: Snapshotter | None = None
+        # The snapshot whose image a worker thread is writing, and whether it is done.
+        self._snapshot_job: SnapshotJob | None = None
+        self._snapshot_result: outcome.Outcome[None] | None = None
         self._on_conf_change: list[Callable[[ConfChange, ConfState], None]] = []
         self._answer_listeners: list[tuple[Callable[[], None], Callable[[], None]]] = []
         self._on_leader_change: list[Callable[[NodeId], None]] = []
@@ -654,7 +661,13 @@ class Group(Generic[ST, SM]):
                 self._nursery = nursery
                 nursery.start_soon(self._ticker)
                 task_status.started()
-                await self._loop()
+                try:
+                    await self._loop()
+                finally:
+                    # An image being written is abandoned (at its next chunk), so
+                    # that the group stops without waiting for the whole state.
+                    if self._snapshot_job is not None:
+                        self._snapshot_job.cancel()
         finally:
             self._stopping = True
             self._fail_all(GroupUnavailable(f"{self.namespace}: group stopped"))
@@ -1271,8 +1284,39 @@ class Group(Generic[ST, SM]):
             self._wake.set()
 
     async def _maybe_snapshot(self, node: RawNode) -> None:
+        """Take a snapshot when the policy says so, without holding the Raft loop while
+        its image is written: the state machine's view is frozen here, a worker thread
+        writes the image (:meth:`_write_snapshot`) while this loop keeps stepping,
+        persisting and applying, and once it is written this loop records it and
+        compacts the log behind it (two short writes)."""
         s = self._snapshotter
-        if s is None or self.storage.pending_install() is not None:
+        if s is None:
+            return
+        job = self._snapshot_job
+        if job is not None:
+            result = self._snapshot_result
+            if result is None:
+                return  # still writing
+            self._snapshot_job = self._snapshot_result = None
+            if isinstance(result, outcome.Error):
+                self.stats.snapshot_failures += 1
+                s.failed(self.clock())
+                log.error(
+                    "%s: snapshot at index %d not written (retrying in %.0fs): %s",
+                    self.namespace,
+                    job.meta.index,
+                    s.policy.interval_s,
+                    result.error,
+                )
+                return
+            meta = await s.finish_async(job, self.clock())
+            if meta is not None:
+                self.stats.snapshots_taken += 1
+                log.info(
+                    "%s: snapshot at index %d (term %d)", self.namespace, meta.index, meta.term
+                )
+            return
+        if self.storage.pending_install() is not None or self._nursery is None:
             return
         now = self.clock()
         if not s.due(now):
@@ -1281,9 +1325,24 @@ class Group(Generic[ST, SM]):
         # be ahead of the log right after a snapshot install, which is then the point).
         if self.sm.applied_index() > self.storage.last_index():
             return
-        meta = await s.take_async(now, node.conf_state())
-        self.stats.snapshots_taken += 1
-        log.info("%s: snapshot at index %d (term %d)", self.namespace, meta.index, meta.term)
+        job = s.begin(node.conf_state())
+        if job is None:
+            return
+        self._snapshot_job = job
+        self._nursery.start_soon(self._write_snapshot, s, job)
+
+    async def _write_snapshot(self, s: Snapshotter, job: SnapshotJob) -> None:
+        """Write ``job``'s image in a worker thread, then wake the Raft loop to record it."""
+        try:
+            await trio.to_thread.run_sync(s.write, job)
+            result: outcome.Outcome[None] = outcome.Value(None)
+        except (StorageWriteError, SnapshotCancelled) as exc:
+            result = outcome.Error(exc)
+        finally:
+            job.close()
+        if self._snapshot_job is job:
+            self._snapshot_result = result
+            self._wake.set()
 
 
 def default_rng(node_id: NodeId, namespace: str) -> random.Random:

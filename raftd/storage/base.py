@@ -46,6 +46,7 @@ __all__ = [
     "GroupStorage",
     "RaftStorage",
     "Readable",
+    "SnapshotCancelled",
     "SnapshotFiles",
     "StorageClosedError",
     "StorageWriteError",
@@ -78,6 +79,11 @@ class StorageWriteError(StorageError):
     def __init__(self, message: str, *, cause: BaseException | None = None) -> None:
         super().__init__(message if cause is None else f"{message}: {cause!r}")
         self.cause = cause
+
+
+class SnapshotCancelled(Exception):
+    """The writing of a snapshot image was abandoned on request (the group is stopping);
+    nothing of it is left behind."""
 
 
 class StorageClosedError(StorageError):
@@ -205,17 +211,40 @@ class RaftStorage(Storage, Protocol):
         write: Callable[[Writable], object],
     ) -> SnapshotMetadata:
         """As :meth:`create_snapshot`, but the data is produced by ``write(file)`` in
-        chunks, so a large state machine never has to sit in memory as one ``bytes``."""
+        chunks, so a large state machine never has to sit in memory as one ``bytes``
+        (the three steps of :meth:`begin_snapshot` in a row)."""
         ...
 
-    async def create_snapshot_streaming_async(
-        self,
-        index: int,
-        conf_state: ConfState | None,
-        write: Callable[[Writable], object],
-    ) -> SnapshotMetadata:
-        """:meth:`create_snapshot_streaming` with the writing off the trio thread (``write``
-        must then be safe to call from a worker thread)."""
+    def begin_snapshot(self, index: int, conf_state: ConfState | None) -> SnapshotMetadata | None:
+        """The metadata a snapshot of the state machine as of applied ``index`` carries
+        (``conf_state=None``: the current membership), or ``None`` if ``index`` is not
+        newer than the current snapshot. Writes nothing. Raises :class:`ValueError`
+        while an install is pending and ``UnavailableError`` beyond the last entry.
+
+        A snapshot taken beside the owner's other writes is three steps:
+        :meth:`begin_snapshot` (the owner), :meth:`write_snapshot_image` (any thread),
+        :meth:`record_snapshot` (the owner)."""
+        ...
+
+    def write_snapshot_image(
+        self, meta: SnapshotMetadata, write: Callable[[Writable], object]
+    ) -> None:
+        """Store the image of ``meta``, produced by ``write(file)`` in chunks, durably.
+        Blocking, and safe to run in a worker thread while the owner keeps saving,
+        compacting and reading: it touches only the snapshot images, never the log or a
+        cache. A failure raises :class:`StorageWriteError`, leaves no image, and does
+        not fail the storage (nothing it holds has changed)."""
+        ...
+
+    def record_snapshot(self, meta: SnapshotMetadata) -> bool:
+        """Make the image of ``meta`` (from :meth:`write_snapshot_image`) the current
+        snapshot, durably. Does not compact. ``False`` if it is no longer newer than the
+        current snapshot or an install became pending while it was written: the image is
+        then dropped and nothing changes. :class:`ValueError` if there is no image."""
+        ...
+
+    async def record_snapshot_async(self, meta: SnapshotMetadata) -> bool:
+        """:meth:`record_snapshot` without stalling the trio loop."""
         ...
 
     def open_snapshot_data(self) -> AbstractContextManager[Readable]:

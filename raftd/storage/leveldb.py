@@ -345,6 +345,7 @@ class _Pending:
 
     op: str
     deletes: list[bytes] = field(default_factory=list)
+    delete_log: range | None = None  # log indexes to delete too, keys made where it runs
     puts: list[tuple[bytes, bytes]] = field(default_factory=list)
     snap_meta: SnapshotMetadata | None = None  # a snapshot file to write first...
     produce: Callable[[Writable], object] | None = None  # ...with this body
@@ -364,7 +365,7 @@ class _Pending:
     batch: Any = None  # ``deletes`` and ``puts`` already in a LevelDB write batch
 
     def empty(self) -> bool:
-        return not self.puts and not self.deletes and self.snap_meta is None
+        return not self.puts and not self.deletes and not self.delete_log and self.snap_meta is None
 
 
 class LevelDBStorage:
@@ -626,6 +627,10 @@ class LevelDBStorage:
                         pend.snapshot = None
                     else:
                         self._store.write_bytes(m, pend.snapshot.data)
+            if pend.delete_log:
+                key = codec.log_key
+                prefix = self._prefix
+                pend.deletes.extend([key(prefix, i) for i in pend.delete_log])
             if pend.batch is not None:
                 self._db.write_batch(pend.op, pend.batch)
             elif pend.puts or pend.deletes:
@@ -887,7 +892,9 @@ class LevelDBStorage:
         if index > last:
             raise UnavailableError(f"compact {index} beyond last {last}")
         t = self.term(index)
-        pend.deletes.extend(codec.log_key(self._prefix, i) for i in range(first, index + 1))
+        # A compaction after a snapshot deletes up to ~100,000 keys: they are made in
+        # the thread that writes them, not on the event loop.
+        pend.delete_log = range(first, index + 1)
         pend.puts.append(self._meta_log_put(index + 1, last, t))
         k = bisect_right(self._starts, index) - 1
         pend.first, pend.last, pend.dummy_term = index + 1, last, t
@@ -904,34 +911,68 @@ class LevelDBStorage:
         await self._run_async(self._prepare_compact(index))
 
     # -- snapshots ---------------------------------------------------------------------
-    def _prepare_snapshot(
-        self,
-        index: int,
-        conf_state: ConfState | None,
-        produce: Callable[[Writable], object] | None,
-        data: bytes | None,
-    ) -> _Pending:
-        self._check_writable()
-        pend = _Pending("snapshot")
+    def begin_snapshot(self, index: int, conf_state: ConfState | None) -> SnapshotMetadata | None:
+        self._check_open()
         if index <= self._snap_meta.index:
-            return pend
+            return None
         if self._install is not None:
             raise ValueError("a snapshot install is pending: finish it first")
         if index > self._last:
             raise UnavailableError(f"snapshot index {index} beyond last {self._last}")
         cs = conf_state if conf_state is not None else self._conf_state()
-        meta = SnapshotMetadata(index=index, term=self.term(index), conf_state=cs)
+        return SnapshotMetadata(index=index, term=self.term(index), conf_state=cs)
+
+    def write_snapshot_image(
+        self, meta: SnapshotMetadata, write: Callable[[Writable], object]
+    ) -> None:
+        # Only the snapshot folder is touched (a temp file, renamed into place): no
+        # database record and no cache, so the owner's writes may run meanwhile.
+        self._store.write(meta, write)
+
+    def _prepare_record(self, meta: SnapshotMetadata) -> _Pending | None:
+        self._check_writable()
+        if meta.index <= self._snap_meta.index or self._install is not None:
+            return None
+        if not self._store.path(meta.term, meta.index).exists():
+            raise ValueError(f"no image of snapshot {meta.term}-{meta.index} in the store")
+        pend = _Pending("snapshot")
         k = self._k_meta_snap
         pend.puts.append((k, codec.seal(k, codec.encode_snapshot_meta(meta))))
         pend.snap_meta = meta
-        if data is not None:
-            pend.snapshot = Snapshot(metadata=meta, data=data)
-        else:
-            pend.produce = produce
         return pend
 
+    def _discard_image(self, meta: SnapshotMetadata) -> None:
+        if (meta.term, meta.index) != (self._snap_meta.term, self._snap_meta.index):
+            with suppress(OSError):
+                self._store.remove(meta.term, meta.index)
+
+    def record_snapshot(self, meta: SnapshotMetadata) -> bool:
+        pend = self._prepare_record(meta)
+        if pend is None:
+            self._discard_image(meta)
+            return False
+        self._run(pend)
+        return True
+
+    async def record_snapshot_async(self, meta: SnapshotMetadata) -> bool:
+        pend = self._prepare_record(meta)
+        if pend is None:
+            self._discard_image(meta)
+            await trio.lowlevel.checkpoint()
+            return False
+        await self._run_async(pend)
+        return True
+
     def create_snapshot(self, index: int, conf_state: ConfState | None, data: bytes) -> Snapshot:
-        pend = self._prepare_snapshot(index, conf_state, None, data)
+        self._check_writable()
+        meta = self.begin_snapshot(index, conf_state)
+        if meta is None:
+            return self.snapshot()
+        pend = _Pending("snapshot")
+        k = self._k_meta_snap
+        pend.puts.append((k, codec.seal(k, codec.encode_snapshot_meta(meta))))
+        pend.snap_meta = meta
+        pend.snapshot = Snapshot(metadata=meta, data=data)
         self._run(pend)
         return self.snapshot()
 
@@ -941,16 +982,12 @@ class LevelDBStorage:
         conf_state: ConfState | None,
         write: Callable[[Writable], object],
     ) -> SnapshotMetadata:
-        self._run(self._prepare_snapshot(index, conf_state, write, None))
-        return self._snap_meta
-
-    async def create_snapshot_streaming_async(
-        self,
-        index: int,
-        conf_state: ConfState | None,
-        write: Callable[[Writable], object],
-    ) -> SnapshotMetadata:
-        await self._run_async(self._prepare_snapshot(index, conf_state, write, None))
+        self._check_writable()
+        meta = self.begin_snapshot(index, conf_state)
+        if meta is None:
+            return self._snap_meta
+        self.write_snapshot_image(meta, write)
+        self.record_snapshot(meta)
         return self._snap_meta
 
     # -- small records -----------------------------------------------------------------

@@ -22,6 +22,7 @@ from raftd.core.types import ConfState, Entry, HardState, Snapshot, SnapshotMeta
 from raftd.storage.base import (
     FaultHook,
     Readable,
+    SnapshotCancelled,
     StorageClosedError,
     StorageWriteError,
     Writable,
@@ -222,19 +223,54 @@ class MemoryRaftStorage(MemoryStorage):
         self._fault("write:compact")
         super().compact(compact_index)
 
-    def create_snapshot(self, index: int, conf_state: ConfState | None, data: bytes) -> Snapshot:
-        self._check_writable()
+    def begin_snapshot(self, index: int, conf_state: ConfState | None) -> SnapshotMetadata | None:
+        if self._closed:
+            raise StorageClosedError(f"storage {self._namespace!r} is closed")
         if index <= self.snap.metadata.index:
-            return self.snap
+            return None
         if self._install is not None:
             raise ValueError("a snapshot install is pending: finish it first")
         if index > self.last_index():
             raise UnavailableError(f"snapshot index {index} beyond last {self.last_index()}")
         if index < self._offset():
             raise CompactedError(f"snapshot index {index} already compacted")
-        self._fault("write:snapshot")
         cs = conf_state if conf_state is not None else self._current_conf()
-        meta = SnapshotMetadata(index=index, term=self.term(index), conf_state=cs)
+        return SnapshotMetadata(index=index, term=self.term(index), conf_state=cs)
+
+    def write_snapshot_image(
+        self, meta: SnapshotMetadata, write: Callable[[Writable], object]
+    ) -> None:
+        try:
+            self._files.write(meta, write)
+        except Exception as e:
+            if isinstance(e, StorageWriteError | SnapshotCancelled):
+                raise
+            raise StorageWriteError(f"writing snapshot {meta.term}-{meta.index}", cause=e) from e
+
+    def record_snapshot(self, meta: SnapshotMetadata) -> bool:
+        self._check_writable()
+        key = (meta.term, meta.index)
+        if meta.index <= self.snap.metadata.index or self._install is not None:
+            if key != (self.snap.metadata.term, self.snap.metadata.index):
+                self._files.images.pop(key, None)
+            return False
+        image = self._files.images.get(key)
+        if image is None:
+            raise ValueError(f"no image of snapshot {meta.term}-{meta.index} in the store")
+        self._fault("write:snapshot")
+        self.snap = Snapshot(metadata=meta, data=image)
+        return True
+
+    async def record_snapshot_async(self, meta: SnapshotMetadata) -> bool:
+        await trio.lowlevel.checkpoint()
+        return self.record_snapshot(meta)
+
+    def create_snapshot(self, index: int, conf_state: ConfState | None, data: bytes) -> Snapshot:
+        self._check_writable()
+        meta = self.begin_snapshot(index, conf_state)
+        if meta is None:
+            return self.snap
+        self._fault("write:snapshot")
         self.snap = Snapshot(metadata=meta, data=data)
         self._files.images[(meta.term, meta.index)] = data
         return self.snap
@@ -246,20 +282,12 @@ class MemoryRaftStorage(MemoryStorage):
         write: Callable[[Writable], object],
     ) -> SnapshotMetadata:
         self._check_writable()
-        if index <= self.snap.metadata.index:
+        meta = self.begin_snapshot(index, conf_state)
+        if meta is None:
             return self.snap.metadata
-        buf = io.BytesIO()
-        write(buf)
-        return self.create_snapshot(index, conf_state, buf.getvalue()).metadata
-
-    async def create_snapshot_streaming_async(
-        self,
-        index: int,
-        conf_state: ConfState | None,
-        write: Callable[[Writable], object],
-    ) -> SnapshotMetadata:
-        await trio.lowlevel.checkpoint()
-        return self.create_snapshot_streaming(index, conf_state, write)
+        self.write_snapshot_image(meta, write)
+        self.record_snapshot(meta)
+        return self.snap.metadata
 
     async def compact_async(self, index: int) -> None:
         await trio.lowlevel.checkpoint()

@@ -53,6 +53,7 @@ from raftd.storage.base import (
     FaultHook,
     RaftStorage,
     Readable,
+    SnapshotCancelled,
     StorageWriteError,
     Writable,
 )
@@ -60,7 +61,9 @@ from raftd.storage.codec import DecodeError, decode_conf_state, encode_conf_stat
 
 __all__ = [
     "PRESETS",
+    "SnapshotCancelled",
     "SnapshotFileInfo",
+    "SnapshotJob",
     "SnapshotPolicy",
     "SnapshotStore",
     "SnapshotView",
@@ -201,7 +204,7 @@ class SnapshotStore:
         except Exception as e:
             with suppress(OSError):
                 tmp.unlink(missing_ok=True)
-            if isinstance(e, StorageWriteError):
+            if isinstance(e, StorageWriteError | SnapshotCancelled):
                 raise
             raise StorageWriteError(f"writing snapshot {final}", cause=e) from e
         return final
@@ -465,6 +468,8 @@ class Snapshotter:
         #: its whole state again at the first count or time bound, at every restart.
         self.snapshot_bytes = storage.snapshot_size()
         self.log_bytes = 0
+        #: After a failed image write, no new snapshot is due before this time.
+        self.retry_at = 0.0
 
     def installed(self, nbytes: int, now: float) -> None:
         """A snapshot of ``nbytes`` was installed from the leader: it is this group's
@@ -481,6 +486,8 @@ class Snapshotter:
         self.log_bytes += nbytes
 
     def due(self, now: float) -> bool:
+        if now < self.retry_at:
+            return False
         return self.policy.due(
             applied=self.sm.applied_index(),
             snapshot_index=self.storage.snapshot_metadata().index,
@@ -490,48 +497,76 @@ class Snapshotter:
             snapshot_bytes=self.snapshot_bytes,
         )
 
-    def _counted(self, write: Callable[[Writable], None]) -> Callable[[Writable], None]:
-        """``write`` with the bytes it writes counted into :attr:`snapshot_bytes`."""
+    def begin(self, conf_state: ConfState | None = None) -> SnapshotJob | None:
+        """Start a snapshot of the state machine at its applied index (on the owner's
+        thread: the view is frozen here, so applies may continue). ``None`` if the
+        applied index is not newer than the current snapshot. ``conf_state`` defaults to
+        the storage's current membership. Hand the job to :meth:`write` (any thread),
+        then to :meth:`finish` (the owner's thread)."""
+        view = self.sm.snapshot_view()
+        try:
+            meta = self.storage.begin_snapshot(view.index, conf_state)
+        except BaseException:
+            view.close()
+            raise
+        if meta is None:
+            view.close()
+            return None
+        return SnapshotJob(meta, view, self.log_bytes)
 
-        def counting(f: Writable) -> None:
-            counter = _CountingWriter(f)
-            write(counter)
-            self.snapshot_bytes = counter.n
-            self.log_bytes = 0
+    def write(self, job: SnapshotJob) -> None:
+        """Write the job's image (blocking; safe in a worker thread while the owner keeps
+        saving and applying). Raises :class:`SnapshotCancelled` soon after
+        :meth:`SnapshotJob.cancel`, :class:`StorageWriteError` if the image cannot be
+        written; either way nothing is left behind. Closes the view."""
+        try:
+            self.storage.write_snapshot_image(job.meta, job.produce)
+        finally:
+            job.close()
 
-        return counting
+    def finish(self, job: SnapshotJob, now: float) -> SnapshotMetadata | None:
+        """Record the written image and compact the log behind it; ``None`` if the image
+        was no longer newer (an install came first) and was dropped."""
+        if not self.storage.record_snapshot(job.meta):
+            return None
+        ci = self._recorded(job, now)
+        if ci:
+            self.storage.compact(ci)
+        return job.meta
+
+    async def finish_async(self, job: SnapshotJob, now: float) -> SnapshotMetadata | None:
+        """:meth:`finish` with the writes off the trio thread."""
+        if not await self.storage.record_snapshot_async(job.meta):
+            return None
+        ci = self._recorded(job, now)
+        if ci:
+            await self.storage.compact_async(ci)
+        return job.meta
+
+    def _recorded(self, job: SnapshotJob, now: float) -> int:
+        """Count the recorded snapshot for the policy; the index to compact to (0: none)."""
+        self.snapshot_bytes = job.nbytes
+        # Entries applied while the image was written are not in it: they still count.
+        self.log_bytes = max(0, self.log_bytes - job.log_bytes)
+        self.last_at = now
+        self.retry_at = 0.0
+        ci = self.policy.compact_index(job.meta.index)
+        return ci if ci > self.storage.first_index() - 1 else 0
+
+    def failed(self, now: float) -> None:
+        """Writing an image failed: try again no sooner than an interval from ``now``
+        (the log keeps everything meanwhile; a full disk is not retried at every write)."""
+        self.retry_at = now + self.policy.interval_s
 
     def take(self, now: float, conf_state: ConfState | None = None) -> SnapshotMetadata:
         """Snapshot the state machine at its applied index, then compact the log behind
-        it. ``conf_state`` (a ``ConfState``) defaults to the storage's current one."""
-        view = self.sm.snapshot_view()
-        try:
-            meta = self.storage.create_snapshot_streaming(
-                view.index, conf_state, self._counted(view.write)
-            )
-        finally:
-            view.close()
-        self.last_at = now
-        ci = self.policy.compact_index(meta.index)
-        if ci > self.storage.first_index() - 1:
-            self.storage.compact(ci)
-        return meta
-
-    async def take_async(self, now: float, conf_state: ConfState | None = None) -> SnapshotMetadata:
-        """:meth:`take` with the file write and the compaction off the trio thread. The
-        view is captured first, on the caller's thread, so applies may continue."""
-        view = self.sm.snapshot_view()
-        try:
-            meta = await self.storage.create_snapshot_streaming_async(
-                view.index, conf_state, self._counted(view.write)
-            )
-        finally:
-            view.close()
-        self.last_at = now
-        ci = self.policy.compact_index(meta.index)
-        if ci > self.storage.first_index() - 1:
-            await self.storage.compact_async(ci)
-        return meta
+        it (:meth:`begin`, :meth:`write` and :meth:`finish` in a row). Returns the
+        current snapshot's metadata."""
+        job = self.begin(conf_state)
+        if job is not None:
+            self.write(job)
+            self.finish(job, now)
+        return self.storage.snapshot_metadata()
 
     def maybe_take(
         self, now: float, conf_state: ConfState | None = None
@@ -539,16 +574,51 @@ class Snapshotter:
         return self.take(now, conf_state) if self.due(now) else None
 
 
+class SnapshotJob:
+    """A snapshot being taken: the state machine's frozen view, the metadata the image
+    will carry, and (once written) its size. Made by :meth:`Snapshotter.begin`."""
+
+    __slots__ = ("_closed", "cancelled", "log_bytes", "meta", "nbytes", "view")
+
+    def __init__(self, meta: SnapshotMetadata, view: SnapshotView, log_bytes: int) -> None:
+        self.meta = meta
+        self.view = view
+        #: The snapshotter's ``log_bytes`` when the view was frozen (all in the image).
+        self.log_bytes = log_bytes
+        self.nbytes = 0
+        self.cancelled = False
+        self._closed = False
+
+    def cancel(self) -> None:
+        """Ask the writer to stop at its next chunk (any thread)."""
+        self.cancelled = True
+
+    def produce(self, f: Writable) -> None:
+        counter = _CountingWriter(f, self)
+        self.view.write(counter)
+        self.nbytes = counter.n
+
+    def close(self) -> None:
+        """Release the view (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self.view.close()
+
+
 class _CountingWriter:
-    """A :class:`Writable` that counts what passes through it."""
+    """A :class:`Writable` that counts what passes through it, and stops a cancelled
+    job."""
 
-    __slots__ = ("f", "n")
+    __slots__ = ("f", "job", "n")
 
-    def __init__(self, f: Writable) -> None:
+    def __init__(self, f: Writable, job: SnapshotJob | None = None) -> None:
         self.f = f
+        self.job = job
         self.n = 0
 
     def write(self, data: bytes, /) -> int:
+        if self.job is not None and self.job.cancelled:
+            raise SnapshotCancelled(f"snapshot at {self.job.meta.index} cancelled")
         self.n += len(data)
         return self.f.write(data)
 

@@ -219,6 +219,82 @@ def test_create_snapshot_streaming(store: RaftStorage) -> None:
     assert got == b"".join(chunks)
 
 
+def test_a_snapshot_in_three_steps_beside_other_writes(impl: Impl, store: RaftStorage) -> None:
+    """begin, write the image, record: between the steps the owner keeps saving (the
+    image is written while the log grows), and only the record makes it current."""
+    store.save(HardState(1, "a", 4), ents(1, 4, 1), None)
+    meta = store.begin_snapshot(3, ConfState(("a", "b")))
+    assert meta == SnapshotMetadata(3, 1, ConfState(("a", "b")))
+    store.save(None, ents(5, 8, 2), None)  # the log grows meanwhile
+    store.write_snapshot_image(meta, lambda w: w.write(b"state@3"))
+    assert store.snapshot().is_empty()  # written, not recorded
+    store.save(None, ents(9, 9, 2), None)
+    assert store.record_snapshot(meta)
+    for s in before_and_after_restart(impl, store):
+        assert s.snapshot() == Snapshot(meta, b"state@3")
+        assert (s.first_index(), s.last_index()) == (1, 9)  # recording does not compact
+        assert read_all(s) == [*ents(1, 4, 1), *ents(5, 9, 2)]
+    # Not newer than the current snapshot: nothing to begin.
+    assert impl.reopen().begin_snapshot(3, None) is None
+
+
+def test_begin_snapshot_refuses_what_it_cannot_record(store: RaftStorage) -> None:
+    store.save(None, ents(1, 4, 1), None)
+    with pytest.raises(UnavailableError):
+        store.begin_snapshot(5, None)
+    meta = store.begin_snapshot(4, None)
+    assert meta is not None and meta.conf_state == ConfState()  # the current membership
+    with pytest.raises(ValueError, match="no image"):
+        store.record_snapshot(meta)  # nothing was written
+    store.apply_snapshot(snap(20, 3))
+    store.save(None, ents(21, 21, 3), None)
+    with pytest.raises(ValueError, match="install is pending"):
+        store.begin_snapshot(21, None)
+
+
+def test_an_install_while_an_image_is_written_wins(impl: Impl, store: RaftStorage) -> None:
+    """A leader's snapshot installed while a local image was being written is newer: the
+    local one is dropped at its record, and the install stands."""
+    store.save(None, ents(1, 6, 1), None)
+    meta = store.begin_snapshot(5, None)
+    assert meta is not None
+    store.write_snapshot_image(meta, lambda w: w.write(b"local@5"))
+    leader = snap(30, 2, b"leader@30")
+    store.apply_snapshot(leader)
+    assert not store.record_snapshot(meta)
+    store.finish_install(30)
+    store.save(None, ents(31, 32, 2), None)
+    meta2 = store.begin_snapshot(31, None)
+    assert meta2 is not None
+    store.write_snapshot_image(meta2, lambda w: w.write(b"local@31"))
+    store.apply_snapshot(snap(40, 3, b"leader@40"))  # and while its install is pending
+    assert not store.record_snapshot(meta2)
+    for s in before_and_after_restart(impl, store):
+        assert s.snapshot().metadata.index == 40 and s.snapshot().data == b"leader@40"
+
+
+def test_a_failed_image_write_leaves_the_storage_working(impl: Impl, store: RaftStorage) -> None:
+    """Writing an image changes nothing the storage holds, so its failure (a full disk)
+    is reported, leaves no image, and does not fail the storage."""
+    store.save(None, ents(1, 6, 1), None)
+    meta = store.begin_snapshot(5, None)
+    assert meta is not None
+
+    def produce(w: Writable) -> None:
+        w.write(b"half")
+        raise OSError(28, "No space left on device (injected)")
+
+    with pytest.raises(StorageWriteError, match="No space left"):
+        store.write_snapshot_image(meta, produce)
+    assert store.failed is None
+    with pytest.raises(ValueError, match="no image"):
+        store.record_snapshot(meta)
+    store.save(None, ents(7, 7, 1), None)  # still taking writes
+    assert store.create_snapshot_streaming(6, None, lambda w: w.write(b"ok")).index == 6
+    for s in before_and_after_restart(impl, store):
+        assert s.snapshot().data == b"ok" and s.last_index() == 7
+
+
 def test_apply_snapshot_replaces_log_and_marks_install(impl: Impl, store: RaftStorage) -> None:
     store.save(HardState(1, "a", 2), ents(1, 5, 1), None)
     sn = snap(20, 3, b"leader state", ("a", "b", "c"))
@@ -355,8 +431,10 @@ async def test_save_async_and_friends(impl: Impl, store: RaftStorage) -> None:
     def produce(w: Writable) -> None:
         w.write(b"async snapshot")
 
-    meta = await store.create_snapshot_streaming_async(250, None, produce)
-    assert meta.index == 250
+    meta = store.begin_snapshot(250, None)
+    assert meta is not None
+    store.write_snapshot_image(meta, produce)
+    assert await store.record_snapshot_async(meta)
     await store.compact_async(200)
     s = impl.reopen()
     assert (s.first_index(), s.last_index()) == (201, 301)

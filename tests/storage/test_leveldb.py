@@ -284,9 +284,13 @@ def test_failed_snapshot_file_write(data_dir: Path) -> None:
 
     with pytest.raises(StorageWriteError, match="Input/output error"):
         s.create_snapshot_streaming(5, None, produce)
-    assert s.failed is not None
+    # Only the image failed, and nothing of it is left: the database is untouched and
+    # keeps taking writes.
+    assert s.failed is None
     assert os.listdir(s.snapshot_store.directory) == []
     assert s.snapshot().is_empty()
+    s.save(None, ents(11, 11, 1), None)
+    assert s.last_index() == 11
     db.close()
 
 
@@ -345,9 +349,13 @@ def test_disk_full_while_writing_a_snapshot(tiny_tmpfs: Path) -> None:
 
     with pytest.raises(StorageWriteError, match="No space left"):
         s.create_snapshot_streaming(5, None, produce)
-    assert s.failed is not None
     assert s.snapshot().is_empty()
     assert os.listdir(s.snapshot_store.directory) == []  # the temp file was removed
+    # The database holds what it held: the group keeps its log and takes writes again
+    # once the temp file's space is back.
+    assert s.failed is None
+    s.save(None, ents(11, 11, 1), None)
+    assert s.entries(1, 12) == ents(1, 11, 1)
     db.close()
 
 

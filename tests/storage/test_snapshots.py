@@ -12,7 +12,7 @@ import pytest
 from raftd.core.types import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
 from raftd.kv import commands as C
 from raftd.kv.machine import KVStateMachine
-from raftd.storage.base import CorruptionError, StorageWriteError
+from raftd.storage.base import CorruptionError, SnapshotCancelled, StorageWriteError
 from raftd.storage.leveldb import LevelDB, LevelDBStorage
 from raftd.storage.memory import MemoryRaftStorage
 from raftd.storage.snapshots import (
@@ -217,12 +217,58 @@ def test_snapshotter_snapshots_and_compacts_behind(node: Node) -> None:
     assert other.revision() == sm.revision() == 105
 
 
-async def test_snapshotter_async(node: Node) -> None:
+async def test_a_snapshot_job_is_written_beside_applies(node: Node) -> None:
+    """The view is frozen at begin; the image is written in a worker thread while the
+    owner keeps saving and applying; finish records it and compacts behind it. The
+    entries applied meanwhile are not in the image, and still count toward the next."""
+    import trio
+
     _, storage, sm = node
     run_node(storage, sm, 50)
     snapper = Snapshotter(storage, sm, SnapshotPolicy(entries=10, trailing=5), now=0.0)
-    meta = await snapper.take_async(now=1.0)
-    assert meta.index == 50 and storage.first_index() == 46
+    snapper.note_applied(500)
+    image_at_50 = state_of(sm)
+    job = snapper.begin()
+    assert job is not None and job.meta.index == 50
+    run_node(storage, sm, 20)  # applied while the image is written
+    snapper.note_applied(200)
+    await trio.to_thread.run_sync(snapper.write, job)
+    assert storage.snapshot_metadata().index == 0  # written, not recorded yet
+    meta = await snapper.finish_async(job, now=1.0)
+    assert meta is not None and meta.index == 50
+    assert storage.first_index() == 46 and storage.last_index() == 70
+    with storage.open_snapshot_data() as f:
+        assert f.read() == image_at_50
+    assert snapper.snapshot_bytes == len(image_at_50) and snapper.log_bytes == 200
+    assert snapper.begin() is not None  # applied 70 is newer than 50
+
+
+def test_a_cancelled_snapshot_job_leaves_nothing(node: Node) -> None:
+    _, storage, sm = node
+    run_node(storage, sm, 3000)  # an image of several chunks
+    snapper = Snapshotter(storage, sm, SnapshotPolicy(entries=10, trailing=5), now=0.0)
+    job = snapper.begin()
+    assert job is not None
+    job.cancel()
+    with pytest.raises(SnapshotCancelled):
+        snapper.write(job)
+    assert storage.snapshot_metadata().index == 0 and storage.first_index() == 1
+    if isinstance(storage, LevelDBStorage):
+        assert os.listdir(storage.snapshot_store.directory) == []
+    else:
+        assert storage.snapshot_store.images == {}
+
+
+def test_a_failed_image_write_is_retried_an_interval_later(node: Node) -> None:
+    _, storage, sm = node
+    run_node(storage, sm, 20)
+    snapper = Snapshotter(storage, sm, SnapshotPolicy(entries=10, interval_s=30.0), now=0.0)
+    assert snapper.due(now=1.0)
+    snapper.failed(now=1.0)
+    assert not snapper.due(now=30.9)
+    assert snapper.due(now=31.0)
+    snapper.take(now=31.0)
+    assert snapper.retry_at == 0.0 and storage.snapshot_metadata().index == 20
 
 
 # -- install ---------------------------------------------------------------------------
