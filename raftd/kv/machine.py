@@ -436,8 +436,12 @@ class KVSnapshotView:
         return self._view.meta.applied
 
     def write(self, f: Writable) -> None:
+        for chunk in self.chunks():
+            f.write(chunk)
+
+    def chunks(self) -> Iterator[bytes]:
         v = self._view
-        snapfmt.write_stream(f, v.meta, v.keys(), v.sessions(), v.leases())
+        return snapfmt.iter_stream(v.meta, v.keys(), v.sessions(), v.leases())
 
     def close(self) -> None:
         self._view.close()

@@ -47,6 +47,18 @@ def write_stream(
     leases: Iterable[tuple[int, LeaseRecord]] = (),
 ) -> None:
     """Write a whole snapshot stream to ``f`` in chunks of about 64 KiB."""
+    for chunk in iter_stream(meta, keys, sessions, leases):
+        f.write(chunk)
+
+
+def iter_stream(
+    meta: Meta,
+    keys: Iterable[tuple[bytes, KeyRecord]],
+    sessions: Iterable[tuple[bytes, Session]],
+    leases: Iterable[tuple[int, LeaseRecord]] = (),
+) -> Iterator[bytes]:
+    """The snapshot stream as chunks of about 64 KiB, made one at a time as they are
+    asked for (a caller can spread the work over time)."""
     buf = bytearray(MAGIC)
     buf += b"M" + _META.pack(meta.applied, meta.revision)
     nk = ns = nl = 0
@@ -58,13 +70,13 @@ def write_stream(
             buf += _U64.pack(r.lease)
         nk += 1
         if len(buf) >= _FLUSH:
-            f.write(bytes(buf))
+            yield bytes(buf)
             buf.clear()
     for c, s in sessions:
         buf += b"S" + u32(len(c)) + c + _U64.pack(s.last_seq) + u32(len(s.result)) + s.result
         ns += 1
         if len(buf) >= _FLUSH:
-            f.write(bytes(buf))
+            yield bytes(buf)
             buf.clear()
     for lid, lr in leases:
         buf += b"L" + _U64.pack(lid) + _U64.pack(lr.ttl) + u32(len(lr.keys))
@@ -72,13 +84,13 @@ def write_stream(
             buf += u32(len(k)) + k
         nl += 1
         if len(buf) >= _FLUSH:
-            f.write(bytes(buf))
+            yield bytes(buf)
             buf.clear()
     if nl:
         buf += b"F" + _END3.pack(nk, ns, nl)
     else:
         buf += b"E" + _END.pack(nk, ns)
-    f.write(bytes(buf))
+    yield bytes(buf)
 
 
 class _Reader:

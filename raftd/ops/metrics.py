@@ -347,6 +347,7 @@ class RaftdCollector(Collector):
                 ("taken", gs.snapshots_taken),
                 ("installed", gs.snapshots_installed),
                 ("sent", gs.snapshots_sent),
+                ("failed", gs.snapshot_failures),
             ):
                 f["raftd_snapshots_total"].add_metric([ns, kind], float(n))
 

@@ -31,7 +31,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic
@@ -742,7 +742,7 @@ class Group(Generic[ST, SM]):
         node = self.node
         assert node is not None
         while True:
-            if not self._has_input() and not node.has_ready():
+            if not self._has_input() and not node.has_ready() and not self._snapshot_wants_feed():
                 self._plan_ticks(node)
                 if node.commit_lingers():
                     # The next proposal's appends would carry the new commit index to
@@ -781,7 +781,7 @@ class Group(Generic[ST, SM]):
                     raise GroupUnavailable(f"{self.namespace}: storage failed: {exc}") from exc
                 node.advance(rd)
             await self._maybe_snapshot(node)
-            if self._has_input() or node.has_ready():
+            if self._has_input() or node.has_ready() or self._snapshot_wants_feed():
                 # Let other tasks (API handlers, transport) run between batches. With
                 # nothing queued, waiting for input (above) lets them run anyway.
                 await trio.lowlevel.checkpoint()
@@ -1128,6 +1128,10 @@ class Group(Generic[ST, SM]):
         held = self._starvation.held_off_s() - held0
         return kept_time and held < 0.5 * window
 
+    #: The Raft loop makes a snapshot's image in slices of about this long (at least
+    #: one chunk of 64 KiB, about 1.5 ms of work) between its batches.
+    SNAPSHOT_SLICE_S = 0.002
+
     #: A leader's persist outstanding for this fraction of an election timeout hands
     #: leadership over (see :meth:`_persist`).
     STUCK_PERSIST_FRACTION = 0.25
@@ -1285,9 +1289,10 @@ class Group(Generic[ST, SM]):
 
     async def _maybe_snapshot(self, node: RawNode) -> None:
         """Take a snapshot when the policy says so, without holding the Raft loop while
-        its image is written: the state machine's view is frozen here, a worker thread
-        writes the image (:meth:`_write_snapshot`) while this loop keeps stepping,
-        persisting and applying, and once it is written this loop records it and
+        its image is made: the state machine's view is frozen here; this loop makes the
+        image's chunks a slice at a time (``SNAPSHOT_SLICE_S``) between its batches and
+        a worker thread writes them (:meth:`_write_snapshot`), so the loop keeps
+        stepping, persisting and applying; once it is written this loop records it and
         compacts the log behind it (two short writes)."""
         s = self._snapshotter
         if s is None:
@@ -1296,6 +1301,7 @@ class Group(Generic[ST, SM]):
         if job is not None:
             result = self._snapshot_result
             if result is None:
+                job.feed(self.SNAPSHOT_SLICE_S)
                 return  # still writing
             self._snapshot_job = self._snapshot_result = None
             if isinstance(result, outcome.Error):
@@ -1325,11 +1331,27 @@ class Group(Generic[ST, SM]):
         # be ahead of the log right after a snapshot install, which is then the point).
         if self.sm.applied_index() > self.storage.last_index():
             return
-        job = s.begin(node.conf_state())
+        job = s.begin(node.conf_state(), fed=True)
         if job is None:
             return
+        token = trio.lowlevel.current_trio_token()
+
+        def on_room() -> None:
+            # The writer thread took a chunk from a queue this loop found full.
+            with suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._wake_loop)
+
+        job.on_room = on_room
         self._snapshot_job = job
         self._nursery.start_soon(self._write_snapshot, s, job)
+        job.feed(self.SNAPSHOT_SLICE_S)
+
+    def _wake_loop(self) -> None:
+        self._wake.set()
+
+    def _snapshot_wants_feed(self) -> bool:
+        job = self._snapshot_job
+        return job is not None and self._snapshot_result is None and job.wants_feed()
 
     async def _write_snapshot(self, s: Snapshotter, job: SnapshotJob) -> None:
         """Write ``job``'s image in a worker thread, then wake the Raft loop to record it."""
@@ -1339,6 +1361,7 @@ class Group(Generic[ST, SM]):
         except (StorageWriteError, SnapshotCancelled) as exc:
             result = outcome.Error(exc)
         finally:
+            # On this thread: the loop makes the chunks from the view here too.
             job.close()
         if self._snapshot_job is job:
             self._snapshot_result = result

@@ -39,8 +39,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import re
 import struct
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
@@ -424,6 +426,10 @@ class SnapshotView(Protocol):
 
     def write(self, f: Writable) -> None: ...
 
+    def chunks(self) -> Iterator[bytes]:
+        """The image :meth:`write` writes, as chunks made one at a time when asked."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -497,12 +503,15 @@ class Snapshotter:
             snapshot_bytes=self.snapshot_bytes,
         )
 
-    def begin(self, conf_state: ConfState | None = None) -> SnapshotJob | None:
+    def begin(
+        self, conf_state: ConfState | None = None, *, fed: bool = False
+    ) -> SnapshotJob | None:
         """Start a snapshot of the state machine at its applied index (on the owner's
         thread: the view is frozen here, so applies may continue). ``None`` if the
         applied index is not newer than the current snapshot. ``conf_state`` defaults to
-        the storage's current membership. Hand the job to :meth:`write` (any thread),
-        then to :meth:`finish` (the owner's thread)."""
+        the storage's current membership. Hand the job to :meth:`write` (any thread;
+        ``fed=True``: feed it meanwhile, see :class:`SnapshotJob`), then to
+        :meth:`finish` (the owner's thread)."""
         view = self.sm.snapshot_view()
         try:
             meta = self.storage.begin_snapshot(view.index, conf_state)
@@ -512,17 +521,14 @@ class Snapshotter:
         if meta is None:
             view.close()
             return None
-        return SnapshotJob(meta, view, self.log_bytes)
+        return SnapshotJob(meta, view, self.log_bytes, fed=fed)
 
     def write(self, job: SnapshotJob) -> None:
         """Write the job's image (blocking; safe in a worker thread while the owner keeps
         saving and applying). Raises :class:`SnapshotCancelled` soon after
         :meth:`SnapshotJob.cancel`, :class:`StorageWriteError` if the image cannot be
-        written; either way nothing is left behind. Closes the view."""
-        try:
-            self.storage.write_snapshot_image(job.meta, job.produce)
-        finally:
-            job.close()
+        written; either way nothing is left behind. Close the job afterwards."""
+        self.storage.write_snapshot_image(job.meta, job.produce)
 
     def finish(self, job: SnapshotJob, now: float) -> SnapshotMetadata | None:
         """Record the written image and compact the log behind it; ``None`` if the image
@@ -564,7 +570,10 @@ class Snapshotter:
         current snapshot's metadata."""
         job = self.begin(conf_state)
         if job is not None:
-            self.write(job)
+            try:
+                self.write(job)
+            finally:
+                job.close()
             self.finish(job, now)
         return self.storage.snapshot_metadata()
 
@@ -576,32 +585,114 @@ class Snapshotter:
 
 class SnapshotJob:
     """A snapshot being taken: the state machine's frozen view, the metadata the image
-    will carry, and (once written) its size. Made by :meth:`Snapshotter.begin`."""
+    will carry, and (once written) its size. Made by :meth:`Snapshotter.begin`.
 
-    __slots__ = ("_closed", "cancelled", "log_bytes", "meta", "nbytes", "view")
+    Its image is made in one of two ways. By default the writer (:meth:`Snapshotter.write`)
+    makes it too. A job begun with ``fed=True`` is *fed* by its owner instead: the owner
+    makes the chunks in slices (:meth:`feed`, a few milliseconds at a time between its
+    other work) and hands them over through a small queue, and the writer thread only
+    writes and hashes them, which holds the interpreter for microseconds per chunk. A
+    thread that made the chunks itself would hold it for the whole image, and the owner's
+    event loop would wait for the interpreter at each of its wake-ups and system calls."""
 
-    def __init__(self, meta: SnapshotMetadata, view: SnapshotView, log_bytes: int) -> None:
+    #: Chunks (of about 64 KiB) made ahead of the writer, at most.
+    QUEUE_CHUNKS = 16
+
+    __slots__ = (
+        "_chunks",
+        "_closed",
+        "_queue",
+        "_waiting",
+        "cancelled",
+        "fed",
+        "fed_all",
+        "log_bytes",
+        "meta",
+        "nbytes",
+        "on_room",
+        "view",
+    )
+
+    def __init__(
+        self, meta: SnapshotMetadata, view: SnapshotView, log_bytes: int, *, fed: bool = False
+    ) -> None:
         self.meta = meta
         self.view = view
         #: The snapshotter's ``log_bytes`` when the view was frozen (all in the image).
         self.log_bytes = log_bytes
         self.nbytes = 0
         self.cancelled = False
+        self.fed = fed
+        #: Every chunk was handed to the writer (fed jobs).
+        self.fed_all = False
+        #: Called by the writer thread when it has made room in a queue the owner found
+        #: full (the owner then feeds again). Must be safe to call from that thread.
+        self.on_room: Callable[[], None] | None = None
+        # None after the last chunk, or to stop a cancelled job's writer.
+        self._queue: queue.Queue[bytes | None] = queue.Queue(self.QUEUE_CHUNKS)
+        self._waiting = False
+        self._chunks: Iterator[bytes] = view.chunks() if fed else iter(())
         self._closed = False
 
     def cancel(self) -> None:
-        """Ask the writer to stop at its next chunk (any thread)."""
+        """Ask the writer to stop at its next chunk (the owner's thread)."""
         self.cancelled = True
+        with suppress(queue.Full):
+            self._queue.put_nowait(None)  # a writer waiting for a chunk stops
+
+    def wants_feed(self) -> bool:
+        """A fed job with chunks still to make and room for them in the queue."""
+        return self.fed and not self.fed_all and not self._waiting and not self._closed
+
+    def feed(self, budget_s: float) -> None:
+        """Make chunks and queue them for the writer, for about ``budget_s`` seconds (at
+        least one chunk), or until the queue is full (then :attr:`on_room` is called once
+        the writer has taken one) or every chunk is made. The owner's thread only."""
+        if not self.wants_feed() or self.cancelled:
+            return
+        deadline = time.perf_counter() + budget_s
+        q = self._queue
+        while True:
+            if q.full():
+                self._waiting = True
+                return
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                q.put_nowait(None)
+                self.fed_all = True
+                return
+            q.put_nowait(chunk)
+            if time.perf_counter() >= deadline:
+                return
 
     def produce(self, f: Writable) -> None:
+        """Write the image to ``f`` (the writer's thread)."""
         counter = _CountingWriter(f, self)
-        self.view.write(counter)
+        if not self.fed:
+            self.view.write(counter)
+        else:
+            q = self._queue
+            while True:
+                chunk = q.get()
+                if self._waiting:
+                    self._waiting = False
+                    if self.on_room is not None:
+                        self.on_room()
+                if self.cancelled:
+                    raise SnapshotCancelled(f"snapshot at {self.meta.index} cancelled")
+                if chunk is None:
+                    break
+                counter.write(chunk)
         self.nbytes = counter.n
 
     def close(self) -> None:
-        """Release the view (idempotent)."""
+        """Release the view (idempotent; the thread that made the chunks: the owner's
+        for a fed job, once the writer has returned)."""
         if not self._closed:
             self._closed = True
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
             self.view.close()
 
 

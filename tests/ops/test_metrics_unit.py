@@ -58,6 +58,7 @@ def _source(**extra: Any) -> OpsSource:
     group.stats.campaigns = 2
     group.stats.proposals_ok = 10
     group.stats.snapshots_installed = 1
+    group.stats.snapshot_failures = 2
     group.stats.apply_seconds.extend([0.0001, 0.003])  # before the collector: kept
     ts = TransportStats(sent=5, received=6)
     ts.count_queue_drop("peerB")
@@ -108,6 +109,7 @@ def test_collector_reads_every_input() -> None:
     assert abs(sample(m, "raftd_apply_duration_seconds_sum", namespace=NS) - 0.5031) < 1e-9
     assert sample(m, "raftd_fsync_duration_seconds_count", namespace=NS) == 1
     assert sample(m, "raftd_snapshots_total", namespace=NS, kind="installed") == 1
+    assert sample(m, "raftd_snapshots_total", namespace=NS, kind="failed") == 2
     assert sample(m, "raftd_transport_messages_total", namespace=NS, direction="sent") == 5
     assert sample(m, "raftd_transport_dropped_total", namespace=NS, reason="queue_full") == 2
     assert sample(m, "raftd_send_queue_dropped_total", namespace=NS, peer="peerB") == 2

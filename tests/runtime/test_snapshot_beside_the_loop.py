@@ -94,3 +94,43 @@ async def test_the_cluster_commits_while_every_snapshot_image_is_held_up(
                 assert kv is not None and kv.value == b"v" * 50
         finally:
             release.set()
+
+
+async def test_a_snapshot_file_that_cannot_be_written_leaves_the_group_serving(
+    tmp_path: Path,
+) -> None:
+    """A full disk under a snapshot file: the failure is counted and logged, nothing is
+    recorded, and the group keeps committing and applying from its log."""
+    failed: set[str] = set()
+
+    def fail_images(name: str) -> Callable[[str], None]:
+        def hook(point: str) -> None:
+            if point == "snapfile:chunk":
+                failed.add(name)
+                raise OSError(28, "No space left on device (injected)")
+
+        return hook
+
+    async with cluster(tmp_path, preset="tiny") as (c, _):
+        with trio.fail_after(90):
+            ld = await c.leader()
+            g = ld.group()
+            for node in c.nodes:
+                assert node.daemon is not None and node.daemon.db is not None
+                node.daemon.db.fault_hook = fail_images(str(node.group().id))
+            i = 0
+            while any(n.group().stats.snapshot_failures < 1 for n in c.nodes):
+                await put(g, b"k%04d" % i, b"v" * 50)
+                i += 1
+            assert len(failed) == 3
+            for j in range(i, i + 100):
+                await put(g, b"k%04d" % j, b"v" * 50)
+            for n in c.nodes:
+                grp = n.group()
+                await grp.wait_applied(g.applied_index())
+                assert grp.failed is None and grp.storage.failed is None
+                assert grp.stats.snapshot_failures == 1  # not retried before an interval
+                assert grp.stats.snapshots_taken == 0
+                assert grp.storage.first_index() <= 2  # the log keeps every entry
+                kv = grp.sm.get(b"k%04d" % (i + 99))
+                assert kv is not None and kv.value == b"v" * 50

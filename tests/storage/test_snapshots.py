@@ -17,6 +17,7 @@ from raftd.storage.leveldb import LevelDB, LevelDBStorage
 from raftd.storage.memory import MemoryRaftStorage
 from raftd.storage.snapshots import (
     PRESETS,
+    SnapshotJob,
     SnapshotPolicy,
     SnapshotStore,
     Snapshotter,
@@ -241,6 +242,84 @@ async def test_a_snapshot_job_is_written_beside_applies(node: Node) -> None:
         assert f.read() == image_at_50
     assert snapper.snapshot_bytes == len(image_at_50) and snapper.log_bytes == 200
     assert snapper.begin() is not None  # applied 70 is newer than 50
+
+
+async def test_a_fed_job_makes_its_chunks_on_the_owners_thread(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fed job: the owner makes the chunks in slices, the writer thread only writes
+    them; a full queue stops the feeding until the writer makes room (and says so). The
+    image is the same as one made whole."""
+    import threading
+
+    import trio
+
+    _, storage, sm = node
+    run_node(storage, sm, 4000)  # 3 chunks of 64 KiB: more than the queue holds
+    monkeypatch.setattr(SnapshotJob, "QUEUE_CHUNKS", 1)
+    whole = state_of(sm)
+    snapper = Snapshotter(storage, sm, SnapshotPolicy(entries=10, trailing=5), now=0.0)
+    job = snapper.begin(fed=True)
+    assert job is not None and job.wants_feed()
+    owner = threading.get_ident()
+    made_on: set[int] = set()
+    chunks = job.view.chunks
+    rooms = 0
+    room = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+
+    def on_room() -> None:
+        nonlocal rooms
+        rooms += 1
+        token.run_sync_soon(room.set)
+
+    job.on_room = on_room
+
+    def tracked() -> Iterator[bytes]:
+        for c in chunks():
+            made_on.add(threading.get_ident())
+            yield c
+
+    job._chunks = tracked()  # to see which thread makes the chunks
+    fed_full = False
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, snapper.write, job)
+        while not job.fed_all:
+            job.feed(1.0)  # a long budget: stops at a full queue or the last chunk
+            if not job.fed_all and not job.wants_feed():
+                fed_full = True
+                with trio.fail_after(10):
+                    await room.wait()
+                room = trio.Event()
+    job.close()
+    assert fed_full and rooms >= 1
+    assert made_on == {owner}
+    assert snapper.finish(job, now=1.0) is not None
+    with storage.open_snapshot_data() as f:
+        assert f.read() == whole
+    assert job.nbytes == len(whole)
+
+
+async def test_a_cancelled_fed_job_stops_its_waiting_writer(node: Node) -> None:
+    import trio
+
+    _, storage, sm = node
+    run_node(storage, sm, 100)
+    snapper = Snapshotter(storage, sm, SnapshotPolicy(entries=10, trailing=5), now=0.0)
+    job = snapper.begin(fed=True)
+    assert job is not None
+    job.feed(0.0)  # one chunk of several: the writer then waits for the next
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+
+            async def writer() -> None:
+                with pytest.raises(SnapshotCancelled):
+                    await trio.to_thread.run_sync(snapper.write, job)
+
+            nursery.start_soon(writer)
+            job.cancel()
+    job.close()
+    assert storage.snapshot_metadata().index == 0
 
 
 def test_a_cancelled_snapshot_job_leaves_nothing(node: Node) -> None:
