@@ -340,6 +340,7 @@ class Group(Generic[ST, SM]):
         # The snapshot whose image a worker thread is writing, and whether it is done.
         self._snapshot_job: SnapshotJob | None = None
         self._snapshot_result: outcome.Outcome[None] | None = None
+        self._snapshot_began = 0.0
         self._on_conf_change: list[Callable[[ConfChange, ConfState], None]] = []
         self._answer_listeners: list[tuple[Callable[[], None], Callable[[], None]]] = []
         self._on_leader_change: list[Callable[[NodeId], None]] = []
@@ -742,7 +743,7 @@ class Group(Generic[ST, SM]):
         node = self.node
         assert node is not None
         while True:
-            if not self._has_input() and not node.has_ready() and not self._snapshot_wants_feed():
+            if not self._has_input() and not node.has_ready() and not self._snapshot_work_pending():
                 self._plan_ticks(node)
                 if node.commit_lingers():
                     # The next proposal's appends would carry the new commit index to
@@ -781,7 +782,7 @@ class Group(Generic[ST, SM]):
                     raise GroupUnavailable(f"{self.namespace}: storage failed: {exc}") from exc
                 node.advance(rd)
             await self._maybe_snapshot(node)
-            if self._has_input() or node.has_ready() or self._snapshot_wants_feed():
+            if self._has_input() or node.has_ready() or self._snapshot_work_pending():
                 # Let other tasks (API handlers, transport) run between batches. With
                 # nothing queued, waiting for input (above) lets them run anyway.
                 await trio.lowlevel.checkpoint()
@@ -1132,6 +1133,10 @@ class Group(Generic[ST, SM]):
     #: one chunk of 64 KiB, about 1.5 ms of work) between its batches.
     SNAPSHOT_SLICE_S = 0.002
 
+    #: The log behind a new snapshot is compacted this many entries at a time (one
+    #: LevelDB batch of deletes each, ~10 ms), one step per pass of the Raft loop.
+    COMPACT_STEP_ENTRIES = 5_000
+
     #: A leader's persist outstanding for this fraction of an election timeout hands
     #: leadership over (see :meth:`_persist`).
     STUCK_PERSIST_FRACTION = 0.25
@@ -1297,6 +1302,9 @@ class Group(Generic[ST, SM]):
         s = self._snapshotter
         if s is None:
             return
+        if s.compaction_pending():
+            await s.compact_step_async(self.COMPACT_STEP_ENTRIES)
+            return
         job = self._snapshot_job
         if job is not None:
             result = self._snapshot_result
@@ -1315,11 +1323,19 @@ class Group(Generic[ST, SM]):
                     result.error,
                 )
                 return
-            meta = await s.finish_async(job, self.clock())
+            written = self.clock()
+            meta = await s.finish_async(job, written, compact=False)
             if meta is not None:
                 self.stats.snapshots_taken += 1
                 log.info(
-                    "%s: snapshot at index %d (term %d)", self.namespace, meta.index, meta.term
+                    "%s: snapshot at index %d (term %d): %d bytes written in %.3fs; "
+                    "compacting the log up to %d",
+                    self.namespace,
+                    meta.index,
+                    meta.term,
+                    job.nbytes,
+                    written - self._snapshot_began,
+                    s.compact_to,
                 )
             return
         if self.storage.pending_install() is not None or self._nursery is None:
@@ -1343,13 +1359,19 @@ class Group(Generic[ST, SM]):
 
         job.on_room = on_room
         self._snapshot_job = job
+        self._snapshot_began = now
         self._nursery.start_soon(self._write_snapshot, s, job)
         job.feed(self.SNAPSHOT_SLICE_S)
 
     def _wake_loop(self) -> None:
         self._wake.set()
 
-    def _snapshot_wants_feed(self) -> bool:
+    def _snapshot_work_pending(self) -> bool:
+        """A snapshot's image to make, or its log to compact: work for the loop even
+        without input."""
+        s = self._snapshotter
+        if s is not None and s.compaction_pending():
+            return True
         job = self._snapshot_job
         return job is not None and self._snapshot_result is None and job.wants_feed()
 

@@ -885,7 +885,9 @@ class LevelDBStorage:
     # -- compaction --------------------------------------------------------------------
     def _prepare_compact(self, index: int) -> _Pending:
         self._check_writable()
-        pend = _Pending("compact")
+        # No fsync of its own: a lost compaction leaves the log as it was (the batch is
+        # atomic), and the next synced write makes it durable with everything before it.
+        pend = _Pending("compact", sync=False)
         first, last = self._first, self._last
         if index <= first - 1:
             return pend

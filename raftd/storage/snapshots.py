@@ -476,6 +476,8 @@ class Snapshotter:
         self.log_bytes = 0
         #: After a failed image write, no new snapshot is due before this time.
         self.retry_at = 0.0
+        #: Where the log is to be compacted to, behind the last snapshot (0: nowhere).
+        self.compact_to = 0
 
     def installed(self, nbytes: int, now: float) -> None:
         """A snapshot of ``nbytes`` was installed from the leader: it is this group's
@@ -540,14 +542,33 @@ class Snapshotter:
             self.storage.compact(ci)
         return job.meta
 
-    async def finish_async(self, job: SnapshotJob, now: float) -> SnapshotMetadata | None:
-        """:meth:`finish` with the writes off the trio thread."""
+    async def finish_async(
+        self, job: SnapshotJob, now: float, *, compact: bool = True
+    ) -> SnapshotMetadata | None:
+        """:meth:`finish` with the writes off the trio thread. ``compact=False`` leaves
+        the compaction to :meth:`compact_step_async`, a step at a time."""
         if not await self.storage.record_snapshot_async(job.meta):
             return None
-        ci = self._recorded(job, now)
-        if ci:
-            await self.storage.compact_async(ci)
+        self.compact_to = self._recorded(job, now)
+        if compact:
+            while await self.compact_step_async(self.compact_to):
+                pass
         return job.meta
+
+    def compaction_pending(self) -> bool:
+        """The log behind the last snapshot is not compacted yet (see :meth:`finish_async`)."""
+        return self.compact_to > self.storage.first_index() - 1
+
+    async def compact_step_async(self, max_entries: int) -> bool:
+        """Compact at most ``max_entries`` more entries toward the last snapshot's
+        compaction point; True while more remain. A compaction of ~100,000 entries is
+        one LevelDB batch of as many deletes: in steps, the caller's loop can run
+        between them."""
+        first = self.storage.first_index()
+        if self.compact_to <= first - 1:
+            return False
+        await self.storage.compact_async(min(self.compact_to, first - 1 + max_entries))
+        return self.compaction_pending()
 
     def _recorded(self, job: SnapshotJob, now: float) -> int:
         """Count the recorded snapshot for the policy; the index to compact to (0: none)."""
@@ -595,12 +616,16 @@ class SnapshotJob:
     thread that made the chunks itself would hold it for the whole image, and the owner's
     event loop would wait for the interpreter at each of its wake-ups and system calls."""
 
-    #: Chunks (of about 64 KiB) made ahead of the writer, at most.
-    QUEUE_CHUNKS = 16
+    #: Chunks are handed to the writer in pieces of at least this many bytes...
+    PIECE_BYTES = 1 << 20
+    #: ...and at most this many pieces wait for it.
+    QUEUE_PIECES = 4
 
     __slots__ = (
         "_chunks",
         "_closed",
+        "_piece",
+        "_piece_bytes",
         "_queue",
         "_waiting",
         "cancelled",
@@ -628,8 +653,11 @@ class SnapshotJob:
         #: Called by the writer thread when it has made room in a queue the owner found
         #: full (the owner then feeds again). Must be safe to call from that thread.
         self.on_room: Callable[[], None] | None = None
-        # None after the last chunk, or to stop a cancelled job's writer.
-        self._queue: queue.Queue[bytes | None] = queue.Queue(self.QUEUE_CHUNKS)
+        # Pieces (lists of chunks); None after the last one, or to stop a cancelled
+        # job's writer.
+        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(self.QUEUE_PIECES)
+        self._piece: list[bytes] = []
+        self._piece_bytes = 0
         self._waiting = False
         self._chunks: Iterator[bytes] = view.chunks() if fed else iter(())
         self._closed = False
@@ -645,23 +673,39 @@ class SnapshotJob:
         return self.fed and not self.fed_all and not self._waiting and not self._closed
 
     def feed(self, budget_s: float) -> None:
-        """Make chunks and queue them for the writer, for about ``budget_s`` seconds (at
-        least one chunk), or until the queue is full (then :attr:`on_room` is called once
-        the writer has taken one) or every chunk is made. The owner's thread only."""
+        """Make chunks for about ``budget_s`` seconds (at least one chunk) and hand them
+        to the writer a piece (``PIECE_BYTES``) at a time, until the queue is full (then
+        :attr:`on_room` is called once the writer has taken a piece) or every chunk is
+        made. The owner's thread only."""
         if not self.wants_feed() or self.cancelled:
             return
         deadline = time.perf_counter() + budget_s
         q = self._queue
+        piece = self._piece
         while True:
             if q.full():
                 self._waiting = True
                 return
             chunk = next(self._chunks, None)
             if chunk is None:
+                if piece:
+                    q.put_nowait(piece)
+                    self._piece = piece = []
+                    self._piece_bytes = 0
+                    if q.full():
+                        self._waiting = True
+                        return
                 q.put_nowait(None)
                 self.fed_all = True
                 return
-            q.put_nowait(chunk)
+            piece.append(chunk)
+            self._piece_bytes += len(chunk)
+            if self._piece_bytes >= self.PIECE_BYTES:
+                # Each hand-over wakes the writer, which then needs the interpreter
+                # lock a few times: per piece, not per chunk.
+                q.put_nowait(piece)
+                self._piece = piece = []
+                self._piece_bytes = 0
             if time.perf_counter() >= deadline:
                 return
 
@@ -682,7 +726,8 @@ class SnapshotJob:
                     raise SnapshotCancelled(f"snapshot at {self.meta.index} cancelled")
                 if chunk is None:
                     break
-                counter.write(chunk)
+                for part in chunk:
+                    counter.write(part)
         self.nbytes = counter.n
 
     def close(self) -> None:

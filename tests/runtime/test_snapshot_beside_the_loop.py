@@ -79,7 +79,9 @@ async def test_the_cluster_commits_while_every_snapshot_image_is_held_up(
                 release.set()
                 for n in c.nodes:
                     grp = n.group()
-                    while grp.stats.snapshots_taken < 1:
+                    snapper = grp._snapshotter
+                    assert snapper is not None
+                    while grp.stats.snapshots_taken < 1 or snapper.compaction_pending():
                         # Each write is a round of every member's loop (the deadline
                         # above bounds the wait).
                         await put(g, b"more", b"x")

@@ -256,7 +256,8 @@ async def test_a_fed_job_makes_its_chunks_on_the_owners_thread(
 
     _, storage, sm = node
     run_node(storage, sm, 4000)  # 3 chunks of 64 KiB: more than the queue holds
-    monkeypatch.setattr(SnapshotJob, "QUEUE_CHUNKS", 1)
+    monkeypatch.setattr(SnapshotJob, "PIECE_BYTES", 1)  # a piece per chunk
+    monkeypatch.setattr(SnapshotJob, "QUEUE_PIECES", 1)
     whole = state_of(sm)
     snapper = Snapshotter(storage, sm, SnapshotPolicy(entries=10, trailing=5), now=0.0)
     job = snapper.begin(fed=True)
@@ -320,6 +321,28 @@ async def test_a_cancelled_fed_job_stops_its_waiting_writer(node: Node) -> None:
             job.cancel()
     job.close()
     assert storage.snapshot_metadata().index == 0
+
+
+async def test_the_log_behind_a_snapshot_is_compacted_in_steps(node: Node) -> None:
+    _, storage, sm = node
+    run_node(storage, sm, 120)
+    snapper = Snapshotter(storage, sm, SnapshotPolicy(entries=10, trailing=20), now=0.0)
+    job = snapper.begin()
+    assert job is not None
+    try:
+        snapper.write(job)
+    finally:
+        job.close()
+    meta = await snapper.finish_async(job, now=1.0, compact=False)
+    assert meta is not None and meta.index == 120
+    assert snapper.compaction_pending() and storage.first_index() == 1
+    firsts = []
+    while await snapper.compact_step_async(30):
+        firsts.append(storage.first_index())
+    firsts.append(storage.first_index())
+    assert firsts == [31, 61, 91, 101]  # up to 120 - 20, 30 at a time
+    assert not snapper.compaction_pending()
+    assert not await snapper.compact_step_async(30)
 
 
 def test_a_cancelled_snapshot_job_leaves_nothing(node: Node) -> None:
