@@ -631,6 +631,7 @@ class LevelDBStorage:
                 key = codec.log_key
                 prefix = self._prefix
                 pend.deletes.extend([key(prefix, i) for i in pend.delete_log])
+                pend.delete_log = None
             if pend.batch is not None:
                 self._db.write_batch(pend.op, pend.batch)
             elif pend.puts or pend.deletes:
@@ -730,7 +731,7 @@ class LevelDBStorage:
         prefix = self._prefix
         if snapshot is not None and snapshot.metadata.index > self._snap_meta.index:
             m = snapshot.metadata
-            pend.deletes.extend(codec.log_key(prefix, i) for i in range(first, last + 1))
+            pend.delete_log = range(first, last + 1)  # keys made off the loop
             first, last, dummy = m.index + 1, m.index, m.term
             starts, terms = [m.index], [m.term]
             tail = []
@@ -847,7 +848,7 @@ class LevelDBStorage:
             self._commit(pend)
             on_done(outcome.Value(None))
             return
-        if pend.puts or pend.deletes:
+        if (pend.puts or pend.deletes) and not pend.delete_log:
             pend.batch = self._db.batch(pend.deletes, pend.puts, sync=True)
         self._busy = True
 
