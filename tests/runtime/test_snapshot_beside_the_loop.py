@@ -15,12 +15,19 @@ import trio
 
 from raftd.kv import commands
 from raftd.runtime.group import Group
-from raftd.testing.inproc import cluster
+from raftd.testing.inproc import Cluster, cluster
 
 
 async def put(g: Group, key: bytes, value: bytes) -> None:
     r = await g.propose(commands.put(key, value))
     assert r.result is not None
+
+
+def set_fault_hooks(c: Cluster, make: Callable[[str], Callable[[str], None]]) -> None:
+    """Give each member's database the fault hook ``make(member id)``."""
+    for node in c.nodes:
+        assert node.daemon is not None and node.daemon.db is not None
+        node.daemon.db.fault_hook = make(str(node.group().id))
 
 
 async def test_the_cluster_commits_while_every_snapshot_image_is_held_up(
@@ -45,9 +52,7 @@ async def test_the_cluster_commits_while_every_snapshot_image_is_held_up(
             with trio.fail_after(90):
                 ld = await c.leader()
                 g = ld.group()
-                for node in c.nodes:
-                    assert node.daemon is not None and node.daemon.db is not None
-                    node.daemon.db.fault_hook = hold_images(str(node.group().id))
+                set_fault_hooks(c, hold_images)
                 i = 0
                 # Until every member has begun its snapshot and is stuck writing it.
                 while len(held) < 3:
@@ -117,9 +122,7 @@ async def test_a_snapshot_file_that_cannot_be_written_leaves_the_group_serving(
         with trio.fail_after(90):
             ld = await c.leader()
             g = ld.group()
-            for node in c.nodes:
-                assert node.daemon is not None and node.daemon.db is not None
-                node.daemon.db.fault_hook = fail_images(str(node.group().id))
+            set_fault_hooks(c, fail_images)
             i = 0
             while any(n.group().stats.snapshot_failures < 1 for n in c.nodes):
                 await put(g, b"k%04d" % i, b"v" * 50)
