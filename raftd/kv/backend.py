@@ -38,6 +38,8 @@ from raftd.storage.codec import DecodeError
 from raftd.storage.leveldb import LevelDB
 
 __all__ = [
+    "LEASE_FLAG",
+    "RECORD_HEAD",
     "BackendView",
     "KVBackend",
     "KeyRecord",
@@ -46,6 +48,7 @@ __all__ = [
     "MemoryKVBackend",
     "Meta",
     "Session",
+    "record_payload",
 ]
 
 
@@ -93,6 +96,12 @@ class BackendView(Protocol):
     def meta(self) -> Meta: ...
 
     def keys(self) -> Iterator[tuple[bytes, KeyRecord]]: ...
+
+    def stored_keys(self) -> Iterator[tuple[bytes, bytes]]:
+        """The same keys, each with its record in the stored layout
+        (:func:`record_payload`), checksums verified: for a writer that re-encodes
+        records without making a :class:`KeyRecord` of each."""
+        ...
 
     def sessions(self) -> Iterator[tuple[bytes, Session]]: ...
 
@@ -168,6 +177,9 @@ class _MemoryView:
 
     def keys(self) -> Iterator[tuple[bytes, KeyRecord]]:
         return iter(self._keys)
+
+    def stored_keys(self) -> Iterator[tuple[bytes, bytes]]:
+        return ((k, record_payload(r)) for k, r in self._keys)
 
     def sessions(self) -> Iterator[tuple[bytes, Session]]:
         return iter(self._sessions)
@@ -267,11 +279,25 @@ class MemoryKVBackend:
 
 
 # -- LevelDB ---------------------------------------------------------------------------
-_REC = struct.Struct(">QQQ")
+#: A stored key record: this head (create revision, mod revision, version), then the
+#: lease id (u64) if the version carries :data:`LEASE_FLAG`, then the value.
+RECORD_HEAD = struct.Struct(">QQQ")
+_REC = RECORD_HEAD
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 #: Set in a stored key record's version field when a lease id follows the fixed part.
-_LEASE_FLAG = 1 << 63
+LEASE_FLAG = 1 << 63
+_LEASE_FLAG = LEASE_FLAG
+
+
+def record_payload(r: KeyRecord) -> bytes:
+    """A key record in its stored layout (see :data:`RECORD_HEAD`), before its checksum."""
+    if r.lease:
+        head = _REC.pack(r.create_revision, r.mod_revision, r.version | _LEASE_FLAG)
+        return head + _U64.pack(r.lease) + r.value
+    return _REC.pack(r.create_revision, r.mod_revision, r.version) + r.value
+
+
 _SESS = struct.Struct(">Q")
 _META = struct.Struct(">QQB")
 _DELETE_CHUNK = 4096
@@ -309,10 +335,7 @@ class LevelDBKVBackend:
 
     @staticmethod
     def _enc_rec(key: bytes, r: KeyRecord) -> bytes:
-        if r.lease:
-            head = _REC.pack(r.create_revision, r.mod_revision, r.version | _LEASE_FLAG)
-            return codec.seal(key, head + _U64.pack(r.lease) + r.value)
-        return codec.seal(key, _REC.pack(r.create_revision, r.mod_revision, r.version) + r.value)
+        return codec.seal(key, record_payload(r))
 
     def _dec_lease(self, key: bytes, v: bytes) -> LeaseRecord:
         try:
@@ -461,6 +484,18 @@ class _LevelDBView:
         n = len(self._b._pk)
         for k, v in self._snap.iterator(prefix=self._b._pk):
             yield k[n:], self._b._dec_rec(k, v)
+
+    def stored_keys(self) -> Iterator[tuple[bytes, bytes]]:
+        n = len(self._b._pk)
+        unseal = codec.unseal
+        for k, v in self._snap.iterator(prefix=self._b._pk):
+            try:
+                p = unseal(k, v)
+            except DecodeError as e:
+                raise self._b._corrupt(f"bad key record: {e}", k) from None
+            if len(p) < _REC.size:
+                raise self._b._corrupt("key record too short", k)
+            yield k[n:], p
 
     def sessions(self) -> Iterator[tuple[bytes, Session]]:
         n = len(self._b._ps)

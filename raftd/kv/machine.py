@@ -441,7 +441,7 @@ class KVSnapshotView:
 
     def chunks(self) -> Iterator[bytes]:
         v = self._view
-        return snapfmt.iter_stream(v.meta, v.keys(), v.sessions(), v.leases())
+        return snapfmt.iter_stream_stored(v.meta, v.stored_keys(), v.sessions(), v.leases())
 
     def close(self) -> None:
         self._view.close()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Iterator
 
-from raftd.kv.backend import KeyRecord, LeaseRecord, Meta, Session
+from raftd.kv.backend import RECORD_HEAD, KeyRecord, LeaseRecord, Meta, Session
 from raftd.storage.base import Readable, Writable
 
 MAGIC = b"RKVSNAP1"
@@ -59,15 +59,61 @@ def iter_stream(
 ) -> Iterator[bytes]:
     """The snapshot stream as chunks of about 64 KiB, made one at a time as they are
     asked for (a caller can spread the work over time)."""
+    return _stream(meta, _key_records(keys), sessions, leases)
+
+
+def iter_stream_stored(
+    meta: Meta,
+    stored_keys: Iterable[tuple[bytes, bytes]],
+    sessions: Iterable[tuple[bytes, Session]],
+    leases: Iterable[tuple[int, LeaseRecord]] = (),
+) -> Iterator[bytes]:
+    """:func:`iter_stream` from key records in their stored layout
+    (:func:`raftd.kv.backend.record_payload`): the same bytes, made without decoding
+    each record (a "K" record is a rearrangement of the stored one)."""
+    return _stream(meta, _stored_key_records(stored_keys), sessions, leases)
+
+
+def _key_records(keys: Iterable[tuple[bytes, KeyRecord]]) -> Iterator[bytes]:
+    u32 = _U32.pack
+    for k, r in keys:
+        rec = (b"J" if r.lease else b"K") + u32(len(k)) + k + u32(len(r.value)) + r.value
+        rec += _KTAIL.pack(r.create_revision, r.mod_revision, r.version)
+        if r.lease:
+            rec += _U64.pack(r.lease)
+        yield rec
+
+
+# The stored head (create, mod, version) is laid out as a "K" record's tail
+# (tests/kv/test_snapfmt.py holds the two encodings to the same bytes).
+_HEAD = RECORD_HEAD.size
+_FLAG_BYTE = 16  # the version's most significant byte, where LEASE_FLAG sits
+
+
+def _stored_key_records(stored: Iterable[tuple[bytes, bytes]]) -> Iterator[bytes]:
+    u32 = _U32.pack
+    for k, p in stored:
+        if p[_FLAG_BYTE] & 0x80:
+            # A key attached to a lease: "J", its version without the flag, the lease.
+            v = p[_HEAD + 8 :]
+            tail = p[:_FLAG_BYTE] + bytes((p[_FLAG_BYTE] & 0x7F,)) + p[_FLAG_BYTE + 1 : _HEAD + 8]
+            yield b"J" + u32(len(k)) + k + u32(len(v)) + v + tail
+        else:
+            yield b"K" + u32(len(k)) + k + u32(len(p) - _HEAD) + p[_HEAD:] + p[:_HEAD]
+
+
+def _stream(
+    meta: Meta,
+    key_records: Iterator[bytes],
+    sessions: Iterable[tuple[bytes, Session]],
+    leases: Iterable[tuple[int, LeaseRecord]],
+) -> Iterator[bytes]:
     buf = bytearray(MAGIC)
     buf += b"M" + _META.pack(meta.applied, meta.revision)
     nk = ns = nl = 0
     u32 = _U32.pack
-    for k, r in keys:
-        buf += (b"J" if r.lease else b"K") + u32(len(k)) + k + u32(len(r.value)) + r.value
-        buf += _KTAIL.pack(r.create_revision, r.mod_revision, r.version)
-        if r.lease:
-            buf += _U64.pack(r.lease)
+    for rec in key_records:
+        buf += rec
         nk += 1
         if len(buf) >= _FLUSH:
             yield bytes(buf)

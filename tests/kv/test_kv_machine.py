@@ -454,7 +454,29 @@ def test_corrupt_record_is_a_named_error(tmp_path: os.PathLike[str]) -> None:
     with pytest.raises(CorruptionError, match="bad key record") as ei:
         m.restart().get(b"key")
     assert ei.value.namespace == "/raft/kv" and ei.value.key == raw_key
+    # A snapshot never carries it on to a follower.
+    with pytest.raises(CorruptionError, match="bad key record") as ei:
+        m.sm.snapshot_data(io.BytesIO())
+    assert ei.value.key == raw_key
     m.close()
+
+
+def test_a_view_gives_its_records_as_stored_too(machine: Machine) -> None:
+    from raftd.kv.backend import record_payload
+
+    do = Driver(machine.sm)
+    assert do(C.encode(pb.Command(lease_grant=pb.LeaseGrantRequest(ttl=60, id=7)))).status == OK
+    for i in range(50):
+        do(C.put(b"k%02d" % i, b"v" * i))
+    put = pb.Command(put=pb.PutRequest(key=b"leased", value=b"x", lease=7))
+    assert do(C.encode(put)).status == OK
+    view = machine.sm.snapshot_view()
+    try:
+        keys = list(view._view.keys())
+        assert any(r.lease == 7 for _, r in keys)
+        assert list(view._view.stored_keys()) == [(k, record_payload(r)) for k, r in keys]
+    finally:
+        view.close()
 
 
 def test_held_notifications_are_made_once_on_release(machine: Machine) -> None:
