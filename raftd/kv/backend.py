@@ -493,7 +493,8 @@ class _LevelDBView:
                 p = unseal(k, v)
             except DecodeError as e:
                 raise self._b._corrupt(f"bad key record: {e}", k) from None
-            if len(p) < _REC.size:
+            if len(p) < _REC.size or (p[16] & 0x80 and len(p) < _REC.size + 8):
+                # 16: the version's top byte, which carries LEASE_FLAG (a lease id follows).
                 raise self._b._corrupt("key record too short", k)
             yield k[n:], p
 
