@@ -282,20 +282,18 @@ class MemoryKVBackend:
 #: A stored key record: this head (create revision, mod revision, version), then the
 #: lease id (u64) if the version carries :data:`LEASE_FLAG`, then the value.
 RECORD_HEAD = struct.Struct(">QQQ")
-_REC = RECORD_HEAD
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 #: Set in a stored key record's version field when a lease id follows the fixed part.
 LEASE_FLAG = 1 << 63
-_LEASE_FLAG = LEASE_FLAG
 
 
 def record_payload(r: KeyRecord) -> bytes:
     """A key record in its stored layout (see :data:`RECORD_HEAD`), before its checksum."""
     if r.lease:
-        head = _REC.pack(r.create_revision, r.mod_revision, r.version | _LEASE_FLAG)
+        head = RECORD_HEAD.pack(r.create_revision, r.mod_revision, r.version | LEASE_FLAG)
         return head + _U64.pack(r.lease) + r.value
-    return _REC.pack(r.create_revision, r.mod_revision, r.version) + r.value
+    return RECORD_HEAD.pack(r.create_revision, r.mod_revision, r.version) + r.value
 
 
 _SESS = struct.Struct(">Q")
@@ -325,13 +323,13 @@ class LevelDBKVBackend:
     def _dec_rec(self, key: bytes, v: bytes) -> KeyRecord:
         try:
             p = codec.unseal(key, v)
-            c, m, ver = _REC.unpack_from(p)
-            if ver & _LEASE_FLAG:
-                (lease,) = _U64.unpack_from(p, _REC.size)
-                return KeyRecord(p[_REC.size + 8 :], c, m, ver & ~_LEASE_FLAG, lease)
+            c, m, ver = RECORD_HEAD.unpack_from(p)
+            if ver & LEASE_FLAG:
+                (lease,) = _U64.unpack_from(p, RECORD_HEAD.size)
+                return KeyRecord(p[RECORD_HEAD.size + 8 :], c, m, ver & ~LEASE_FLAG, lease)
         except (DecodeError, struct.error) as e:
             raise self._corrupt(f"bad key record: {e}", key) from None
-        return KeyRecord(p[_REC.size :], c, m, ver)
+        return KeyRecord(p[RECORD_HEAD.size :], c, m, ver)
 
     @staticmethod
     def _enc_rec(key: bytes, r: KeyRecord) -> bytes:
@@ -493,7 +491,7 @@ class _LevelDBView:
                 p = unseal(k, v)
             except DecodeError as e:
                 raise self._b._corrupt(f"bad key record: {e}", k) from None
-            if len(p) < _REC.size or (p[16] & 0x80 and len(p) < _REC.size + 8):
+            if len(p) < RECORD_HEAD.size or (p[16] & 0x80 and len(p) < RECORD_HEAD.size + 8):
                 # 16: the version's top byte, which carries LEASE_FLAG (a lease id follows).
                 raise self._b._corrupt("key record too short", k)
             yield k[n:], p

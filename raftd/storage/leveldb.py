@@ -347,8 +347,7 @@ class _Pending:
     deletes: list[bytes] = field(default_factory=list)
     delete_log: range | None = None  # log indexes to delete too, keys made where it runs
     puts: list[tuple[bytes, bytes]] = field(default_factory=list)
-    snap_meta: SnapshotMetadata | None = None  # a snapshot file to write first...
-    produce: Callable[[Writable], object] | None = None  # ...with this body
+    snap_meta: SnapshotMetadata | None = None  # a snapshot to record (its file first)
     snapshot: Snapshot | None = None  # the in-memory snapshot, if we have its bytes
     first: int = 0
     last: int = 0
@@ -618,9 +617,7 @@ class LevelDBStorage:
         try:
             if pend.snap_meta is not None:
                 m = pend.snap_meta
-                if pend.produce is not None:
-                    self._store.write(m, pend.produce)
-                elif pend.snapshot is not None:
+                if pend.snapshot is not None:
                     if not pend.snapshot.data and self._store.adopt(m):
                         # The data is in the store already (streamed there by the
                         # transport): keep that file; readers load it from there.
@@ -938,6 +935,11 @@ class LevelDBStorage:
             return None
         if not self._store.path(meta.term, meta.index).exists():
             raise ValueError(f"no image of snapshot {meta.term}-{meta.index} in the store")
+        return self._snapshot_record(meta)
+
+    def _snapshot_record(self, meta: SnapshotMetadata) -> _Pending:
+        """The write that makes ``meta`` the current snapshot (its file is written, or
+        adopted, first)."""
         pend = _Pending("snapshot")
         k = self._k_meta_snap
         pend.puts.append((k, codec.seal(k, codec.encode_snapshot_meta(meta))))
@@ -971,10 +973,7 @@ class LevelDBStorage:
         meta = self.begin_snapshot(index, conf_state)
         if meta is None:
             return self.snapshot()
-        pend = _Pending("snapshot")
-        k = self._k_meta_snap
-        pend.puts.append((k, codec.seal(k, codec.encode_snapshot_meta(meta))))
-        pend.snap_meta = meta
+        pend = self._snapshot_record(meta)
         pend.snapshot = Snapshot(metadata=meta, data=data)
         self._run(pend)
         return self.snapshot()
