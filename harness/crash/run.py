@@ -48,7 +48,8 @@ POINTS = [
     "write:compact",
     "write:kv.restore-end",
     "write:install",  # restore done, install marker not cleared yet
-    "write:snapshot",  # snapshot file done, about to record it
+    "write:snapshot",  # snapshot file done (or state flushed), about to record it
+    "write:flush",  # about to flush the state machine for a snapshot without an image
     "write:kv.restore-begin",
     "write:kv.restore-clear",
     "snapfile:before-rename",
@@ -334,7 +335,7 @@ class Harness:
             if hs.commit < self.max_acked_index:
                 self.problem(f"after run {run}: commit {hs.commit} < acked {self.max_acked_index}")
             st.entries(first, last + 1)  # every checksum
-            if snap.index:
+            if snap.index and st.image_metadata() == snap:
                 st.snapshot()  # the file's sha256
             # State machine content.
             rng = sm.range(b"k/", prefix_end(b"k/"))

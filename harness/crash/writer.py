@@ -63,6 +63,7 @@ SNAPSHOT_POINTS = (
     "install.",
     "write:kv.restore",
     "write:snapshot",
+    "write:flush",
     "write:compact",
     "write:install",
 )
@@ -247,9 +248,20 @@ class Writer:
         self.since_install += n
 
     def maybe_snapshot(self) -> None:
-        meta = self.snapper.maybe_take(now=0.0)
-        if meta is not None:
-            out(f"S {meta.index} first={self.storage.first_index()}")
+        """In turn: a snapshot without an image (as a daemon's policy takes them), one
+        given its image right after (as a leader makes one for a follower), and one
+        taken with its image at once."""
+        if not self.snapper.due(now=0.0):
+            return
+        kind = self.rng.randrange(3)
+        if kind == 2:
+            meta = self.snapper.take(now=0.0)
+        else:
+            meta = self.snapper.take_state(now=0.0)
+            if kind == 1:
+                meta = self.snapper.take(now=0.0)
+        image = self.storage.image_metadata() == meta
+        out(f"S {meta.index} first={self.storage.first_index()} image={int(image)}")
 
     def maybe_install(self) -> None:
         if self.since_install < self.install_every:

@@ -140,6 +140,11 @@ class KVBackend(Protocol):
 
     def view(self) -> BackendView: ...
 
+    def flush(self) -> None:
+        """Make every committed batch durable, ``sync=False`` ones included (blocking;
+        safe in another thread while batches keep being committed)."""
+        ...
+
     def begin_restore(self, meta: Meta) -> None:
         """Set ``meta`` (with ``restoring=True``) and delete all keys and sessions. May
         take several batches; the flag is written with (or before) the first."""
@@ -247,6 +252,9 @@ class MemoryKVBackend:
             else:
                 self._leases[lid] = lrec
         self._meta = meta
+
+    def flush(self) -> None:
+        """Nothing to do: memory is all there is."""
 
     def view(self) -> BackendView:
         return _MemoryView(
@@ -432,6 +440,9 @@ class LevelDBKVBackend:
 
     def view(self) -> BackendView:
         return _LevelDBView(self, self._db.raw.snapshot())
+
+    def flush(self) -> None:
+        self._db.flush()
 
     def begin_restore(self, meta: Meta) -> None:
         self._db.write("kv.restore-begin", (), [self._meta_put(meta)], sync=self._sync)

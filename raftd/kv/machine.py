@@ -684,6 +684,11 @@ class KVStateMachine:
         self._check_usable()
         return KVSnapshotView(self._b.view())
 
+    def make_durable(self) -> None:
+        """See :meth:`raftd.storage.snapshots.Snapshottable.make_durable`: every applied
+        batch is in the backend when :meth:`applied_index` says so; this flushes them."""
+        self._b.flush()
+
     def snapshot_data(self, f: Writable) -> int:
         """Write the whole state (keys, revision, sessions, applied index) to ``f`` in
         chunks; returns the applied index it reflects."""

@@ -137,7 +137,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "raftd_snapshots_total": (
         "counter",
         ("namespace", "kind"),
-        "Snapshots by kind: taken here, installed from the leader, sent to followers.",
+        "Snapshots by kind: taken here (no image), images made for followers, installed "
+        "from the leader, sent to followers, failed (an image that could not be written).",
     ),
     "raftd_transport_messages_total": (
         "counter",
@@ -345,6 +346,7 @@ class RaftdCollector(Collector):
                     f[name].add_metric([ns], samples.buckets(), samples.total)
             for kind, n in (
                 ("taken", gs.snapshots_taken),
+                ("image", gs.snapshot_images),
                 ("installed", gs.snapshots_installed),
                 ("sent", gs.snapshots_sent),
                 ("failed", gs.snapshot_failures),

@@ -58,6 +58,7 @@ from raftd.core import (
     StateType,
     wakeup,
 )
+from raftd.core.storage import SnapshotTemporarilyUnavailableError
 from raftd.kv.machine import ApplyResult, KVStateMachine
 from raftd.runtime.contracts import GroupStateMachine
 from raftd.runtime.presets import Preset
@@ -125,11 +126,19 @@ class MetaOnlyStorage:
 
     The leader's core asks for the snapshot only to name it in a SNAP message; the
     runtime streams the file itself, so the data is never loaded whole into memory.
+
+    The snapshot named is the newest one with an image whose successors the log still
+    holds (a follower that installs it then catches up from the log). Snapshots are
+    usually taken without an image (:meth:`Snapshotter.begin_state`): when no image
+    serves, :meth:`snapshot` raises :class:`SnapshotTemporarilyUnavailableError` (the
+    core retries at the follower's next answer) and sets :attr:`image_wanted`, for the
+    group to make one.
     """
 
     def __init__(self, inner: RaftStorage, applied: int = 0) -> None:
         self.inner = inner
         self.applied = applied
+        self.image_wanted = False
         # The reads the core makes several times per message go straight to the store.
         self.entries: Callable[..., list[Entry]] = inner.entries
         self.term: Callable[[int], int] = inner.term
@@ -148,7 +157,13 @@ class MetaOnlyStorage:
         return hs, cs
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(metadata=self.inner.snapshot_metadata())
+        image = self.inner.image_metadata()
+        if image is not None and image.index >= self.inner.first_index() - 1:
+            return Snapshot(metadata=image)
+        self.image_wanted = True
+        raise SnapshotTemporarilyUnavailableError(
+            f"{self.inner.namespace}: no snapshot image yet; one is being made"
+        )
 
 
 class _Waiter:
@@ -241,7 +256,10 @@ class GroupStats:
     proposals_forwarded: int = 0
     proposals_resent: int = 0
     leader_changes: int = 0
+    #: Snapshots recorded by this node's policy (without an image).
     snapshots_taken: int = 0
+    #: Images made for followers too far behind the log (recorded as snapshots too).
+    snapshot_images: int = 0
     #: Snapshot images that could not be written (retried an interval later).
     snapshot_failures: int = 0
     snapshots_installed: int = 0
@@ -341,6 +359,11 @@ class Group(Generic[ST, SM]):
         self._snapshot_job: SnapshotJob | None = None
         self._snapshot_result: outcome.Outcome[None] | None = None
         self._snapshot_began = 0.0
+        # A snapshot without an image whose state machine flush is running (meta), and
+        # how the flush ended (None: still running).
+        self._state_snapshot: SnapshotMetadata | None = None
+        self._state_result: outcome.Outcome[None] | None = None
+        self._meta_storage: MetaOnlyStorage | None = None
         self._on_conf_change: list[Callable[[ConfChange, ConfState], None]] = []
         self._answer_listeners: list[tuple[Callable[[], None], Callable[[], None]]] = []
         self._on_leader_change: list[Callable[[NodeId], None]] = []
@@ -381,6 +404,7 @@ class Group(Generic[ST, SM]):
         recover(self.storage, self.sm)
         applied = max(self.sm.applied_index(), self.storage.snapshot_metadata().index)
         meta_storage = MetaOnlyStorage(self.storage, applied)
+        self._meta_storage = meta_storage
         p = self.preset
         cfg = Config(
             id=self.id,
@@ -1293,17 +1317,40 @@ class Group(Generic[ST, SM]):
             self._wake.set()
 
     async def _maybe_snapshot(self, node: RawNode) -> None:
-        """Take a snapshot when the policy says so, without holding the Raft loop while
-        its image is made: the state machine's view is frozen here; this loop makes the
-        image's chunks a slice at a time (``SNAPSHOT_SLICE_S``) between its batches and
-        a worker thread writes them (:meth:`_write_snapshot`), so the loop keeps
-        stepping, persisting and applying; once it is written this loop records it and
-        compacts the log behind it (two short writes)."""
+        """Take a snapshot when the policy says so, and an image when a follower needs
+        one, without holding the Raft loop.
+
+        A snapshot the policy asks for has no image (:meth:`Snapshotter.begin_state`):
+        a worker thread makes the state machine durable (:meth:`_flush_state`), then
+        this loop records it and compacts the log behind it, a step at a time.
+
+        An image is made when the core wants to send one and none serves
+        (:attr:`MetaOnlyStorage.image_wanted`): the state machine's view is frozen here;
+        this loop makes the image's chunks a slice at a time (``SNAPSHOT_SLICE_S``)
+        between its batches and a worker thread writes them (:meth:`_write_snapshot`);
+        once written, this loop records it as the current snapshot."""
         s = self._snapshotter
         if s is None:
             return
         if s.compaction_pending():
             await s.compact_step_async(self.COMPACT_STEP_ENTRIES)
+            return
+        state_meta = self._state_snapshot
+        if state_meta is not None:
+            flushed = self._state_result
+            if flushed is None:
+                return  # still flushing
+            self._state_snapshot = self._state_result = None
+            flushed.unwrap()  # a failed flush fails the group, as a failed write does
+            if await s.finish_state_async(state_meta, self.clock()):
+                self.stats.snapshots_taken += 1
+                log.info(
+                    "%s: snapshot at index %d (term %d), no image; compacting the log up to %d",
+                    self.namespace,
+                    state_meta.index,
+                    state_meta.term,
+                    s.compact_to,
+                )
             return
         job = self._snapshot_job
         if job is not None:
@@ -1325,28 +1372,60 @@ class Group(Generic[ST, SM]):
                 return
             written = self.clock()
             meta = await s.finish_async(job, written, compact=False)
+            if self._meta_storage is not None:
+                # Asked for again while it was made; if it does not serve, the core
+                # asks again.
+                self._meta_storage.image_wanted = False
             if meta is not None:
-                self.stats.snapshots_taken += 1
+                self.stats.snapshot_images += 1
                 log.info(
-                    "%s: snapshot at index %d (term %d): %d bytes written in %.3fs; "
-                    "compacting the log up to %d",
+                    "%s: snapshot image at index %d (term %d): %d bytes written in %.3fs",
                     self.namespace,
                     meta.index,
                     meta.term,
                     job.nbytes,
                     written - self._snapshot_began,
-                    s.compact_to,
                 )
             return
         if self.storage.pending_install() is not None or self._nursery is None:
-            return
-        now = self.clock()
-        if not s.due(now):
             return
         # Never snapshot past what the log holds durably (the state machine can only
         # be ahead of the log right after a snapshot install, which is then the point).
         if self.sm.applied_index() > self.storage.last_index():
             return
+        now = self.clock()
+        ms = self._meta_storage
+        if ms is not None and ms.image_wanted:
+            if now < s.retry_at:
+                return
+            ms.image_wanted = False
+            self._begin_image(s, node, now)
+            return
+        # While an image is on its way to a follower, the log behind it stays: the
+        # follower continues from the entries after it.
+        if self._snapshot_senders or not s.due(now):
+            return
+        meta = s.begin_state(node.conf_state())
+        if meta is None:
+            return
+        self._state_snapshot = meta
+        self._nursery.start_soon(self._flush_state)
+
+    async def _flush_state(self) -> None:
+        """Make the state machine durable in a worker thread, then wake the Raft loop to
+        record the snapshot without an image."""
+        try:
+            await self.storage.run_writes_off_loop(self.sm.make_durable)
+            result: outcome.Outcome[None] = outcome.Value(None)
+        except StorageWriteError as exc:
+            result = outcome.Error(exc)
+        self._state_result = result
+        self._wake.set()
+
+    def _begin_image(self, s: Snapshotter, node: RawNode, now: float) -> None:
+        """Start making an image of the state machine at its applied index (the current
+        snapshot's, if nothing was applied since)."""
+        assert self._nursery is not None
         job = s.begin(node.conf_state(), fed=True)
         if job is None:
             return
@@ -1367,10 +1446,18 @@ class Group(Generic[ST, SM]):
         self._wake.set()
 
     def _snapshot_work_pending(self) -> bool:
-        """A snapshot's image to make, or its log to compact: work for the loop even
-        without input."""
+        """A snapshot's image to make or to start, or its log to compact: work for the
+        loop even without input."""
         s = self._snapshotter
         if s is not None and s.compaction_pending():
+            return True
+        ms = self._meta_storage
+        if (
+            ms is not None
+            and ms.image_wanted
+            and self._snapshot_job is None
+            and self._state_snapshot is None
+        ):
             return True
         job = self._snapshot_job
         return job is not None and self._snapshot_result is None and job.wants_feed()

@@ -220,10 +220,14 @@ class RaftStorage(Storage, Protocol):
         (``conf_state=None``: the current membership), or ``None`` if ``index`` is not
         newer than the current snapshot. Writes nothing. Raises :class:`ValueError`
         while an install is pending and ``UnavailableError`` beyond the last entry.
+        Exception: if the current snapshot has no image and ``index`` is its index, the
+        current snapshot's metadata (to give it an image).
 
         A snapshot taken beside the owner's other writes is three steps:
         :meth:`begin_snapshot` (the owner), :meth:`write_snapshot_image` (any thread),
-        :meth:`record_snapshot` (the owner)."""
+        :meth:`record_snapshot` (the owner). A snapshot without an image is two:
+        :meth:`begin_snapshot`, then :meth:`record_state_snapshot` once the state
+        machine holds that state durably."""
         ...
 
     def write_snapshot_image(
@@ -247,9 +251,31 @@ class RaftStorage(Storage, Protocol):
         """:meth:`record_snapshot` without stalling the trio loop."""
         ...
 
+    def record_state_snapshot(self, meta: SnapshotMetadata) -> bool:
+        """Make ``meta`` (from :meth:`begin_snapshot`) the current snapshot *without an
+        image*, durably: the state machine itself holds the state as of ``meta.index``
+        and the caller has made that state durable first (the log behind it may then be
+        compacted). Such a snapshot cannot be sent or restored from until an image is
+        recorded for it or a later one (see :meth:`image_metadata`). ``False`` (nothing
+        changes) if ``meta`` is no longer newer than the current snapshot or an install
+        is pending."""
+        ...
+
+    async def record_state_snapshot_async(self, meta: SnapshotMetadata) -> bool:
+        """:meth:`record_state_snapshot` without stalling the trio loop."""
+        ...
+
+    def image_metadata(self) -> SnapshotMetadata | None:
+        """The newest recorded snapshot whose image is in the store: the current one if
+        it has an image, else an earlier one still kept (only images recorded since this
+        storage was opened count), else ``None``. An earlier image can still bring a
+        follower up to date if the log holds every entry after it."""
+        ...
+
     def open_snapshot_data(self) -> AbstractContextManager[Readable]:
         """A reader of the current snapshot's data, verified (checksum) before it is handed
-        out. Used to restore the state machine."""
+        out. Used to restore the state machine. :class:`CorruptionError` if the current
+        snapshot has no image."""
         ...
 
     def set_conf_state(self, conf_state: ConfState) -> None:

@@ -67,6 +67,7 @@ import trio
 
 from raftd.core.storage import (
     CompactedError,
+    SnapshotTemporarilyUnavailableError,
     StorageError,
     UnavailableError,
     limit_size,
@@ -91,6 +92,7 @@ T = TypeVar("T")
 __all__ = ["LevelDB", "LevelDBStorage"]
 
 _MAX_INDEX = (1 << 64) - 1
+_NO_KEY = b"\xff"  # sorts after every key this module writes
 
 
 class LevelDB:
@@ -261,6 +263,25 @@ class LevelDB:
             self.mark_failed(err)
             raise err from e
 
+    def flush(self) -> None:
+        """Make every write made so far durable, synced or not. Blocking (a memtable
+        written out): call it off the event loop. LevelDB syncs its log file only at a
+        synced write, and not the previous log file when it switches to a new one; a
+        flush writes the memtable to a table file and syncs it and the manifest, so
+        nothing written before depends on a log file any more. Any failure fails the
+        database."""
+        self.check_writable()
+        try:
+            if self.fault_hook is not None:
+                self.fault_hook("write:flush")
+            # A range holding no key (every key starts with ROOT or GROUP): LevelDB
+            # flushes the memtable first, then finds nothing to compact.
+            self._db.compact_range(start=_NO_KEY, stop=_NO_KEY + b"\x00")
+        except Exception as e:
+            err = StorageWriteError("LevelDB flush failed", cause=e)
+            self.mark_failed(err)
+            raise err from e
+
     def get(self, key: bytes) -> bytes | None:
         return self.raw.get(key)  # type: ignore[no-any-return]
 
@@ -362,6 +383,7 @@ class _Pending:
     clear_install: bool = False
     sync: bool = True  # False only for a Ready that changes nothing but the commit index
     batch: Any = None  # ``deletes`` and ``puts`` already in a LevelDB write batch
+    image: bool = True  # ``snap_meta`` has an image in the store (see record_state_snapshot)
 
     def empty(self) -> bool:
         return not self.puts and not self.deletes and not self.delete_log and self.snap_meta is None
@@ -458,10 +480,17 @@ class LevelDBStorage:
             raise self._corrupt(f"commit {hs.commit} beyond last index {last}", key=self._k_hs)
         recorded = (snap.term, snap.index) if snap.index > 0 else None
         self._store.cleanup(recorded)
-        if recorded is not None and not self._store.path(*recorded).exists():
+        # A recorded snapshot without its file is one taken without an image (the state
+        # machine holds it; recover() checks that it does), unless an install of it is
+        # pending: that needs the file.
+        has_image = recorded is not None and self._store.path(*recorded).exists()
+        if install is not None and not has_image:
             raise self._corrupt(
-                f"snapshot file {self._store.path(*recorded)} is missing", index=snap.index
+                f"snapshot file {self._store.path(snap.term, snap.index)} is missing",
+                index=snap.index,
             )
+        self._has_image = has_image
+        self._image_meta: SnapshotMetadata | None = snap if has_image else None
         self._first, self._last, self._dummy_term = first, last, dummy
         self._starts, self._terms = starts, terms
         self._hs, self._cs, self._snap_meta, self._install = hs, cs, snap, install
@@ -579,6 +608,10 @@ class LevelDBStorage:
         meta = self._snap_meta
         if meta.index == 0:
             return Snapshot(metadata=meta)
+        if not self._has_image:
+            raise SnapshotTemporarilyUnavailableError(
+                f"{self._namespace}: snapshot {meta.term}-{meta.index} has no image"
+            )
         cached = self._snap_cache
         if cached is not None and cached.metadata == meta:
             return cached
@@ -605,7 +638,24 @@ class LevelDBStorage:
                 yield io.BytesIO(b"")
 
             return empty()
+        if not self._has_image:
+            raise self._corrupt(
+                f"snapshot {meta.term}-{meta.index} has no image (the state machine was to "
+                "hold its state)",
+                index=meta.index,
+            )
         return self._store.open_data(meta.term, meta.index)
+
+    def image_metadata(self) -> SnapshotMetadata | None:
+        meta = self._snap_meta
+        if meta.index == 0:
+            return None
+        if self._has_image:
+            return meta
+        m = self._image_meta
+        if m is None or not self._store.path(m.term, m.index).exists():
+            return None
+        return m
 
     def pending_install(self) -> SnapshotMetadata | None:
         return self._install
@@ -663,6 +713,9 @@ class LevelDBStorage:
         if pend.snap_meta is not None:
             self._snap_meta = pend.snap_meta
             self._snap_cache = pend.snapshot
+            self._has_image = pend.image
+            if pend.image:
+                self._image_meta = pend.snap_meta
         if pend.install is not None:
             self._install = pend.install
         if pend.clear_install:
@@ -913,7 +966,10 @@ class LevelDBStorage:
     # -- snapshots ---------------------------------------------------------------------
     def begin_snapshot(self, index: int, conf_state: ConfState | None) -> SnapshotMetadata | None:
         self._check_open()
-        if index <= self._snap_meta.index:
+        cur = self._snap_meta
+        if index <= cur.index:
+            if index == cur.index > 0 and not self._has_image and self._install is None:
+                return cur  # to give the current snapshot its image
             return None
         if self._install is not None:
             raise ValueError("a snapshot install is pending: finish it first")
@@ -931,7 +987,10 @@ class LevelDBStorage:
 
     def _prepare_record(self, meta: SnapshotMetadata) -> _Pending | None:
         self._check_writable()
-        if meta.index <= self._snap_meta.index or self._install is not None:
+        cur = self._snap_meta
+        if self._install is not None or meta.index < cur.index:
+            return None
+        if meta.index == cur.index and (meta != cur or self._has_image):
             return None
         if not self._store.path(meta.term, meta.index).exists():
             raise ValueError(f"no image of snapshot {meta.term}-{meta.index} in the store")
@@ -963,6 +1022,29 @@ class LevelDBStorage:
         pend = self._prepare_record(meta)
         if pend is None:
             self._discard_image(meta)
+            await trio.lowlevel.checkpoint()
+            return False
+        await self._run_async(pend)
+        return True
+
+    def _prepare_state_record(self, meta: SnapshotMetadata) -> _Pending | None:
+        self._check_writable()
+        if meta.index <= self._snap_meta.index or self._install is not None:
+            return None
+        pend = self._snapshot_record(meta)
+        pend.image = False
+        return pend
+
+    def record_state_snapshot(self, meta: SnapshotMetadata) -> bool:
+        pend = self._prepare_state_record(meta)
+        if pend is None:
+            return False
+        self._run(pend)
+        return True
+
+    async def record_state_snapshot_async(self, meta: SnapshotMetadata) -> bool:
+        pend = self._prepare_state_record(meta)
+        if pend is None:
             await trio.lowlevel.checkpoint()
             return False
         await self._run_async(pend)

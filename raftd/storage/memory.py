@@ -17,9 +17,15 @@ from typing import Any, TypeVar
 import outcome
 import trio
 
-from raftd.core.storage import CompactedError, MemoryStorage, UnavailableError
+from raftd.core.storage import (
+    CompactedError,
+    MemoryStorage,
+    SnapshotTemporarilyUnavailableError,
+    UnavailableError,
+)
 from raftd.core.types import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
 from raftd.storage.base import (
+    CorruptionError,
     FaultHook,
     Readable,
     SnapshotCancelled,
@@ -71,6 +77,10 @@ class MemoryRaftStorage(MemoryStorage):
         self._conf_state: ConfState | None = None
         self._install: SnapshotMetadata | None = None
         self._files = MemorySnapshotFiles()
+        # The current snapshot has an image (see record_state_snapshot), and the newest
+        # snapshot recorded with one.
+        self._has_image = True
+        self._image_meta: SnapshotMetadata | None = None
 
     # -- status ------------------------------------------------------------------------
     @property
@@ -124,7 +134,41 @@ class MemoryRaftStorage(MemoryStorage):
     def snapshot_size(self) -> int:
         return len(self.snap.data)
 
+    def snapshot(self) -> Snapshot:
+        meta = self.snap.metadata
+        if meta.index and not self._has_image:
+            raise SnapshotTemporarilyUnavailableError(
+                f"{self._namespace}: snapshot {meta.term}-{meta.index} has no image"
+            )
+        return self.snap
+
+    def image_metadata(self) -> SnapshotMetadata | None:
+        meta = self.snap.metadata
+        if meta.index == 0:
+            return None
+        if self._has_image:
+            return meta
+        m = self._image_meta
+        if m is None or (m.term, m.index) not in self._files.images:
+            return None
+        return m
+
+    def _recorded(self, snap: Snapshot, *, image: bool) -> None:
+        self.snap = snap
+        self._has_image = image
+        if image:
+            self._image_meta = snap.metadata
+
     def open_snapshot_data(self) -> AbstractContextManager[Readable]:
+        meta = self.snap.metadata
+        if meta.index and not self._has_image:
+            raise CorruptionError(
+                f"snapshot {meta.term}-{meta.index} has no image (the state machine was to "
+                "hold its state)",
+                namespace=self._namespace,
+                index=meta.index,
+            )
+
         @contextmanager
         def reader() -> Iterator[Readable]:
             yield io.BytesIO(self.snap.data)
@@ -175,6 +219,9 @@ class MemoryRaftStorage(MemoryStorage):
         self._fault("write:save")
         if new_snap is not None:
             MemoryStorage.apply_snapshot(self, new_snap)
+            m = new_snap.metadata
+            self._files.images.setdefault((m.term, m.index), new_snap.data)
+            self._recorded(new_snap, image=True)
             self._conf_state = new_snap.metadata.conf_state
             self._install = new_snap.metadata
         if ents:
@@ -226,7 +273,10 @@ class MemoryRaftStorage(MemoryStorage):
     def begin_snapshot(self, index: int, conf_state: ConfState | None) -> SnapshotMetadata | None:
         if self._closed:
             raise StorageClosedError(f"storage {self._namespace!r} is closed")
-        if index <= self.snap.metadata.index:
+        cur = self.snap.metadata
+        if index <= cur.index:
+            if index == cur.index > 0 and not self._has_image and self._install is None:
+                return cur  # to give the current snapshot its image
             return None
         if self._install is not None:
             raise ValueError("a snapshot install is pending: finish it first")
@@ -250,16 +300,33 @@ class MemoryRaftStorage(MemoryStorage):
     def record_snapshot(self, meta: SnapshotMetadata) -> bool:
         self._check_writable()
         key = (meta.term, meta.index)
-        if meta.index <= self.snap.metadata.index or self._install is not None:
-            if key != (self.snap.metadata.term, self.snap.metadata.index):
+        cur = self.snap.metadata
+        if (
+            self._install is not None
+            or meta.index < cur.index
+            or (meta.index == cur.index and (meta != cur or self._has_image))
+        ):
+            if key != (cur.term, cur.index):
                 self._files.images.pop(key, None)
             return False
         image = self._files.images.get(key)
         if image is None:
             raise ValueError(f"no image of snapshot {meta.term}-{meta.index} in the store")
         self._fault("write:snapshot")
-        self.snap = Snapshot(metadata=meta, data=image)
+        self._recorded(Snapshot(metadata=meta, data=image), image=True)
         return True
+
+    def record_state_snapshot(self, meta: SnapshotMetadata) -> bool:
+        self._check_writable()
+        if meta.index <= self.snap.metadata.index or self._install is not None:
+            return False
+        self._fault("write:snapshot")
+        self._recorded(Snapshot(metadata=meta), image=False)
+        return True
+
+    async def record_state_snapshot_async(self, meta: SnapshotMetadata) -> bool:
+        await trio.lowlevel.checkpoint()
+        return self.record_state_snapshot(meta)
 
     async def record_snapshot_async(self, meta: SnapshotMetadata) -> bool:
         await trio.lowlevel.checkpoint()
@@ -271,8 +338,8 @@ class MemoryRaftStorage(MemoryStorage):
         if meta is None:
             return self.snap
         self._fault("write:snapshot")
-        self.snap = Snapshot(metadata=meta, data=data)
         self._files.images[(meta.term, meta.index)] = data
+        self._recorded(Snapshot(metadata=meta, data=data), image=True)
         return self.snap
 
     def create_snapshot_streaming(

@@ -444,6 +444,13 @@ class Snapshottable(Protocol):
 
     def snapshot_view(self) -> SnapshotView: ...
 
+    def make_durable(self) -> None:
+        """Make the state as of every entry applied so far durable (blocking; safe in a
+        worker thread while the owner keeps applying). A snapshot without an image
+        (:meth:`Snapshotter.begin_state`) relies on it: the log behind such a snapshot
+        is compacted, so the state machine must never come back older than it."""
+        ...
+
     def restore(self, f: Readable, *, index: int) -> None:
         """Replace all data by the snapshot read from ``f``; afterwards
         ``applied_index() == index``. Must be idempotent under crashes."""
@@ -579,6 +586,62 @@ class Snapshotter:
         self.retry_at = 0.0
         ci = self.policy.compact_index(job.meta.index)
         return ci if ci > self.storage.first_index() - 1 else 0
+
+    # -- snapshots without an image --------------------------------------------------
+    def begin_state(self, conf_state: ConfState | None = None) -> SnapshotMetadata | None:
+        """The metadata of a snapshot *without an image* at the state machine's applied
+        index (owner's thread), or ``None`` if that is not newer than the current
+        snapshot. Make the state machine durable (:meth:`Snapshottable.make_durable`,
+        any thread), then :meth:`finish_state` or :meth:`finish_state_async`.
+
+        Such a snapshot costs a flush of the state machine and the compaction, not a
+        copy of the state: the state machine is its own snapshot, as etcd's backend is.
+        An image is made only when one is needed, for a follower too far behind the log
+        (:meth:`begin` at the applied index then)."""
+        applied = self.sm.applied_index()
+        if applied <= self.storage.snapshot_metadata().index:
+            return None
+        return self.storage.begin_snapshot(applied, conf_state)
+
+    def finish_state(self, meta: SnapshotMetadata, now: float) -> bool:
+        """Record ``meta`` from :meth:`begin_state` (the state machine has been made
+        durable since) and compact the log behind it; ``False`` if it was no longer
+        newer (an install came first): nothing changes then."""
+        if not self.storage.record_state_snapshot(meta):
+            return False
+        ci = self._recorded_state(now)
+        if ci:
+            self.storage.compact(ci)
+        return True
+
+    async def finish_state_async(self, meta: SnapshotMetadata, now: float) -> bool:
+        """:meth:`finish_state` with the write off the trio thread; the compaction is
+        left to :meth:`compact_step_async`."""
+        if not await self.storage.record_state_snapshot_async(meta):
+            return False
+        self.compact_to = self._recorded_state(now)
+        return True
+
+    def _recorded_state(self, now: float) -> int:
+        # A snapshot without an image costs nothing in proportion to the state, so the
+        # byte rule (which spaces snapshots by their size) no longer applies after one.
+        self.snapshot_bytes = 0
+        self.log_bytes = 0
+        self.last_at = now
+        self.retry_at = 0.0
+        meta = self.storage.snapshot_metadata()
+        ci = self.policy.compact_index(meta.index)
+        return ci if ci > self.storage.first_index() - 1 else 0
+
+    def take_state(self, now: float, conf_state: ConfState | None = None) -> SnapshotMetadata:
+        """A snapshot without an image, compacting behind it (:meth:`begin_state`, the
+        state machine made durable, :meth:`finish_state` in a row). Returns the current
+        snapshot's metadata."""
+        meta = self.begin_state(conf_state)
+        if meta is not None:
+            self.sm.make_durable()
+            self.finish_state(meta, now)
+        return self.storage.snapshot_metadata()
 
     def failed(self, now: float) -> None:
         """Writing an image failed: try again no sooner than an interval from ``now``
@@ -816,6 +879,15 @@ def recover(storage: RaftStorage, sm: Snapshottable) -> bool:
     if meta.index == 0:
         raise CorruptionError(
             "state machine needs a restore but there is no snapshot", namespace=storage.namespace
+        )
+    image = storage.image_metadata()
+    if image is None or (image.term, image.index) != (meta.term, meta.index):
+        raise CorruptionError(
+            f"the state machine is at index {sm.applied_index()}, behind the snapshot at "
+            f"{meta.index}, which was taken without an image because the state machine "
+            "held that state durably: the state machine's data was lost or replaced",
+            namespace=storage.namespace,
+            index=meta.index,
         )
     with storage.open_snapshot_data() as f:
         sm.restore(f, index=meta.index)

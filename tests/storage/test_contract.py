@@ -9,9 +9,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from raftd.core.storage import CompactedError, MemoryStorage, UnavailableError
+from raftd.core.storage import (
+    CompactedError,
+    MemoryStorage,
+    SnapshotTemporarilyUnavailableError,
+    UnavailableError,
+)
 from raftd.core.types import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata
 from raftd.storage.base import (
+    CorruptionError,
     RaftStorage,
     StorageClosedError,
     StorageWriteError,
@@ -293,6 +299,62 @@ def test_a_failed_image_write_leaves_the_storage_working(impl: Impl, store: Raft
     assert store.create_snapshot_streaming(6, None, lambda w: w.write(b"ok")).index == 6
     for s in before_and_after_restart(impl, store):
         assert s.snapshot().data == b"ok" and s.last_index() == 7
+
+
+def test_a_snapshot_without_an_image(impl: Impl, store: RaftStorage) -> None:
+    """Recorded from its metadata alone (the state machine holds the state): it is the
+    current snapshot, the log behind it can be compacted, and the newest earlier image
+    still serves until an image is made for it; nothing can be restored from it."""
+    store.save(HardState(1, "a", 8), ents(1, 8, 1), None)
+    old = store.create_snapshot(3, None, b"state@3").metadata
+    meta = store.begin_snapshot(6, ConfState(("a", "b")))
+    assert meta == SnapshotMetadata(6, 1, ConfState(("a", "b")))
+    assert store.record_state_snapshot(meta)
+    assert store.image_metadata() == old  # still kept: it can bring a follower up
+    store.compact(5)
+    for s in before_and_after_restart(impl, store):
+        assert s.snapshot_metadata() == meta
+        assert s.snapshot_size() == 0
+        assert (s.first_index(), s.last_index()) == (6, 8)
+        with pytest.raises(SnapshotTemporarilyUnavailableError):
+            s.snapshot()
+        with pytest.raises(CorruptionError, match="no image"):
+            s.open_snapshot_data()
+        assert s.image_metadata() in (None, old)  # a restart may forget older images
+
+
+def test_an_image_for_a_snapshot_taken_without_one(impl: Impl, store: RaftStorage) -> None:
+    """begin_snapshot at the current snapshot's index hands back its metadata while it
+    has no image; writing and recording the image makes it a full snapshot, once."""
+    store.save(None, ents(1, 8, 1), None)
+    meta = store.begin_snapshot(6, None)
+    assert meta is not None and store.record_state_snapshot(meta)
+    assert store.image_metadata() is None
+    assert store.begin_snapshot(5, None) is None  # older: nothing to begin
+    again = store.begin_snapshot(6, None)
+    assert again == meta
+    store.write_snapshot_image(meta, lambda w: w.write(b"state@6"))
+    assert store.record_snapshot(meta)
+    for s in before_and_after_restart(impl, store):
+        assert s.image_metadata() == meta
+        assert s.snapshot() == Snapshot(meta, b"state@6")
+        assert s.begin_snapshot(6, None) is None
+    store = impl.reopen()
+    assert not store.record_snapshot(meta)  # already has its image
+
+
+def test_a_snapshot_without_an_image_is_refused_when_stale(store: RaftStorage) -> None:
+    store.save(None, ents(1, 8, 1), None)
+    meta = store.begin_snapshot(6, None)
+    assert meta is not None
+    store.create_snapshot(7, None, b"state@7")
+    assert not store.record_state_snapshot(meta)  # no longer newer
+    meta8 = store.begin_snapshot(8, None)
+    assert meta8 is not None
+    store.apply_snapshot(snap(30, 2))
+    assert not store.record_state_snapshot(meta8)  # an install is pending
+    assert store.snapshot_metadata().index == 30
+    assert store.image_metadata() == snap(30, 2).metadata
 
 
 def test_apply_snapshot_replaces_log_and_marks_install(impl: Impl, store: RaftStorage) -> None:

@@ -242,6 +242,26 @@ def test_missing_or_damaged_snapshot_file(data_dir: Path) -> None:
         s.snapshot()
     db.close()
     path.unlink()
+    # Without its file the snapshot reads as one taken without an image: the storage
+    # opens, but nothing can be restored or sent from it.
+    db, s = reopen(LevelDB(data_dir))
+    assert s.snapshot_metadata().index == 8
+    assert s.image_metadata() is None
+    with pytest.raises(CorruptionError, match="no image"):
+        s.open_snapshot_data()
+    db.close()
+
+
+def test_missing_file_of_a_pending_install_fails_the_open(data_dir: Path) -> None:
+    db = LevelDB(data_dir)
+    s = db.group(NS)
+    s.save(None, ents(1, 10, 1), None)
+    meta = SnapshotMetadata(index=20, term=2, conf_state=ConfState(voters=("a",)))
+    s.save(None, (), Snapshot(metadata=meta, data=b"image"))
+    assert s.pending_install() == meta
+    path = s.snapshot_store.path(2, 20)
+    db.close()
+    path.unlink()
     with pytest.raises(CorruptionError, match="missing"):
         LevelDB(data_dir).group(NS)
 

@@ -218,6 +218,70 @@ def test_snapshotter_snapshots_and_compacts_behind(node: Node) -> None:
     assert other.revision() == sm.revision() == 105
 
 
+def test_a_snapshot_without_an_image_then_one_made_for_a_follower(node: Node) -> None:
+    """take_state records the applied index without copying the state and compacts
+    behind it; the state machine itself is the snapshot (a restart finds it there). An
+    image made later for the same index restores to the same state."""
+    _, storage, sm = node
+    snapper = Snapshotter(
+        storage, sm, SnapshotPolicy(entries=100, interval_s=60, trailing=30), now=0.0
+    )
+    run_node(storage, sm, 120)
+    meta = snapper.take_state(now=1.0)
+    assert meta.index == 120 and storage.first_index() == 91
+    assert storage.image_metadata() is None and snapper.snapshot_bytes == 0
+    if isinstance(storage, LevelDBStorage):
+        assert not os.listdir(storage.snapshot_store.directory)
+    assert recover(storage, sm) is False  # the state machine holds the snapshot
+    assert snapper.begin_state() is None  # nothing applied since
+    job = snapper.begin()  # an image at the same index, for a follower
+    assert job is not None and job.meta == meta
+    try:
+        snapper.write(job)
+    finally:
+        job.close()
+    assert snapper.finish(job, now=2.0) == meta
+    assert storage.image_metadata() == meta
+    other = KVStateMachine.memory()
+    with storage.open_snapshot_data() as f:
+        other.restore(f, index=120)
+    assert other.revision() == sm.revision() == 120
+
+
+def test_a_state_machine_behind_a_snapshot_without_an_image_is_named(tmp_path: Path) -> None:
+    """If the state machine comes back older than a snapshot taken without an image,
+    nothing can restore it: recover() says so instead of serving a wrong state."""
+    db = LevelDB(tmp_path / "n1")
+    storage, sm = db.group(NS), KVStateMachine.leveldb(db, NS)
+    run_node(storage, sm, 50)
+    snapper = Snapshotter(storage, sm, SnapshotPolicy(entries=10, trailing=5), now=0.0)
+    assert snapper.take_state(now=1.0).index == 50
+    behind = KVStateMachine.memory()
+    behind.apply_many([(1, C.put(b"k", b"v"))])
+    with pytest.raises(CorruptionError, match=r"behind the snapshot at 50.*without an image"):
+        recover(storage, behind)
+    db.close()
+
+
+def test_a_leveldb_flush_leaves_no_write_in_a_log_file(tmp_path: Path) -> None:
+    """make_durable on LevelDB: the unsynced applies move from LevelDB's log file (not
+    synced when it switches files) to a synced table file."""
+    db = LevelDB(tmp_path / "n1")
+    storage, sm = db.group(NS), KVStateMachine.leveldb(db, NS, sync=False)
+    run_node(storage, sm, 200)
+    dbdir = tmp_path / "n1" / "db"
+
+    def logs() -> int:
+        return sum((dbdir / n).stat().st_size for n in os.listdir(dbdir) if n.endswith(".log"))
+
+    assert logs() > 200 * 50
+    tables = {n for n in os.listdir(dbdir) if n.endswith(".ldb")}
+    sm.make_durable()
+    assert logs() == 0
+    assert {n for n in os.listdir(dbdir) if n.endswith(".ldb")} - tables
+    db.close()
+
+
 async def test_a_snapshot_job_is_written_beside_applies(node: Node) -> None:
     """The view is frozen at begin; the image is written in a worker thread while the
     owner keeps saving and applying; finish records it and compacts behind it. The
