@@ -1342,13 +1342,16 @@ class Group(Generic[ST, SM]):
                 return  # still flushing
             self._state_snapshot = self._state_result = None
             flushed.unwrap()  # a failed flush fails the group, as a failed write does
-            if await s.finish_state_async(state_meta, self.clock()):
+            now = self.clock()
+            if await s.finish_state_async(state_meta, now):
                 self.stats.snapshots_taken += 1
                 log.info(
-                    "%s: snapshot at index %d (term %d), no image; compacting the log up to %d",
+                    "%s: snapshot at index %d (term %d), no image (state flushed in "
+                    "%.3fs); compacting the log up to %d",
                     self.namespace,
                     state_meta.index,
                     state_meta.term,
+                    now - self._snapshot_began,
                     s.compact_to,
                 )
             return
@@ -1396,10 +1399,11 @@ class Group(Generic[ST, SM]):
         now = self.clock()
         ms = self._meta_storage
         if ms is not None and ms.image_wanted:
-            if now < s.retry_at:
-                return
-            ms.image_wanted = False
-            self._begin_image(s, node, now)
+            if self.role != StateType.LEADER:
+                ms.image_wanted = False  # wanted by this node's leadership, now over
+            elif now >= s.retry_at:
+                ms.image_wanted = False
+                self._begin_image(s, node, now)
             return
         # While an image is on its way to a follower, the log behind it stays: the
         # follower continues from the entries after it.
@@ -1409,11 +1413,13 @@ class Group(Generic[ST, SM]):
         if meta is None:
             return
         self._state_snapshot = meta
+        self._snapshot_began = now
         self._nursery.start_soon(self._flush_state)
 
     async def _flush_state(self) -> None:
         """Make the state machine durable in a worker thread, then wake the Raft loop to
-        record the snapshot without an image."""
+        record the snapshot without an image. Counted as a write off the loop: an apply
+        waits for it (yielding) rather than queue behind it inside LevelDB."""
         try:
             await self.storage.run_writes_off_loop(self.sm.make_durable)
             result: outcome.Outcome[None] = outcome.Value(None)
@@ -1457,6 +1463,7 @@ class Group(Generic[ST, SM]):
             and ms.image_wanted
             and self._snapshot_job is None
             and self._state_snapshot is None
+            and (s is None or s.retry_at <= self.clock())
         ):
             return True
         job = self._snapshot_job

@@ -136,5 +136,8 @@ async def test_an_image_that_cannot_be_written_leaves_the_group_serving(
             assert g.stats.snapshot_failures == 1  # not retried before an interval
             assert g.stats.snapshot_images == 0
             assert g.storage.snapshot_metadata() == snap
+            # The follower still asks for an image, but none is tried before the retry
+            # time: the loop has no snapshot work to spin on meanwhile.
+            assert not g._snapshot_work_pending()
             kv = g.sm.get(b"k%04d" % (i + 99))
             assert kv is not None and kv.value == b"v" * 50
