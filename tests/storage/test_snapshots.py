@@ -248,6 +248,26 @@ def test_a_snapshot_without_an_image_then_one_made_for_a_follower(node: Node) ->
     assert other.revision() == sm.revision() == 120
 
 
+def test_a_restart_after_a_snapshot_without_an_image_needs_no_restore(tmp_path: Path) -> None:
+    """The state machine is the snapshot: after a restart it is at (or past) the
+    snapshot's index with every key, and the log resumes behind it."""
+    db = LevelDB(tmp_path / "n1")
+    storage, sm = db.group(NS), KVStateMachine.leveldb(db, NS, sync=False)
+    run_node(storage, sm, 120)
+    snapper = Snapshotter(storage, sm, SnapshotPolicy(entries=100, trailing=30), now=0.0)
+    assert snapper.take_state(now=1.0).index == 120
+    run_node(storage, sm, 5)
+    db.close()
+    db = LevelDB(tmp_path / "n1")
+    storage, sm = db.group(NS), KVStateMachine.leveldb(db, NS, sync=False)
+    assert storage.snapshot_metadata().index == 120 and storage.image_metadata() is None
+    assert recover(storage, sm) is False
+    assert sm.applied_index() == 125 and (storage.first_index(), storage.last_index()) == (91, 125)
+    kv = sm.get(b"k%05d" % 120)
+    assert kv is not None and kv.value == b"v"
+    db.close()
+
+
 def test_a_state_machine_behind_a_snapshot_without_an_image_is_named(tmp_path: Path) -> None:
     """If the state machine comes back older than a snapshot taken without an image,
     nothing can restore it: recover() says so instead of serving a wrong state."""
