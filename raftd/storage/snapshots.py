@@ -19,6 +19,17 @@ database record it (one LevelDB batch), so a crash leaves at worst an *orphan* f
 than the recorded snapshot; orphans and temp files are removed when the storage opens.
 The newest ``keep`` files (default 3) are kept, and always the recorded one.
 
+Snapshots without an image
+--------------------------
+A state machine that keeps its data in the same database can be its own snapshot: the
+owner makes it durable (:meth:`Snapshottable.make_durable`), then records the snapshot's
+metadata alone (:meth:`RaftStorage.record_state_snapshot`) and compacts the log behind
+it. No file is written; a recorded snapshot without a file is one of these. An image is
+made only when one must be sent, at the state machine's applied index, and recorded as
+the current snapshot like any other (:meth:`Snapshotter.begin`). Nothing can restore a
+state machine from a snapshot without an image: :func:`recover` names it if the state
+machine is found behind one.
+
 Installing a received snapshot, crash-safely
 --------------------------------------------
 1. ``storage.save(hs, [], snapshot)``: the file is written as above; then ONE batch
