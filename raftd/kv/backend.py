@@ -39,6 +39,7 @@ from raftd.storage.leveldb import LevelDB
 
 __all__ = [
     "LEASE_FLAG",
+    "LEASE_FLAG_BYTE",
     "RECORD_HEAD",
     "BackendView",
     "KVBackend",
@@ -294,6 +295,9 @@ _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 #: Set in a stored key record's version field when a lease id follows the fixed part.
 LEASE_FLAG = 1 << 63
+#: The byte of a stored record that carries :data:`LEASE_FLAG` (its top bit): the
+#: version's most significant byte.
+LEASE_FLAG_BYTE = 16
 
 
 def record_payload(r: KeyRecord) -> bytes:
@@ -502,8 +506,9 @@ class _LevelDBView:
                 p = unseal(k, v)
             except DecodeError as e:
                 raise self._b._corrupt(f"bad key record: {e}", k) from None
-            if len(p) < RECORD_HEAD.size or (p[16] & 0x80 and len(p) < RECORD_HEAD.size + 8):
-                # 16: the version's top byte, which carries LEASE_FLAG (a lease id follows).
+            if len(p) < RECORD_HEAD.size or (
+                p[LEASE_FLAG_BYTE] & 0x80 and len(p) < RECORD_HEAD.size + 8
+            ):
                 raise self._b._corrupt("key record too short", k)
             yield k[n:], p
 

@@ -22,7 +22,14 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Iterator
 
-from raftd.kv.backend import RECORD_HEAD, KeyRecord, LeaseRecord, Meta, Session
+from raftd.kv.backend import (
+    LEASE_FLAG_BYTE,
+    RECORD_HEAD,
+    KeyRecord,
+    LeaseRecord,
+    Meta,
+    Session,
+)
 from raftd.storage.base import Readable, Writable
 
 MAGIC = b"RKVSNAP1"
@@ -87,7 +94,7 @@ def _key_records(keys: Iterable[tuple[bytes, KeyRecord]]) -> Iterator[bytes]:
 # The stored head (create, mod, version) is laid out as a "K" record's tail
 # (tests/kv/test_snapfmt.py holds the two encodings to the same bytes).
 _HEAD = RECORD_HEAD.size
-_FLAG_BYTE = 16  # the version's most significant byte, where LEASE_FLAG sits
+_FLAG_BYTE = LEASE_FLAG_BYTE
 
 
 def _stored_key_records(stored: Iterable[tuple[bytes, bytes]]) -> Iterator[bytes]:

@@ -1392,22 +1392,23 @@ class Group(Generic[ST, SM]):
             return
         if self.storage.pending_install() is not None or self._nursery is None:
             return
+        now = self.clock()
+        ms = self._meta_storage
+        wanted = ms is not None and ms.image_wanted
+        # While an image is on its way to a follower, the log behind it stays: the
+        # follower continues from the entries after it.
+        if not wanted and (self._snapshot_senders or not s.due(now)):
+            return
         # Never snapshot past what the log holds durably (the state machine can only
         # be ahead of the log right after a snapshot install, which is then the point).
         if self.sm.applied_index() > self.storage.last_index():
             return
-        now = self.clock()
-        ms = self._meta_storage
-        if ms is not None and ms.image_wanted:
+        if ms is not None and wanted:
             if self.role != StateType.LEADER:
                 ms.image_wanted = False  # wanted by this node's leadership, now over
             elif now >= s.retry_at:
                 ms.image_wanted = False
                 self._begin_image(s, node, now)
-            return
-        # While an image is on its way to a follower, the log behind it stays: the
-        # follower continues from the entries after it.
-        if self._snapshot_senders or not s.due(now):
             return
         meta = s.begin_state(node.conf_state())
         if meta is None:

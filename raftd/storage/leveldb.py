@@ -489,7 +489,7 @@ class LevelDBStorage:
                 f"snapshot file {self._store.path(snap.term, snap.index)} is missing",
                 index=snap.index,
             )
-        self._has_image = has_image
+        # The newest snapshot recorded with an image (the current one, if it has one).
         self._image_meta: SnapshotMetadata | None = snap if has_image else None
         self._first, self._last, self._dummy_term = first, last, dummy
         self._starts, self._terms = starts, terms
@@ -657,6 +657,11 @@ class LevelDBStorage:
             return None
         return m
 
+    @property
+    def _has_image(self) -> bool:
+        """The current snapshot has an image (it is the newest recorded with one)."""
+        return self._image_meta is not None and self._image_meta == self._snap_meta
+
     def pending_install(self) -> SnapshotMetadata | None:
         return self._install
 
@@ -713,7 +718,6 @@ class LevelDBStorage:
         if pend.snap_meta is not None:
             self._snap_meta = pend.snap_meta
             self._snap_cache = pend.snapshot
-            self._has_image = pend.image
             if pend.image:
                 self._image_meta = pend.snap_meta
         if pend.install is not None:

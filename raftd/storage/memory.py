@@ -77,9 +77,8 @@ class MemoryRaftStorage(MemoryStorage):
         self._conf_state: ConfState | None = None
         self._install: SnapshotMetadata | None = None
         self._files = MemorySnapshotFiles()
-        # The current snapshot has an image (see record_state_snapshot), and the newest
-        # snapshot recorded with one.
-        self._has_image = True
+        # The newest snapshot recorded with an image (the current one, if it has one;
+        # see record_state_snapshot).
         self._image_meta: SnapshotMetadata | None = None
 
     # -- status ------------------------------------------------------------------------
@@ -153,9 +152,12 @@ class MemoryRaftStorage(MemoryStorage):
             return None
         return m
 
+    @property
+    def _has_image(self) -> bool:
+        return self._image_meta is not None and self._image_meta == self.snap.metadata
+
     def _recorded(self, snap: Snapshot, *, image: bool) -> None:
         self.snap = snap
-        self._has_image = image
         if image:
             self._image_meta = snap.metadata
 
