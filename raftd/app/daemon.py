@@ -133,6 +133,7 @@ class Daemon:
             transport=transport,
             preset=p,
             rng=default_rng(self.peer_id, ns),
+            watchdog=self.watchdog,
         )
         self.groups[ns] = group
         return group

@@ -64,6 +64,7 @@ from raftd.runtime.contracts import GroupStateMachine
 from raftd.runtime.presets import Preset
 from raftd.runtime.rtt import RttEstimator
 from raftd.runtime.starvation import CpuStarvation
+from raftd.runtime.watchdog import LoopWatchdog
 from raftd.storage.base import GroupStorage, RaftStorage, StorageWriteError
 from raftd.storage.leveldb import LevelDBStorage
 from raftd.storage.snapshots import (
@@ -304,8 +305,10 @@ class Group(Generic[ST, SM]):
         preset: Preset,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        watchdog: LoopWatchdog | None = None,
     ) -> None:
         self.namespace = namespace
+        self._watchdog = watchdog
         self.id = node_id
         self.storage = storage
         self.sm = sm
@@ -702,7 +705,11 @@ class Group(Generic[ST, SM]):
         sleeps, the ticker sleeps through the ticks that would only advance the timers
         (between heartbeats, before an election timeout: :meth:`RawNode.ticks_are_quiet`)
         and wakes at the first one that acts (:meth:`_plan_ticks`); the quiet ones are
-        then counted together and stepped before anything else (:meth:`_count_ticks`)."""
+        then counted together and stepped before anything else (:meth:`_count_ticks`).
+
+        Reports each wake-up's lateness to the daemon's
+        :class:`~raftd.runtime.watchdog.LoopWatchdog`, which then needs no wake-ups of
+        its own while a group runs."""
         interval = self.preset.tick_s
         self._next_tick = trio.current_time() + interval
         while True:
@@ -711,6 +718,8 @@ class Group(Generic[ST, SM]):
                 await trio.sleep_forever()
             self.stats.ticker_wakeups += 1
             now = trio.current_time()
+            if self._watchdog is not None:
+                self._watchdog.timer_fired(now - sc.deadline)
             self._count_ticks(now)
             self.stats.ticks = self._ticks_total
             landed = self._persist_landed
@@ -780,8 +789,11 @@ class Group(Generic[ST, SM]):
                 else:
                     await self._wake.wait()
                 self.stats.loop_wakeups += 1
+                now = trio.current_time()
+                if self._watchdog is not None:
+                    self._watchdog.loop_ran(now)
                 # Before anything else: nothing was stepped since these ticks passed.
-                self._count_ticks(trio.current_time())
+                self._count_ticks(now)
                 self._step_quiet_ticks(node)
             if self._ticks and node.timeout_due():
                 # Before a timeout fires, let the transport read what is queued in the
