@@ -124,3 +124,16 @@ def test_profile_table_parses_pyspy_raw_stacks() -> None:
     assert table.samples == 40
     assert table.top("own", 1) == [("loop (raftd/runtime/group.py)", 75.0)]
     assert dict(table.top("total", 3))["run (trio/_core/_run.py)"] == 100.0
+
+
+def test_bench_idle_wakeup_prints_the_cost_of_each_kind() -> None:
+    lines, docs = run_script(
+        "bench-idle-wakeup", "--seconds", "0.5", "--rounds", "1", "--rate", "40", timeout=60
+    )
+    assert lines[-1].startswith("{") and len(docs) == 1
+    doc = docs[0]
+    assert doc["rate"] == 40.0
+    assert set(doc["median"]) == {"epoll", "trio"}
+    for name, samples in doc["us_per_wakeup"].items():
+        assert len(samples) == 1 and samples[0] > 0, (name, samples)
+    assert any(line.startswith("trio ") and "µs CPU each" in line for line in lines)
