@@ -27,10 +27,6 @@ import time
 import trio
 
 
-def _cpu() -> float:
-    return time.process_time()  # utime + stime, at the clock's nanoseconds
-
-
 def _epoll(rate: float, seconds: float) -> int:
     ep = select.epoll()
     end = time.monotonic() + seconds
@@ -65,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[float]] = {k: [] for k in VARIANTS}
     for _ in range(args.rounds):
         for name, fn in VARIANTS.items():
-            c0 = _cpu()
+            c0 = time.process_time()
             n = fn(args.rate, args.seconds)
-            us = (_cpu() - c0) / n * 1e6
+            us = (time.process_time() - c0) / n * 1e6
             results[name].append(round(us, 1))
             print(f"{name:6s} {n:5d} wake-ups at {args.rate:g}/s: {us:6.0f} µs CPU each")
     med = {k: sorted(v)[len(v) // 2] for k, v in results.items()}

@@ -94,16 +94,16 @@ def _key_records(keys: Iterable[tuple[bytes, KeyRecord]]) -> Iterator[bytes]:
 # The stored head (create, mod, version) is laid out as a "K" record's tail
 # (tests/kv/test_snapfmt.py holds the two encodings to the same bytes).
 _HEAD = RECORD_HEAD.size
-_FLAG_BYTE = LEASE_FLAG_BYTE
 
 
 def _stored_key_records(stored: Iterable[tuple[bytes, bytes]]) -> Iterator[bytes]:
     u32 = _U32.pack
     for k, p in stored:
-        if p[_FLAG_BYTE] & 0x80:
+        if p[LEASE_FLAG_BYTE] & 0x80:
             # A key attached to a lease: "J", its version without the flag, the lease.
             v = p[_HEAD + 8 :]
-            tail = p[:_FLAG_BYTE] + bytes((p[_FLAG_BYTE] & 0x7F,)) + p[_FLAG_BYTE + 1 : _HEAD + 8]
+            f = LEASE_FLAG_BYTE
+            tail = p[:f] + bytes((p[f] & 0x7F,)) + p[f + 1 : _HEAD + 8]
             yield b"J" + u32(len(k)) + k + u32(len(v)) + v + tail
         else:
             yield b"K" + u32(len(k)) + k + u32(len(p) - _HEAD) + p[_HEAD:] + p[:_HEAD]

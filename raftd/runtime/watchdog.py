@@ -48,18 +48,12 @@ class LoopWatchdog:
     _stall_end: float = field(default=-math.inf, repr=False)
     _pushed_at: float = field(default=-math.inf, repr=False)
 
-    def observe(self, late_s: float, now: float | None = None) -> None:
+    def observe(self, late_s: float, now: float = math.inf) -> None:
         """Record one wake-up that came ``late_s`` seconds after it was due, at ``now``
-        (trio time; default: the current time inside ``trio.run``, else none and every
-        stall counts)."""
+        (trio time; without it, the stall is not matched against others and counts)."""
         self.longest_s = max(self.longest_s, late_s)
         if late_s < self.warn_s:
             return
-        if now is None:
-            try:
-                now = trio.current_time()
-            except RuntimeError:
-                now = math.inf
         if now != math.inf and now - late_s < self._stall_end:
             return  # the same stall, seen by another timer
         self._stall_end = now
