@@ -321,3 +321,48 @@ def test_a_leader_reads_before_its_quorum_check_only_when_held_up() -> None:
     assert on_time == 0
     assert held_up >= 1
     assert term_changes == 0
+
+
+class _TaskSteps(trio.abc.Instrument):
+    """Counts the steps of each task, by its name's last part."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, int] = {}
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        name = task.name.rsplit(".", 1)[-1]
+        self.steps[name] = self.steps.get(name, 0) + 1
+
+
+async def idle_task_steps(seed: int) -> tuple[dict[str, int], list[int]]:
+    """Task steps of an idle, caught-up cluster over ten election timeouts, and the
+    ticks each group counted meanwhile."""
+    with cluster_parts(seed) as c:
+        async with trio.open_nursery() as nursery:
+            for n in IDS:
+                await nursery.start(c.transports[n].run)
+                await nursery.start(c.groups[n].run)
+            await c.put(b"k", b"v")
+            await c.wait_for(c.converged, "applied everywhere")
+            ticks0 = [g._ticks_total for g in c.groups.values()]
+            counter = _TaskSteps()
+            trio.lowlevel.add_instrument(counter)
+            await trio.sleep(10 * PRESET.election_s)
+            trio.lowlevel.remove_instrument(counter)
+            ticks = [g._ticks_total - t for g, t in zip(c.groups.values(), ticks0, strict=True)]
+            nursery.cancel_scope.cancel()
+    return counter.steps, ticks
+
+
+def test_an_idle_group_counts_its_ticks_in_its_loop_not_its_ticker() -> None:
+    """While the Ready loop waits for input, it wakes at the tick deadline itself and
+    the ticker task sleeps: one task woken per tick that acts, not two."""
+    seed = random.randrange(10**9)
+    print(f"seed {seed}")
+    steps, ticks = trio.run(
+        idle_task_steps, seed, clock=trio.testing.MockClock(autojump_threshold=0)
+    )
+    print(f"task steps while idle: {steps}; ticks counted: {ticks}")
+    expected = 10 * PRESET.election_s / PRESET.tick_s
+    assert all(t >= 0.9 * expected for t in ticks), (ticks, expected)
+    assert steps.get("_ticker", 0) == 0
