@@ -784,26 +784,22 @@ class Group(Generic[ST, SM]):
         while True:
             if not self._has_input() and not node.has_ready() and not self._snapshot_work_pending():
                 self._plan_ticks(node)
-                lingers = node.commit_lingers()
-                tick_due = await self._idle_wait(self.COMMIT_LINGER_S if lingers else math.inf)
-                now = trio.current_time()
-                if not self._wake.is_set() and now < tick_due:
-                    # The next proposal's appends would have carried the new commit
-                    # index to the followers; none came soon: send it on its own.
-                    node.flush_commit()
-                    continue
-                if now >= tick_due:
-                    # Woken by the tick, which this task counts in the ticker's place.
-                    self.stats.ticker_wakeups += 1
-                    if self._watchdog is not None:
-                        self._watchdog.timer_fired(now - tick_due)
+                if node.commit_lingers():
+                    # The next proposal's appends would carry the new commit index to
+                    # the followers; if none comes soon, send it on its own.
+                    with trio.move_on_after(self.COMMIT_LINGER_S):
+                        await self._wake.wait()
+                    if not self._wake.is_set():
+                        node.flush_commit()
+                        continue
                 else:
-                    self.stats.loop_wakeups += 1
-                    if self._watchdog is not None:
-                        self._watchdog.loop_ran(now)
+                    await self._wake.wait()
+                self.stats.loop_wakeups += 1
+                now = trio.current_time()
+                if self._watchdog is not None:
+                    self._watchdog.loop_ran(now)
                 # Before anything else: nothing was stepped since these ticks passed.
                 self._count_ticks(now)
-                self.stats.ticks = self._ticks_total
                 self._step_quiet_ticks(node)
             if self._ticks and node.timeout_due() and self._read_before_timeout(node):
                 # Before a timeout fires, let the transport read what is queued in the
@@ -833,29 +829,6 @@ class Group(Generic[ST, SM]):
                 # Let other tasks (API handlers, transport) run between batches. With
                 # nothing queued, waiting for input (above) lets them run anyway.
                 await trio.lowlevel.checkpoint()
-
-    async def _idle_wait(self, linger_s: float) -> float:
-        """Wait for input, for the ticker's next deadline, or ``linger_s``, whichever
-        comes first, and return that tick deadline (``inf`` before the ticker runs).
-
-        The ticker sleeps meanwhile and this task wakes at its deadline itself: an idle
-        group then runs one task per tick instead of two (the ticker, then this loop),
-        and each task woken costs a scheduler pass (about 0.1-0.4 ms of CPU on a small
-        host after an idle sleep). The caller counts the ticks at once after it (no
-        checkpoint in between), which moves the ticker's deadline past now again."""
-        ticker = self._tick_scope
-        if ticker is None:
-            with trio.move_on_after(linger_s):
-                await self._wake.wait()
-            return math.inf
-        due = ticker.deadline
-        ticker.deadline = math.inf
-        try:
-            with trio.CancelScope(deadline=min(due, trio.current_time() + linger_s)):
-                await self._wake.wait()
-        finally:
-            ticker.deadline = due
-        return due
 
     def _read_before_timeout(self, node: RawNode) -> bool:
         """Whether the tick about to end an election timeout should wait for the
