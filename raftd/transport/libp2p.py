@@ -87,7 +87,13 @@ from raftd.wire.framing import (
     encode_varint,
 )
 from raftd.wire.pb import raft_pb2 as pb
-from raftd.wire.raft import WireError, decode_batch, encode_message, message_from_pb, message_to_pb
+from raftd.wire.raft import (
+    MessageEncoder,
+    WireError,
+    decode_batch,
+    message_from_pb,
+    message_to_pb,
+)
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus  # see raftd.transport.base
@@ -286,6 +292,8 @@ class Libp2pTransport(OutboxTransport):
         self._stats = TransportStats()
         self._peers: dict[str, _Peer] = {}
         self._outbox = Outbox(self._stats, cfg.queue_size, self._on_new_queue, log)
+        # The leader's appends to its followers carry the same entries: encoded once.
+        self._encoder = MessageEncoder()
         self._nursery: trio.Nursery | None = None
         self._snap_slots = trio.Semaphore(cfg.max_inbound_snapshots)
         self._logged: set[tuple[str, ...]] = set()
@@ -655,7 +663,7 @@ class Libp2pTransport(OutboxTransport):
         while len(queue):
             msg = queue.peek()
             try:
-                body = encode_message(msg)
+                body = self._encoder.encode(msg)
             except WireError as exc:
                 queue.popleft()
                 self._stats.dropped_invalid += 1

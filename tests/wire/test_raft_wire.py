@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from raftd.core import types as core
 from raftd.wire.pb import raft_pb2 as pb
 from raftd.wire.raft import (
+    MessageEncoder,
     WireError,
     decode_batch,
     decode_message,
@@ -171,3 +172,64 @@ def test_fuzz_mutated_batches_raise_only_wire_error(
 def test_lone_surrogate_cannot_be_encoded() -> None:
     with pytest.raises(WireError):
         encode_message(core.Message(core.MessageType.APP, to="\ud800"))
+
+
+@settings(max_examples=300)
+@given(messages)
+def test_message_encoder_bytes_decode_to_the_message(m: core.Message) -> None:
+    if not surrogate_free(m):
+        return
+    enc = MessageEncoder()
+    first = enc.encode(m)
+    assert decode_message(first) == m
+    assert enc.encode(m) == first  # the second time from the remembered entries
+    assert enc.reused == len(m.entries)
+
+
+def _append(to: str, entries: tuple[core.Entry, ...]) -> core.Message:
+    return core.Message(
+        core.MessageType.APP, to=to, frm="lead", term=3, log_term=3, index=9, entries=entries
+    )
+
+
+def test_message_encoder_encodes_a_run_of_entries_once_for_all_peers() -> None:
+    log = [core.Entry(term=3, index=10 + i, data=b"v%d" % i) for i in range(5)]
+    enc = MessageEncoder()
+    a, b = _append("a", tuple(log)), _append("b", tuple(log[:]))
+    assert decode_message(enc.encode(a)) == a
+    assert decode_message(enc.encode(b)) == b
+    assert (enc.encoded, enc.reused) == (5, 5)
+
+
+def test_message_encoder_never_reuses_other_entry_objects() -> None:
+    """Equal entries that are other objects are encoded afresh, and so is a run in
+    which one entry was replaced (a truncated and rewritten log): the bytes sent are
+    always the entries of the message."""
+    log = [core.Entry(term=3, index=10 + i, data=b"v%d" % i) for i in range(3)]
+    enc = MessageEncoder()
+    enc.encode(_append("a", tuple(log)))
+    copies = tuple(core.Entry(term=e.term, index=e.index, data=e.data) for e in log)
+    enc.encode(_append("b", copies))
+    assert (enc.encoded, enc.reused) == (6, 0)
+    rewritten = (log[0], log[1], core.Entry(term=4, index=12, data=b"new"))
+    m = _append("c", rewritten)
+    assert decode_message(enc.encode(m)) == m
+    assert enc.reused == 0
+
+
+def test_message_encoder_holds_its_last_runs_only() -> None:
+    enc = MessageEncoder(capacity=2)
+    runs = [(core.Entry(term=1, index=i, data=b"x"),) for i in range(1, 4)]
+    for r in runs:
+        enc.encode(_append("a", r))
+    enc.encode(_append("b", runs[0]))  # evicted by the later two
+    enc.encode(_append("b", runs[2]))
+    assert (enc.encoded, enc.reused) == (4, 1)
+
+
+def test_message_encoder_refuses_unencodable_entries() -> None:
+    enc = MessageEncoder()
+    bad = _append("a", (core.Entry(term=-1, index=1, data=b""),))
+    with pytest.raises(WireError, match="term=-1"):
+        enc.encode(bad)
+    assert enc.encoded == 0
