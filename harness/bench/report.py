@@ -172,6 +172,20 @@ def summarize(rep: Reporter) -> dict[str, object]:
         le(r_p50, 2.0),
         ("raftd put@1", "etcd put@1"),
     )
+    by_path: dict[str, float | None] = {}
+    for path in ("leader", "follower"):
+        name = f"raftd put@1 via {path}"
+        r = by_path[path] = _ratio(n(rep, name, "p50_ms"), n(rep, "etcd put@1", "p50_ms"))
+        row(
+            f"  put@1 via the {path} / etcd's",
+            "ms",
+            n(rep, name, "p50_ms"),
+            n(rep, "etcd put@1", "p50_ms"),
+            r,
+            "(info)",
+            None,
+            (name, "etcd put@1"),
+        )
     r_put256e = _ratio(ops("raftd put@256"), ops("etcd put@256"))
     row(
         "put@256 / etcd put@256",
@@ -305,6 +319,8 @@ def summarize(rep: Reporter) -> dict[str, object]:
         "put256_vs_pysyncobj": r_put256,
         "put256_p99_ms": p99,
         "put1_p50_vs_etcd": r_p50,
+        "put1_leader_p50_vs_etcd": by_path["leader"],
+        "put1_follower_p50_vs_etcd": by_path["follower"],
         "failover_p50_s": fo_s,
         "catchup_s": cu,
         "idle_rss_mb": rss_mb,

@@ -238,6 +238,24 @@ def raftd_main(rep: Reporter, cfg: AllConfig) -> None:
             cfg.dur_put1,
             preload=True,
         )
+        # The row above goes through the first daemon, as etcd's tool goes to its first
+        # endpoint: leader or follower by chance. Both paths, for a row comparable from
+        # run to run (a follower forwards to the leader and hears of the commit: two
+        # more one-way hops).
+        lead = cluster.wait_leader()
+        follower = next(x for x in cluster.nodes if x is not lead and x.pid is not None)
+        for path, node in (("leader", lead), ("follower", follower)):
+            _load(
+                rep,
+                f"raftd put@1 via {path}",
+                roles,
+                [str(node.socket)],
+                "put",
+                1,
+                1,
+                cfg.total_put1 // 2,
+                cfg.dur_put1 / 2,
+            )
         _load(rep, "raftd put@64", roles, socks, "put", 64, 8, cfg.total_put64, cfg.dur_load)
         _load(rep, "raftd put@256", roles, socks, "put", 256, 16, cfg.total_put256, cfg.dur_load)
         _load(rep, "raftd get-l@64", roles, socks, "get-l", 64, 8, cfg.total_getl64, cfg.dur_load)

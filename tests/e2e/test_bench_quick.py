@@ -65,6 +65,8 @@ def test_bench_all_quick_output_format() -> None:
     ):
         assert want in seen, (want, seen)
     assert any(d["op"] == "catchup" for d in results)
+    # put@1 through the first daemon, then through the leader and a follower each.
+    assert sum(d["op"] == "put" and d["clients"] == 1 for d in results) == 3
     by_op = {d["op"]: d for d in results}
     assert by_op["idle-rss"]["idle_rss_kb"] > 0
     assert by_op["failover"]["ok"] + by_op["failover"]["errs"] == 2
@@ -75,6 +77,8 @@ def test_bench_all_quick_output_format() -> None:
         "put64_vs_etcd",
         "put256_vs_pysyncobj",
         "put1_p50_vs_etcd",
+        "put1_leader_p50_vs_etcd",
+        "put1_follower_p50_vs_etcd",
         "failover_p50_s",
         "catchup_s",
         "idle_rss_mb",
