@@ -208,24 +208,42 @@ class RawNode:
         self.raft.flush_commit()
 
     def can_defer(self, m: Message) -> bool:
-        """Whether stepping ``m`` may wait for this node's next tick without delaying
-        anything: true only for a heartbeat answer to a leader, in its term, without a
-        ReadIndex context, from a follower that is replicating, caught up and not
-        throttled. Stepping such an answer only marks the follower recently active, which
-        the leader reads at a tick (its quorum check), so a runtime may queue it without
-        waking, provided it steps queued messages before the ticks that follow them."""
+        """Whether stepping ``m`` may wait for this node's next input or tick without
+        delaying anything. True only for a leader, in its term, and for two routine
+        answers from a follower that is replicating, has been sent every entry and is not
+        throttled:
+
+        - a heartbeat's answer without a ReadIndex context, from a caught-up follower:
+          stepping it only marks the follower recently active, which the leader reads at
+          a tick (its quorum check);
+        - an append's answer (not a rejection) for entries already committed, from a
+          follower that no leadership transfer waits for: stepping it also moves the
+          follower's match and frees its flow-control slots, which matter only when the
+          leader next sends it entries (for a new proposal) or checks its quorum.
+
+        A runtime may queue such a message without waking, provided it steps queued
+        messages before the inputs and ticks that follow them."""
         r = self.raft
-        if m.type != MessageType.HEARTBEAT_RESP or m.context or r.state != StateType.LEADER:
+        if r.state != StateType.LEADER or m.term != r.term:
             return False
-        if m.term != r.term:
+        t = m.type
+        if t == MessageType.HEARTBEAT_RESP:
+            if m.context:
+                return False
+        elif (
+            t != MessageType.APP_RESP
+            or m.reject
+            or m.index > r.log.committed
+            or m.frm == r.lead_transferee
+        ):
             return False
         pr = r.prs.get(m.frm)
-        return (
-            pr is not None
-            and pr.state == ProgressState.REPLICATE
-            and pr.match >= r.log.last_index()
-            and not pr.inflights.full()
-        )
+        if pr is None or pr.state != ProgressState.REPLICATE or pr.inflights.full():
+            return False
+        last = r.log.last_index()
+        if t == MessageType.HEARTBEAT_RESP:
+            return pr.match >= last
+        return pr.next > last
 
     def timeout_due(self) -> bool:
         """Whether the next tick ends an election timeout: a follower or candidate would

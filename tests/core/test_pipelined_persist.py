@@ -137,7 +137,7 @@ def test_timeout_due_says_when_the_next_tick_ends_an_election_timeout() -> None:
     assert a.raft.election_elapsed + 1 == a.raft.election_timeout
 
 
-def test_only_a_routine_heartbeat_answer_to_a_leader_may_wait_for_its_next_tick() -> None:
+def test_a_routine_heartbeat_answer_to_a_leader_may_wait_for_its_next_tick() -> None:
     net, a = _leader_net()
     net.propose("a", b"x")  # everyone replicating and caught up
     b = net.node("b")
@@ -150,7 +150,7 @@ def test_only_a_routine_heartbeat_answer_to_a_leader_may_wait_for_its_next_tick(
     # A ReadIndex round's answer, an answer from an older term, another message type:
     assert not a.can_defer(answer("b", context=b"read-1"))
     assert not a.can_defer(Message(MessageType.HEARTBEAT_RESP, to="a", frm="b", term=term - 1))
-    assert not a.can_defer(Message(MessageType.APP_RESP, to="a", frm="b", term=term, index=1))
+    assert not a.can_defer(Message(MessageType.APP, to="a", frm="b", term=term))
     # A follower that lags (the answer would make the leader send it entries):
     a.raft.prs["c"].match -= 1
     assert not a.can_defer(answer("c"))
@@ -166,3 +166,59 @@ def test_only_a_routine_heartbeat_answer_to_a_leader_may_wait_for_its_next_tick(
     a.raft.prs["b"].recent_active = False
     a.step(answer("b"))
     assert a.raft.prs["b"].recent_active and not a.has_ready()
+
+
+def test_an_answer_for_entries_already_committed_may_wait_for_the_leaders_next_input() -> None:
+    """The slower follower's answer to an append whose entries a quorum already holds:
+    stepping it later sends nothing and commits nothing, and it still counts."""
+    net, a = _leader_net()
+    index = a.propose(b"x")
+    rd = a.ready()
+    acks = {m.frm: m for m in net.step_each(rd.early_messages) if m.type == MessageType.APP_RESP}
+    net.peers["a"].storage.append(rd.entries)
+    if rd.hard_state is not None:
+        net.peers["a"].storage.set_hard_state(rd.hard_state)
+    a.advance(rd)
+    first, second = acks["b"], acks["c"]
+    assert second.index == index and not second.reject
+    # Before the commit, an answer may commit: never deferred.
+    assert not a.can_defer(first) and not a.can_defer(second)
+    a.step(first)
+    assert a.raft.log.committed == index
+    while a.has_ready():
+        rd = a.ready()
+        net.peers["a"].storage.append(rd.entries)
+        a.advance(rd)
+    assert a.can_defer(second)
+    # Not deferred: a rejection, an answer from an older term, one beyond the commit
+    # index, one from a leadership transfer's target, a throttled follower.
+    term = second.term
+    for other in (
+        Message(MessageType.APP_RESP, to="a", frm="c", term=term, reject=True, index=index),
+        Message(MessageType.APP_RESP, to="a", frm="c", term=term - 1, index=index),
+        Message(MessageType.APP_RESP, to="a", frm="c", term=term, index=index + 1),
+    ):
+        assert not a.can_defer(other), other
+    a.raft.lead_transferee = "c"
+    assert not a.can_defer(second)
+    a.raft.lead_transferee = ""
+    pr = a.raft.prs["c"]
+    while not pr.inflights.full():
+        pr.inflights.add(a.raft.log.last_index(), 1)
+    assert not a.can_defer(second)
+    pr.inflights.free_le(a.raft.log.last_index())
+    assert a.can_defer(second)
+    # A follower whose next entries are still to be sent (the answer would send them):
+    a.propose(b"y")
+    assert not a.can_defer(second)
+    rd = a.ready()
+    net.peers["a"].storage.append(rd.entries)
+    a.advance(rd)
+    # Stepped later, it moves the match and sends nothing new.
+    assert a.can_defer(second)
+    before = a.raft.prs["c"].match
+    a.raft.prs["c"].recent_active = False
+    a.step(second)
+    assert a.raft.prs["c"].match == index >= before
+    assert a.raft.prs["c"].recent_active
+    assert not a.has_ready()
