@@ -10,7 +10,8 @@ Contract:
   the wire (a negative integer, say) also raises :class:`WireError`.
 - Enum numbers on the wire are the core's ``IntEnum`` values (checked by the tests).
 
-This module does no I/O and holds no state.
+This module does no I/O. Its one object with state is :class:`MessageEncoder`, which
+remembers the bytes of the last runs of entries it encoded.
 """
 
 from __future__ import annotations
@@ -203,10 +204,12 @@ class MessageEncoder:
     occurrences of a repeated field in order, wherever they appear), so they decode to
     the same message as :func:`encode_message`'s. A run is recognised by the identity of
     every entry in it, with references held, so a remembered run is never mistaken for
-    another; the last ``capacity`` runs are held. Not thread-safe: one per transport,
-    used from its event loop."""
+    another; the last ``capacity`` runs are held (two by default: a run goes to every
+    follower in turn, and one other may come between, such as a lagging follower's; at
+    most 2 x 512 KiB with the runtime's message size cap). Not thread-safe: one per
+    transport, used from its event loop."""
 
-    def __init__(self, capacity: int = 4) -> None:
+    def __init__(self, capacity: int = 2) -> None:
         self.capacity = capacity
         self._runs: list[tuple[tuple[core.Entry, ...], bytes]] = []
         #: Entries encoded, and entries whose bytes were reused.
