@@ -222,25 +222,18 @@ class MessageEncoder:
             return encode_message(msg)
         try:
             head = message_to_pb(msg, with_entries=False).SerializeToString()
-        except (EncodeError, ValueError, TypeError) as exc:
-            if isinstance(exc, WireError):
-                raise
-            raise WireError(f"cannot encode message: {exc}") from exc
-        n = len(entries)
-        for held, block in self._runs:
-            if len(held) == n and all(map(operator.is_, held, entries)):
-                self.reused += n
-                return head + block
-        try:
+            n = len(entries)
+            for held, block in self._runs:
+                if len(held) == n and all(map(operator.is_, held, entries)):
+                    self.reused += n
+                    return head + block
             block = pb.Message(entries=[entry_to_pb(e) for e in entries]).SerializeToString()
         except (EncodeError, ValueError, TypeError) as exc:
-            if isinstance(exc, WireError):
-                raise
-            raise WireError(f"cannot encode entries: {exc}") from exc
+            raise WireError(f"cannot encode message: {exc}") from exc
         self.encoded += n
         if len(self._runs) >= self.capacity:
             del self._runs[0]
-        self._runs.append((tuple(entries), block))
+        self._runs.append((entries, block))
         return head + block
 
 
