@@ -24,7 +24,7 @@ from array import array
 
 from raftd.kv.backend import KeyRecord
 
-__all__ = ["DELETE", "PUT", "EventHistory", "KeyEvent"]
+__all__ = ["DELETE", "PUT", "EventHistory", "KeyEvent", "pack_event", "pack_put"]
 
 PUT = 0
 DELETE = 1
@@ -121,7 +121,8 @@ _HAS_RECORD = 1
 _HAS_PREV = 2
 
 
-def _pack(e: KeyEvent) -> bytes:
+def pack_event(e: KeyEvent) -> bytes:
+    """One event in the history's packed layout (see above)."""
     prev = e.prev
     flags = 0
     parts: list[bytes] = []
@@ -142,6 +143,40 @@ def _pack(e: KeyEvent) -> bytes:
     if prev is not None:
         parts.append(prev.value)
     return _PACK_HEAD.pack(e.type, flags, len(e.key), vlen, plen) + b"".join(parts)
+
+
+# A put with no lease on either side, head and metas in one call (the layout above: "<"
+# packs without padding, so these are _PACK_HEAD followed by one or two _PACK_META).
+_PUT_NEW = struct.Struct("<BBIIIqqqq")
+_PUT_OVER = struct.Struct("<BBIIIqqqqqqqq")
+
+
+def pack_put(
+    key: bytes, value: bytes, create: int, mod: int, version: int, prev: KeyRecord | None
+) -> bytes:
+    """The packed event of a put that attaches no lease, over ``prev`` (``None``: a new
+    key; otherwise a record with no lease): the same bytes as packing its
+    :class:`KeyEvent`, without building one (the state machine's common write)."""
+    if prev is None:
+        head = _PUT_NEW.pack(PUT, _HAS_RECORD, len(key), len(value), 0, create, mod, version, 0)
+        return head + key + value
+    pv = prev.value
+    head = _PUT_OVER.pack(
+        PUT,
+        _HAS_RECORD | _HAS_PREV,
+        len(key),
+        len(value),
+        len(pv),
+        create,
+        mod,
+        version,
+        0,
+        prev.create_revision,
+        prev.mod_revision,
+        prev.version,
+        0,
+    )
+    return head + key + value + pv
 
 
 def _key_of(blob: bytes) -> bytes:
@@ -215,15 +250,21 @@ class EventHistory:
 
     def append(self, events: list[KeyEvent]) -> None:
         """Add the events of one or more revisions, each newer than :attr:`last`."""
-        if not events:
+        self.append_packed([e.revision for e in events], [pack_event(e) for e in events])
+
+    def append_packed(self, revisions: list[int], blobs: list[bytes]) -> None:
+        """:meth:`append` of events already packed (``blobs[i]`` at ``revisions[i]``, as
+        :func:`pack_put` or the history's own packing makes them), in revision order."""
+        if not blobs:
             return
-        if events[0].revision <= self.last:
-            raise ValueError(f"history: revision {events[0].revision} is not after {self.last}")
-        blobs = [_pack(e) for e in events]
+        if len(revisions) != len(blobs):
+            raise ValueError("history: one revision per packed event")
+        if revisions[0] <= self.last:
+            raise ValueError(f"history: revision {revisions[0]} is not after {self.last}")
         self._blobs.extend(blobs)
-        self._revs.extend(e.revision for e in events)
+        self._revs.extend(revisions)
         self._bytes += sum(map(len, blobs)) + _OVERHEAD * len(blobs)
-        self.last = events[-1].revision
+        self.last = revisions[-1]
         self._trim()
 
     def _trim(self) -> None:

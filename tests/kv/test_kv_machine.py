@@ -7,9 +7,11 @@ import os
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from raftd.kv import commands as C
-from raftd.kv.machine import ApplyResult, KVStateMachine
+from raftd.kv.machine import ApplyResult, KVStateMachine, put_result_bytes
 from raftd.kv.snapfmt import SnapshotFormatError
 from raftd.storage.base import StorageWriteError
 from raftd.wire.pb import kv_pb2 as pb
@@ -571,3 +573,14 @@ def test_plain_puts_match_the_general_executor(
     assert fast.history.read(1, b"", None, limit=10**6)[0] == events
     assert snapshot_bytes(fast) == snapshot_bytes(general)
     assert snapshot_bytes(machine.restart()) == snapshot_bytes(general)
+
+
+@given(st.integers(min_value=1, max_value=2**63 - 1))
+def test_a_plain_puts_stored_result_is_protobufs_serialization(rev: int) -> None:
+    """A session keeps a plain put's result as bytes built without protobuf: they are the
+    bytes protobuf's deterministic serialization writes, and parse back to the result."""
+    expected = pb.CommandResult(revision=rev)
+    expected.put.SetInParent()
+    got = put_result_bytes(rev)
+    assert got == expected.SerializeToString(deterministic=True)
+    assert pb.CommandResult.FromString(got) == expected

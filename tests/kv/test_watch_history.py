@@ -3,11 +3,12 @@ released (the list is compacted), and reads stay exact across compactions."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from raftd.kv.backend import KeyRecord
-from raftd.kv.watch import DELETE, PUT, EventHistory, KeyEvent
+from raftd.kv.watch import DELETE, PUT, EventHistory, KeyEvent, pack_event, pack_put
 
 
 def _ev(rev: int) -> KeyEvent:
@@ -90,3 +91,41 @@ def test_held_events_read_back_as_appended(specs: list[tuple[bytes, object, obje
     assert ranged == [e for e in events if lo <= e.key < hi]
     later, _ = h.read(events[-1].revision, b"", None)
     assert later == [events[-1]]
+
+
+_revs = st.integers(min_value=1, max_value=2**62)
+_records = st.builds(KeyRecord, st.binary(max_size=40), _revs, _revs, _revs, lease=st.just(0))
+
+
+@given(
+    st.binary(min_size=1, max_size=40),
+    st.binary(max_size=40),
+    _revs,
+    _revs,
+    _revs,
+    st.none() | _records,
+)
+def test_a_packed_put_is_its_event_packed(
+    key: bytes, value: bytes, create: int, mod: int, version: int, prev: KeyRecord | None
+) -> None:
+    """The state machine's common write packs its event without building it: the bytes
+    are the event's, and they read back as that event."""
+    event = KeyEvent(mod, PUT, key, KeyRecord(value, create, mod, version), prev)
+    blob = pack_put(key, value, create, mod, version, prev)
+    assert blob == pack_event(event)
+    h = EventHistory(mod - 1)
+    h.append_packed([mod], [blob])
+    assert h.read(mod, key, None)[0] == [event]
+
+
+def test_packed_events_are_checked_like_events() -> None:
+    h = EventHistory(5)
+    blob = pack_event(_ev(6))
+    with pytest.raises(ValueError, match="not after 5"):
+        h.append_packed([5], [blob])
+    with pytest.raises(ValueError, match="one revision per packed event"):
+        h.append_packed([6, 7], [blob])
+    h.append_packed([], [])
+    assert len(h) == 0 and h.last == 5
+    h.append_packed([6], [blob])
+    assert h.read(6, b"", None)[0] == [_ev(6)]
