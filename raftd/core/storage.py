@@ -12,16 +12,20 @@ and ``term(first_index() - 1)`` is always answerable.
 from __future__ import annotations
 
 from dataclasses import replace
+from operator import attrgetter
 from typing import Protocol
 
 from raftd.core.types import (
     EMPTY_HARD_STATE,
+    ENTRY_OVERHEAD,
     ConfState,
     Entry,
     HardState,
     Snapshot,
     SnapshotMetadata,
 )
+
+_DATA = attrgetter("data")
 
 
 class StorageError(Exception):
@@ -73,6 +77,9 @@ def limit_size(entries: list[Entry], max_size: int | None) -> list[Entry]:
     """Prefix of ``entries`` whose total size is within ``max_size``; never empty if the
     input is not (the first entry always goes, so a huge entry cannot stall replication)."""
     if max_size is None or not entries:
+        return entries
+    # Most runs fit: their total (Entry.size() summed) first, without a call per entry.
+    if sum(map(len, map(_DATA, entries))) + ENTRY_OVERHEAD * len(entries) <= max_size:
         return entries
     total = entries[0].size()
     n = 1

@@ -15,6 +15,7 @@ __all__ = [
     "EARLY_MESSAGES",
     "EMPTY_HARD_STATE",
     "EMPTY_SNAPSHOT",
+    "ENTRY_OVERHEAD",
     "LOCAL_MESSAGES",
     "NONE",
     "RESPONSE_MESSAGES",
@@ -122,6 +123,10 @@ class StateType(enum.IntEnum):
     PRE_CANDIDATE = 3
 
 
+#: What :meth:`Entry.size` counts for an entry beside its data.
+ENTRY_OVERHEAD = 16
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One log entry. ``index`` starts at 1; ``term`` is the leader's term at append."""
@@ -133,7 +138,7 @@ class Entry:
 
     def size(self) -> int:
         """Approximate encoded size in bytes, used for flow control."""
-        return len(self.data) + 16
+        return len(self.data) + ENTRY_OVERHEAD
 
 
 @dataclass(frozen=True, slots=True)
