@@ -430,21 +430,17 @@ class LevelDBKVBackend:
         leases: Mapping[int, LeaseRecord | None] | None = None,
     ) -> None:
         pk, ps, pl = self._pk, self._ps, self._pl
-        seal, head, sess = codec.seal, RECORD_HEAD.pack, _SESS.pack
+        seal, sess = codec.seal, _SESS.pack
         deletes: list[bytes] = []
         puts: list[tuple[bytes, bytes]] = []
-        # _enc_rec and _enc_sess spelled out: this runs for every key and session that
-        # an apply batch writes, on every replica.
+        # _enc_rec and _enc_sess spelled out (each stored key made once): this runs for
+        # every key and session that an apply batch writes, on every replica.
         for k, r in keys.items():
             sk = pk + k
             if r is None:
                 deletes.append(sk)
-            elif r.lease:
-                puts.append((sk, seal(sk, record_payload(r))))
             else:
-                puts.append(
-                    (sk, seal(sk, head(r.create_revision, r.mod_revision, r.version) + r.value))
-                )
+                puts.append((sk, seal(sk, record_payload(r))))
         for c, s in sessions.items():
             sk = ps + c
             puts.append((sk, seal(sk, sess(s.last_seq) + s.result)))

@@ -604,7 +604,7 @@ class KVStateMachine:
         events = _Events()
         for index, data in items:
             if index <= applied:
-                out.append(ApplyResult(index, None, False, True))
+                out.append(ApplyResult(index, None, skipped=True))
                 continue
             applied = index
             if not data:
