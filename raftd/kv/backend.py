@@ -433,8 +433,9 @@ class LevelDBKVBackend:
         seal, sess = codec.seal, _SESS.pack
         deletes: list[bytes] = []
         puts: list[tuple[bytes, bytes]] = []
-        # _enc_rec and _enc_sess spelled out (each stored key made once): this runs for
-        # every key and session that an apply batch writes, on every replica.
+        # _enc_rec and _enc_sess inlined (the session's layout written out, each stored
+        # key made once): this runs for every key and session that an apply batch
+        # writes, on every replica.
         for k, r in keys.items():
             sk = pk + k
             if r is None:

@@ -9,10 +9,6 @@ from raftd.core.storage import limit_size
 from raftd.core.types import ENTRY_OVERHEAD, Entry
 
 
-def _run(sizes: list[int]) -> list[Entry]:
-    return [Entry(term=1, index=i + 1, data=b"x" * n) for i, n in enumerate(sizes)]
-
-
 @given(
     st.lists(st.integers(min_value=0, max_value=60), max_size=20),
     st.none() | st.integers(min_value=0, max_value=1000),
@@ -22,7 +18,7 @@ def _run(sizes: list[int]) -> list[Entry]:
 def test_the_longest_prefix_within_the_size_and_never_nothing(
     sizes: list[int], max_size: int | None
 ) -> None:
-    entries = _run(sizes)
+    entries = [Entry(term=1, index=i + 1, data=b"x" * n) for i, n in enumerate(sizes)]
     got = limit_size(entries, max_size)
     if max_size is None or not entries:
         assert got == entries
