@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--last", type=int, default=1000, help="segments analysed (the last ones)")
     ap.add_argument("--key-space", type=int, default=10_000)
     ap.add_argument("--min-share", type=float, default=0.5)
+    ap.add_argument("--show", type=int, default=0, help="also print this many whole segments")
     args = ap.parse_args(argv)
     from raftd.testing.cluster import LocalCluster
 
@@ -94,6 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{s.median_ms:8.3f} {s.p90_ms:8.3f}  {100 * s.share:4.0f}%  {s.role}: {s.event}{nth}"
         )
+    for seg in segs[-args.show :] if args.show else []:
+        print("-- one put: ms from the request (+ since the step before)")
+        prev = 0.0
+        for dt, role, event in seg:
+            print(f"{1000 * dt:8.3f} (+{1000 * (dt - prev):6.3f})  {role}: {event}")
+            prev = dt
+    (out / "roles.txt").write_text("".join(f"{pid} {role}\n" for role, pid in pids.items()))
+    print(f"traces in {out} (roles.txt names each pid's role)")
     return 0
 
 
