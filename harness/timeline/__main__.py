@@ -32,10 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--key-space", type=int, default=10_000)
     ap.add_argument("--min-share", type=float, default=0.5)
     ap.add_argument("--show", type=int, default=0, help="also print this many whole segments")
+    ap.add_argument("--out", type=Path, help="keep the traces here (default: a new temp dir)")
     args = ap.parse_args(argv)
     from raftd.testing.cluster import LocalCluster
 
-    out = Path(tempfile.mkdtemp(prefix="raftd-timeline-"))
+    out = args.out or Path(tempfile.mkdtemp(prefix="raftd-timeline-"))
+    out.mkdir(parents=True, exist_ok=True)
     path = os.pathsep.join([str(HOOK), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env = {"PYTHONPATH": path, "RAFTD_TIMELINE_DIR": str(out)}
     with LocalCluster(3, env=env) as cluster:

@@ -3,16 +3,12 @@ against real daemons whose probes must all install and see the whole write path.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from harness.timeline import read_trace, segments, step_medians
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e.test_bench_quick import run_script
 
 
 def test_segments_start_at_each_request_of_the_origin_and_drop_what_came_before() -> None:
@@ -65,19 +61,15 @@ def test_read_trace_names_what_is_wrong(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_timeline_through_the_leader_sees_every_step_in_order() -> None:
-    p = subprocess.run(
-        [str(ROOT / "scripts" / "timeline"), "--via", "leader", "--total", "60", "--last", "50"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHON": sys.executable},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
+def test_timeline_through_the_leader_sees_every_step_in_order(tmp_path: Path) -> None:
+    lines, _ = run_script(
+        "timeline",
+        *("--via", "leader", "--total", "60", "--last", "50", "--out", str(tmp_path)),
         timeout=240,
     )
-    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    out = "\n".join(lines)
     rows: dict[str, float] = {}
-    for line in p.stdout.splitlines():
+    for line in lines:
         parts = line.split(maxsplit=3)
         if len(parts) == 4 and parts[2].endswith("%"):
             rows.setdefault(parts[3], float(parts[0]))
@@ -92,7 +84,8 @@ def test_timeline_through_the_leader_sees_every_step_in_order() -> None:
         "origin: apply",
         "origin: answer",
     ):
-        assert step in rows, (step, p.stdout)
+        assert step in rows, (step, out)
     assert rows["origin: send (APP)"] < rows["follower a: frame received"]
     assert rows["origin: log write"] < rows["origin: log write ended"]
     assert rows["origin: apply"] < rows["origin: answer"]
+    assert len(list(tmp_path.glob("*.trace"))) == 3
