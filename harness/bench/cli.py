@@ -98,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--trials", type=int, default=10, help="failover trials")
     ap.add_argument("--entries", type=int, default=100_000, help="catchup: entries written")
+    ap.add_argument(
+        "--spread",
+        action="store_true",
+        help="each worker sends each request on the next connection in turn (as etcd's "
+        "client balances requests over its endpoints); with --clients 1 --conns 3, a "
+        "third go through the leader",
+    )
     ap.add_argument("--no-json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -152,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                 conns=args.conns,
                 total=args.total,
                 duration=args.duration,
+                spread=args.spread,
             )
             res.extra["encrypted"] = key_file is not None
             out = res.as_json()

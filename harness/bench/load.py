@@ -104,8 +104,14 @@ async def run_load(
     val_size: int = 100,
     preload: bool = True,
     seed: int = 1,
+    spread: bool = False,
 ) -> BenchResult:
-    """Run the load and return the measurements (latency per successful request)."""
+    """Run the load and return the measurements (latency per successful request).
+
+    Each worker keeps to one connection, unless ``spread``: then it sends each request
+    on the next connection in turn, as etcd's client balances every request over its
+    endpoints (with one worker and one connection per daemon, a third of the requests
+    go through the leader)."""
     fn = OPS[op]
     res = BenchResult(op, clients, conns, endpoints=len(sockets))
     value = b"v" * val_size
@@ -131,8 +137,10 @@ async def run_load(
             issued += 1
             return fn(c, _key(rng.randrange(key_space), key_size), value)
 
-        await _timed_calls(res, cls, clients, next_call)
+        await _timed_calls(res, cls, clients, next_call, spread=spread)
         nursery.cancel_scope.cancel()
+    if spread:
+        res.extra["spread"] = True
     return res
 
 
@@ -179,14 +187,19 @@ async def _timed_calls(
     cls: Sequence[AsyncClient],
     clients: int,
     next_call: Callable[[AsyncClient], Awaitable[object] | None],
+    *,
+    spread: bool = False,
 ) -> None:
     """Keep ``clients`` requests in flight over the connections ``cls`` (worker ``w`` uses
-    ``cls[w % len(cls)]``) until ``next_call`` returns None. Each call's latency goes to
-    ``res.latencies``, a :class:`RaftdError` counts in ``res.errs``; ``res.elapsed`` is the
-    whole run."""
+    ``cls[w % len(cls)]``, or with ``spread`` each of them in turn from there) until
+    ``next_call`` returns None. Each call's latency goes to ``res.latencies``, a
+    :class:`RaftdError` counts in ``res.errs``; ``res.elapsed`` is the whole run."""
 
-    async def worker(c: AsyncClient) -> None:
-        while (call := next_call(c)) is not None:
+    async def worker(w: int) -> None:
+        k = w
+        while (call := next_call(cls[k % len(cls)])) is not None:
+            if spread:
+                k += 1
             t0 = time.perf_counter()
             try:
                 await call
@@ -198,7 +211,7 @@ async def _timed_calls(
     t0 = time.perf_counter()
     async with trio.open_nursery() as load:
         for w in range(clients):
-            load.start_soon(worker, cls[w % len(cls)])
+            load.start_soon(worker, w)
     res.elapsed = time.perf_counter() - t0
 
 

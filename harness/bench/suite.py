@@ -50,6 +50,7 @@ def _load(
     duration: float,
     *,
     preload: bool = False,
+    spread: bool = False,
     **extra: object,
 ) -> None:
     with rep.step(name):
@@ -70,6 +71,7 @@ def _load(
                 total=total,
                 duration=duration,
                 preload=False,
+                spread=spread,
             )
 
         res = trio.run(go)
@@ -226,6 +228,9 @@ def raftd_main(rep: Reporter, cfg: AllConfig) -> None:
                 ),
             )
         # The first run preloads the key space (10,000 keys) for the others and get-l.
+        # One request at a time, each to the next daemon in turn, as etcd's load tool
+        # balances each request over all its endpoints: a third of them through the
+        # leader.
         _load(
             rep,
             "raftd put@1",
@@ -233,15 +238,14 @@ def raftd_main(rep: Reporter, cfg: AllConfig) -> None:
             socks,
             "put",
             1,
-            1,
+            len(socks),
             cfg.total_put1,
             cfg.dur_put1,
             preload=True,
+            spread=True,
         )
-        # The row above goes through the first daemon, as etcd's tool goes to its first
-        # endpoint: leader or follower by chance. Both paths, for a row comparable from
-        # run to run (a follower forwards to the leader and hears of the commit: two
-        # more one-way hops).
+        # Each path on its own (a follower forwards to the leader and hears of the
+        # commit: two more one-way hops).
         lead = cluster.wait_leader()
         follower = next(x for x in cluster.nodes if x is not lead and x.pid is not None)
         for path, node in (("leader", lead), ("follower", follower)):

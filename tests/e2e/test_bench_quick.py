@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -141,3 +141,26 @@ def test_bench_idle_wakeup_prints_the_cost_of_each_kind() -> None:
     for name, samples in doc["us_per_wakeup"].items():
         assert len(samples) == 1 and samples[0] > 0, (name, samples)
     assert any(line.startswith("trio ") and "µs CPU each" in line for line in lines)
+
+
+@pytest.mark.parametrize(("spread", "want"), [(False, "aaaa"), (True, "abca")])
+def test_a_spread_worker_sends_each_request_on_the_next_connection(spread: bool, want: str) -> None:
+    import trio
+
+    from harness.bench.load import BenchResult, _timed_calls
+
+    used: list[str] = []
+
+    async def call() -> None:
+        await trio.lowlevel.checkpoint()
+
+    def next_call(c: Any) -> Any:
+        if len(used) == 4:
+            return None
+        used.append(c)
+        return call()
+
+    res = BenchResult("put", 1, 3, endpoints=3)
+    trio.run(lambda: _timed_calls(res, cast(Any, ["a", "b", "c"]), 1, next_call, spread=spread))
+    assert "".join(used) == want
+    assert len(res.latencies) == 4
