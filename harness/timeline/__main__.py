@@ -55,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         trio.run(
             lambda: run_load(sock, "put", clients=64, conns=8, total=0, key_space=args.key_space)
         )
-        pids = {role: node.pid for role, node in roles.items()}
+        pids: dict[str, int] = {}
+        for role, node in roles.items():
+            assert node.pid is not None
+            pids[role] = node.pid
         for pid in pids.values():
-            assert pid is not None
             os.kill(pid, signal.SIGUSR1)
         res = trio.run(
             lambda: run_load(
@@ -71,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         for pid in pids.values():
-            assert pid is not None
             os.kill(pid, signal.SIGUSR2)
         traces = {}
         deadline = time.monotonic() + 10.0

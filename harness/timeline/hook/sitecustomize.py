@@ -20,19 +20,6 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-#: (module, qualified name, event, records the return too)
-PROBES: tuple[tuple[str, str, str, bool], ...] = (
-    ("raftd.api.server", "_Connection._dispatch", "request", False),
-    ("raftd.api.server", "_Connection.send_held", "answer", False),
-    ("raftd.runtime.group", "Group._take_inputs", "loop pass", False),
-    ("raftd.runtime.group", "Group._send", "send", False),
-    ("raftd.runtime.group", "Group._apply", "apply", False),
-    ("raftd.transport.libp2p", "Libp2pTransport._deliver_frame", "frame received", False),
-    ("raftd.storage.leveldb", "LevelDBStorage.save_submit", "log write handed over", False),
-    ("raftd.storage.leveldb", "LevelDBStorage._execute", "log write", True),
-    ("raftd.storage.leveldb", "LevelDBStorage._commit", "log write seen", False),
-)
-
 _records: list[tuple[float, str]] = []
 _on = False
 
@@ -43,13 +30,28 @@ def _message_types(args: tuple[Any, ...]) -> str:
     return f" ({','.join(names)})" if names else " (nothing)"
 
 
-def _wrap(module: str, qualname: str, event: str, with_return: bool) -> None:
+Detail = Callable[[tuple[Any, ...]], str] | None
+
+#: (module, qualified name, event, records the return too, what the call adds to the event)
+PROBES: tuple[tuple[str, str, str, bool, Detail], ...] = (
+    ("raftd.api.server", "_Connection._dispatch", "request", False, None),
+    ("raftd.api.server", "_Connection.send_held", "answer", False, None),
+    ("raftd.runtime.group", "Group._take_inputs", "loop pass", False, None),
+    ("raftd.runtime.group", "Group._send", "send", False, _message_types),
+    ("raftd.runtime.group", "Group._apply", "apply", False, None),
+    ("raftd.transport.libp2p", "Libp2pTransport._deliver_frame", "frame received", False, None),
+    ("raftd.storage.leveldb", "LevelDBStorage.save_submit", "log write handed over", False, None),
+    ("raftd.storage.leveldb", "LevelDBStorage._execute", "log write", True, None),
+    ("raftd.storage.leveldb", "LevelDBStorage._commit", "log write seen", False, None),
+)
+
+
+def _wrap(module: str, qualname: str, event: str, with_return: bool, detail: Detail) -> None:
     owner_name, _, attr = qualname.rpartition(".")
     owner: Any = importlib.import_module(module)
     for part in owner_name.split(".") if owner_name else ():
         owner = getattr(owner, part)
     original: Callable[..., Any] = getattr(owner, attr)
-    detail = _message_types if event == "send" else None
     clock = time.perf_counter
     records = _records
 
