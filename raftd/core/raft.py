@@ -330,7 +330,18 @@ class Raft:
         # beyond it, and must never be told to commit what it does not hold.
         pr = self.prs[to]
         commit = min(pr.match, self.log.committed)
-        self.send(Message(MT.HEARTBEAT, to=to, commit=commit, context=ctx))
+        # Its answer is needed only for what this leader does not know yet: that the
+        # follower is alive since the last quorum check (the check clears the flag, so
+        # each follower is asked at least once per election timeout, again after every
+        # heartbeat until it answers), whether it lacks entries, and a read's quorum.
+        quiet = (
+            not ctx
+            and self.check_quorum
+            and pr.recent_active
+            and pr.state == ProgressState.REPLICATE
+            and pr.match == self.log.last_index()
+        )
+        self.send(Message(MT.HEARTBEAT, to=to, commit=commit, context=ctx, commit_only=quiet))
         if commit == self.log.committed:
             self._lingering.discard(to)
 
@@ -905,7 +916,8 @@ class Raft:
 
     def _handle_heartbeat(self, m: Message) -> None:
         self.log.commit_to(m.commit)
-        self.send(Message(MT.HEARTBEAT_RESP, to=m.frm, context=m.context))
+        if not m.commit_only:
+            self.send(Message(MT.HEARTBEAT_RESP, to=m.frm, context=m.context))
 
     def _handle_snapshot(self, m: Message) -> None:
         if m.snapshot is None:

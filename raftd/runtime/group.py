@@ -1029,7 +1029,9 @@ class Group(Generic[ST, SM]):
                 if m.type == MessageType.SNAP:
                     self._start_snapshot_send(m)
                     continue
-                if m.type == MessageType.HEARTBEAT:  # only a leader sends them
+                if m.type == MessageType.HEARTBEAT and not m.commit_only:
+                    # Only a leader sends them; a quiet one is not answered, so it
+                    # cannot be a probe.
                     if now is None:
                         now = self.clock()
                     self._rtt.sent(m.to, now)

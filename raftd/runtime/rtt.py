@@ -3,7 +3,9 @@
 :class:`RttEstimator` pairs a message sent to a peer with that peer's next response and
 keeps a smoothed RTT per peer (an EWMA, as TCP's SRTT: RFC 6298 with ``alpha = 1/8``).
 The group runtime feeds it heartbeats (``MsgHeartbeat`` out, ``MsgHeartbeatResp`` in),
-so only a leader measures; what it measures is the Raft-level round trip: the send
+so only a leader measures, and only the heartbeats that ask for an answer (an idle,
+caught-up follower is asked about once per election timeout, see
+:class:`~raftd.core.types.Message`); what it measures is the Raft-level round trip: the send
 queue, the network and the follower's Ready loop (which answers a heartbeat without an
 fsync), not an ICMP ping.
 

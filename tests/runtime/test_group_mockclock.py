@@ -321,3 +321,40 @@ def test_a_leader_reads_before_its_quorum_check_only_when_held_up() -> None:
     assert on_time == 0
     assert held_up >= 1
     assert term_changes == 0
+
+
+async def idle_leader(seed: int) -> tuple[int, int, int, dict[str, float]]:
+    """An idle leader for ten election timeouts. Returns the heartbeats' count in that
+    time (per follower, from the ticks), the messages it received, its term changes and
+    its smoothed RTT per follower."""
+    with cluster_parts(seed) as c:
+        async with trio.open_nursery() as nursery:
+            for n in IDS:
+                await nursery.start(c.transports[n].run)
+                await nursery.start(c.groups[n].run)
+            await c.put(b"k", b"v")
+            lead = await c.leader()
+            term = int(lead.status()["term"])
+            received = c.transports[lead.id].stats.received
+            await trio.sleep(10 * PRESET.election_s)
+            received = c.transports[lead.id].stats.received - received
+            changed = int(lead.status()["term"]) - term
+            rtt = dict(lead.peer_rtt)
+            nursery.cancel_scope.cancel()
+    return 10 * PRESET.election_ticks // PRESET.heartbeat_ticks, received, changed, rtt
+
+
+def test_an_idle_leader_hears_from_each_follower_about_once_per_election_timeout() -> None:
+    """Caught-up followers answer the heartbeats the leader asks about (the first after
+    each quorum check) and let the others pass, and the leader keeps leading; its RTT
+    is timed from the answered heartbeats only (the transport here has no delay)."""
+    seed = random.randrange(10**9)
+    print(f"seed {seed}")
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    beats, received, term_changes, rtt = trio.run(idle_leader, seed, clock=clock)
+    print(f"heartbeats per follower {beats}, messages received {received}, rtt {rtt}")
+    assert term_changes == 0
+    assert 2 * 10 <= received <= 2 * (10 + 2), received
+    assert received < beats
+    assert len(rtt) == 2, rtt
+    assert all(v < PRESET.tick_s for v in rtt.values()), rtt
