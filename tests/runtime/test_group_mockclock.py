@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 
 import trio
@@ -282,29 +282,36 @@ def test_group_cluster_under_mock_clock() -> None:
         print(run_seed(seed), flush=True)
 
 
-async def quorum_check_reads(clock: trio.testing.MockClock, seed: int) -> tuple[int, int, int]:
-    """An idle leader for ten election timeouts with every timer on time, then for ten
-    more with the whole process held up for 1.5 ticks before each tick. Returns its
-    read rounds before quorum checks in each phase, and its term changes."""
+@asynccontextmanager
+async def idle_cluster(seed: int) -> AsyncIterator[tuple[Cluster, MemGroup]]:
+    """The three groups running with one write applied: yields the cluster and its
+    leader, and stops them all when the block ends."""
     with cluster_parts(seed) as c:
         async with trio.open_nursery() as nursery:
             for n in IDS:
                 await nursery.start(c.transports[n].run)
                 await nursery.start(c.groups[n].run)
             await c.put(b"k", b"v")
-            lead = await c.leader()
-            term = lead.status()["term"]
-            r0 = lead.stats.reads_before_timeout
-            await trio.sleep(10 * PRESET.election_s)
-            r1 = lead.stats.reads_before_timeout
-            end = trio.current_time() + 10 * PRESET.election_s
-            while trio.current_time() < end:
-                # Time passes while no task runs: every timer then fires late.
-                clock.jump(1.5 * PRESET.tick_s)
-                await trio.sleep(PRESET.tick_s / 100)
-            r2 = lead.stats.reads_before_timeout
-            changed = int(lead.status()["term"]) - int(term)
+            yield c, await c.leader()
             nursery.cancel_scope.cancel()
+
+
+async def quorum_check_reads(clock: trio.testing.MockClock, seed: int) -> tuple[int, int, int]:
+    """An idle leader for ten election timeouts with every timer on time, then for ten
+    more with the whole process held up for 1.5 ticks before each tick. Returns its
+    read rounds before quorum checks in each phase, and its term changes."""
+    async with idle_cluster(seed) as (_, lead):
+        term = lead.status()["term"]
+        r0 = lead.stats.reads_before_timeout
+        await trio.sleep(10 * PRESET.election_s)
+        r1 = lead.stats.reads_before_timeout
+        end = trio.current_time() + 10 * PRESET.election_s
+        while trio.current_time() < end:
+            # Time passes while no task runs: every timer then fires late.
+            clock.jump(1.5 * PRESET.tick_s)
+            await trio.sleep(PRESET.tick_s / 100)
+        r2 = lead.stats.reads_before_timeout
+        changed = int(lead.status()["term"]) - int(term)
     return r1 - r0, r2 - r1, changed
 
 
@@ -327,20 +334,13 @@ async def idle_leader(seed: int) -> tuple[int, int, int, dict[str, float]]:
     """An idle leader for ten election timeouts. Returns the heartbeats' count in that
     time (per follower, from the ticks), the messages it received, its term changes and
     its smoothed RTT per follower."""
-    with cluster_parts(seed) as c:
-        async with trio.open_nursery() as nursery:
-            for n in IDS:
-                await nursery.start(c.transports[n].run)
-                await nursery.start(c.groups[n].run)
-            await c.put(b"k", b"v")
-            lead = await c.leader()
-            term = int(lead.status()["term"])
-            received = c.transports[lead.id].stats.received
-            await trio.sleep(10 * PRESET.election_s)
-            received = c.transports[lead.id].stats.received - received
-            changed = int(lead.status()["term"]) - term
-            rtt = dict(lead.peer_rtt)
-            nursery.cancel_scope.cancel()
+    async with idle_cluster(seed) as (c, lead):
+        term = int(lead.status()["term"])
+        received = c.transports[lead.id].stats.received
+        await trio.sleep(10 * PRESET.election_s)
+        received = c.transports[lead.id].stats.received - received
+        changed = int(lead.status()["term"]) - term
+        rtt = dict(lead.peer_rtt)
     return 10 * PRESET.election_ticks // PRESET.heartbeat_ticks, received, changed, rtt
 
 
