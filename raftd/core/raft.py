@@ -332,8 +332,9 @@ class Raft:
         commit = min(pr.match, self.log.committed)
         # Its answer is needed only for what this leader does not know yet: that the
         # follower is alive since the last quorum check (the check clears the flag, so
-        # each follower is asked at least once per election timeout, again after every
-        # heartbeat until it answers), whether it lacks entries, and a read's quorum.
+        # each follower is asked at least once per election timeout, and at every
+        # heartbeat after that until it answers), whether it lacks entries, and a read's
+        # quorum.
         quiet = (
             not ctx
             and self.check_quorum
