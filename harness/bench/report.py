@@ -35,6 +35,7 @@ class AllConfig:
     etcd_failover_trials: int = 5
     idle_s: float = 10.0
     big_keys: int = 100_000  # the scale-with-data row (0: skipped)
+    round_trips: int = 2000  # the libp2p round trip of put@1's floor
 
     @classmethod
     def make(cls, args: argparse.Namespace) -> AllConfig:
@@ -53,6 +54,7 @@ class AllConfig:
             cfg.catchup_entries = 1500
             cfg.idle_s = 2.0
             cfg.big_keys = 3000
+            cfg.round_trips = 200
         if args.failover_trials is not None:
             cfg.failover_trials = args.failover_trials
         if args.catchup_entries is not None:
@@ -296,6 +298,26 @@ def summarize(rep: Reporter) -> dict[str, object]:
         "(info)",
         None,
     )
+    # put@1's floor: the network round trips of its path between two daemons' transports
+    # (one through the leader: the append and its acknowledgement; two through a
+    # follower: its PROP and the commit coming back too) plus one fsync (the followers'
+    # and the leader's run in parallel). The local socket to the client is left out.
+    rtt = n(rep, "raftd libp2p rtt", "p50_ms")
+    sync = n(rep, "raw fsync", "p50_ms")
+    floors: dict[str, float | None] = {}
+    for path, hops in (("leader", 1), ("follower", 2)):
+        floor = round(hops * rtt + sync, 3) if rtt is not None and sync is not None else None
+        floors[path] = floor
+        measured = n(rep, f"raftd put@1 via {path}", "p50_ms")
+        row(
+            f"put@1 via {path}: p50 / floor",
+            "ms",
+            measured,
+            floor,
+            _ratio(measured, floor),
+            "(info)",
+            None,
+        )
 
     def f(v: float | None) -> str:
         return "-" if v is None else f"{v:g}"
@@ -328,5 +350,8 @@ def summarize(rep: Reporter) -> dict[str, object]:
         "keyed_vs_plain_put64": r_enc,
         "big_vs_10k_put64": r_big,
         "rss_growth_mb_per_100k": per100k,
+        "libp2p_rtt_p50_ms": rtt,
+        "put1_leader_floor_ms": floors["leader"],
+        "put1_follower_floor_ms": floors["follower"],
         "idle_cpu_pct_leader": n(rep, "raftd idle", "cpu_pct_leader"),
     }

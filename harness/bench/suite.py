@@ -33,6 +33,7 @@ from harness.bench.meters import (
 )
 from harness.bench.report import AllConfig, Reporter, summarize
 from harness.bench.rss import measure_rss
+from harness.bench.transport import round_trips
 
 if TYPE_CHECKING:
     from raftd.testing.cluster import LocalCluster
@@ -313,6 +314,21 @@ def raftd_encryption(rep: Reporter, cfg: AllConfig) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def raftd_round_trip(rep: Reporter, cfg: AllConfig) -> None:
+    """The libp2p round trip between two processes' transports: put@1's network floor."""
+    with rep.step(f"raftd libp2p round trip x{cfg.round_trips}"):
+        rt = trio.run(round_trips, cfg.round_trips)
+        rep.add(
+            "raftd libp2p rtt",
+            result(
+                "libp2p-rtt",
+                ok=int(rt["round_trips"]),
+                p50_ms=round(rt["p50_ms"], 3),
+                p99_ms=round(rt["p99_ms"], 3),
+            ),
+        )
+
+
 def main_all(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="scripts/bench-all",
@@ -339,6 +355,7 @@ def main_all(argv: list[str] | None = None) -> int:
         f"cpus={os.cpu_count()} load average={os.getloadavg()} quick={cfg.quick} "
         f"anchors={cfg.anchors}"
     )
+    raftd_round_trip(rep, cfg)
     raftd_main(rep, cfg)
     raftd_encryption(rep, cfg)
     if cfg.big_keys:

@@ -6,6 +6,13 @@ receiver in a child process, connects, then sends N APP messages (one entry of
 once it has all N. Printed: messages/s end to end, as the receiver measured it, and the
 batching achieved (messages per frame, i.e. per stream write). ``--max-batch-bytes 1``
 turns batching off, for comparison.
+
+``--rtt N`` measures the round trip instead: N heartbeats sent one at a time, each
+answered at once by the receiver, over the same transport the daemons use (Noise,
+Yamux, raftd's framing, one trio event loop per process). Printed: the p50 and p99 of
+the last two thirds. It is the network part of a put's floor: a put through the leader
+needs one such round trip (the append and its acknowledgement), one through a follower
+two.
 """
 
 from __future__ import annotations
@@ -162,6 +169,56 @@ async def sender(count: int, size: int, max_batch_bytes: int) -> dict[str, float
             proc.kill()
 
 
+async def round_trips(n: int) -> dict[str, float]:
+    """Parent: spawn the receiver, then time ``n`` heartbeat round trips one at a time."""
+    env = env_with_root()
+    cmd = [sys.executable, "-m", "harness.bench.transport", "--role", "recv", "--count", "1"]
+    proc = await trio.lowlevel.open_process(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+    )
+    try:
+        with trio.fail_after(30):
+            peer = json.loads(await _read_line(proc.stdout))
+        kp = load_or_create_identity(tempfile.mkdtemp(prefix="raftd-bench-"))
+        async with open_host(kp) as host:
+            answered = trio.Event()
+
+            def on_message(msg: Message) -> None:
+                if msg.type == MessageType.HEARTBEAT_RESP:
+                    answered.set()
+
+            t = Libp2pTransport(host, NS, on_message=on_message)
+            t.add_peer_addrs(peer["id"], peer["addrs"])
+            beat = Message(MessageType.HEARTBEAT, to=peer["id"], frm=t.local_id)
+            samples: list[float] = []
+            async with trio.open_nursery() as nursery:
+                await nursery.start(t.run)
+                with trio.fail_after(10):  # connect both directions before timing
+                    t.send(peer["id"], beat)
+                    await answered.wait()
+                with trio.fail_after(max(60.0, n * 0.01)):
+                    for _ in range(n):
+                        answered = trio.Event()
+                        t0 = time.perf_counter()
+                        t.send(peer["id"], beat)
+                        await answered.wait()
+                        samples.append(time.perf_counter() - t0)
+                nursery.cancel_scope.cancel()
+        kept = sorted(samples[len(samples) // 3 :])
+        return {
+            "round_trips": n,
+            "p50_ms": kept[len(kept) // 2] * 1000,
+            "p99_ms": kept[min(len(kept) - 1, int(len(kept) * 0.99))] * 1000,
+        }
+    finally:
+        if proc.stdin is not None:
+            await proc.stdin.aclose()
+        with trio.move_on_after(5):
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--role", choices=["send", "recv"], default="send")
@@ -173,11 +230,24 @@ def main() -> None:
         default=Libp2pTransportConfig().max_batch_bytes,
         help="frame size cap; 1 sends one message per frame (no batching)",
     )
+    ap.add_argument(
+        "--rtt", type=int, metavar="N", help="time N heartbeat round trips, one at a time"
+    )
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args()
     configure_logging(logging.WARNING, stream=sys.stderr)
     if args.role == "recv":
         trio.run(receiver, args.count)
+        return
+    if args.rtt:
+        rt = trio.run(round_trips, args.rtt)
+        if args.json:
+            print(json.dumps(rt))
+        else:
+            print(
+                f"{rt['round_trips']:.0f} heartbeat round trips between two processes: "
+                f"p50 {rt['p50_ms']:.3f} ms, p99 {rt['p99_ms']:.3f} ms"
+            )
         return
     r = trio.run(sender, args.count, args.size, args.max_batch_bytes)
     if args.json:

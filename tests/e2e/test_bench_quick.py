@@ -13,7 +13,8 @@ from typing import Any, cast
 
 import pytest
 
-from harness.bench.load import REQUIRED_KEYS
+from harness.bench.load import REQUIRED_KEYS, result
+from harness.bench.report import Reporter, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,6 +73,8 @@ def test_bench_all_quick_output_format() -> None:
     assert by_op["failover"]["ok"] + by_op["failover"]["errs"] == 2
     assert len(by_op["failover"]["trials_s"]) == by_op["failover"]["ok"]
     assert by_op["catchup"]["catchup_s"] > 0
+    rtt = by_op["libp2p-rtt"]
+    assert rtt["ok"] == 200 and 0 < rtt["p50_ms"] <= rtt["p99_ms"], rtt
     assert summary["op"] == "summary" and summary["errs"] == 0, summary["failed"]
     assert set(summary["ratios"]) >= {
         "put64_vs_etcd",
@@ -86,6 +89,8 @@ def test_bench_all_quick_output_format() -> None:
         "keyed_vs_plain_put64",
     }
     assert summary["ratios"]["put64_vs_etcd"] is None  # no anchors in --quick
+    assert summary["ratios"]["libp2p_rtt_p50_ms"] == rtt["p50_ms"]
+    assert summary["ratios"]["put1_leader_floor_ms"] is None  # it needs the raw fsync
     header = next(i for i, line in enumerate(lines) if line.startswith("measurement "))
     assert any("idle RSS" in line for line in lines[header:])
 
@@ -164,3 +169,15 @@ def test_a_spread_worker_sends_each_request_on_the_next_connection(spread: bool,
     trio.run(lambda: _timed_calls(res, cast(Any, ["a", "b", "c"]), 1, next_call, spread=spread))
     assert "".join(used) == want
     assert len(res.latencies) == 4
+
+
+def test_put1_floor_is_the_round_trips_of_its_path_plus_one_fsync() -> None:
+    rep = Reporter(None)
+    rep.add("raftd libp2p rtt", result("libp2p-rtt", ok=10, p50_ms=0.25, p99_ms=0.3))
+    rep.add("raw fsync", result("fsync", system="raw", p50_ms=0.1))
+    rep.add("raftd put@1 via leader", result("put", p50_ms=1.4))
+    rep.add("raftd put@1 via follower", result("put", p50_ms=2.4))
+    ratios = summarize(rep)
+    assert ratios["libp2p_rtt_p50_ms"] == 0.25
+    assert ratios["put1_leader_floor_ms"] == pytest.approx(0.35)
+    assert ratios["put1_follower_floor_ms"] == pytest.approx(0.6)
