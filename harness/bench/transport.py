@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -94,8 +96,10 @@ async def _read_line(stream: Any) -> bytes:
     return buf
 
 
-async def sender(count: int, size: int, max_batch_bytes: int) -> dict[str, float]:
-    """Parent: spawn the receiver, send, time, report."""
+@asynccontextmanager
+async def _receiver(count: int) -> AsyncIterator[tuple[dict[str, Any], Any]]:
+    """Spawn the receiver (expecting ``count`` APP messages) in a child process; yield
+    its peer info and a fresh local host. The child exits when the block ends."""
     env = env_with_root()
     cmd = [sys.executable, "-m", "harness.bench.transport", "--role", "recv", "--count", str(count)]
     proc = await trio.lowlevel.open_process(
@@ -106,51 +110,62 @@ async def sender(count: int, size: int, max_batch_bytes: int) -> dict[str, float
             peer = json.loads(await _read_line(proc.stdout))
         kp = load_or_create_identity(tempfile.mkdtemp(prefix="raftd-bench-"))
         async with open_host(kp) as host:
+            yield peer, host
+    finally:
+        if proc.stdin is not None:
+            await proc.stdin.aclose()
+        with trio.move_on_after(5):
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+
+
+async def sender(count: int, size: int, max_batch_bytes: int) -> dict[str, float]:
+    """Parent: spawn the receiver, send, time, report."""
+    async with _receiver(count) as (peer, host):
+        done = trio.Event()
+        result: dict[str, Any] = {}
+
+        def on_message(msg: Message) -> None:
+            if msg.type == MessageType.HEARTBEAT_RESP:
+                result["warm"] = True
+                done.set()
+            elif msg.type == MessageType.APP_RESP:
+                result.update(json.loads(msg.context))
+                result["end"] = time.perf_counter()
+                done.set()
+
+        cfg = Libp2pTransportConfig(max_batch_bytes=max_batch_bytes)
+        t = Libp2pTransport(host, NS, on_message=on_message, config=cfg)
+        t.add_peer_addrs(peer["id"], peer["addrs"])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(t.run)
+            with trio.fail_after(10):  # connect both directions before timing
+                t.send(peer["id"], Message(MessageType.HEARTBEAT, to=peer["id"], frm=t.local_id))
+                await done.wait()
             done = trio.Event()
-            result: dict[str, Any] = {}
-
-            def on_message(msg: Message) -> None:
-                if msg.type == MessageType.HEARTBEAT_RESP:
-                    result["warm"] = True
-                    done.set()
-                elif msg.type == MessageType.APP_RESP:
-                    result.update(json.loads(msg.context))
-                    result["end"] = time.perf_counter()
-                    done.set()
-
-            cfg = Libp2pTransportConfig(max_batch_bytes=max_batch_bytes)
-            t = Libp2pTransport(host, NS, on_message=on_message, config=cfg)
-            t.add_peer_addrs(peer["id"], peer["addrs"])
-            async with trio.open_nursery() as nursery:
-                await nursery.start(t.run)
-                with trio.fail_after(10):  # connect both directions before timing
+            data = os.urandom(size)
+            high_water = t.config.queue_size // 2
+            start = time.perf_counter()
+            with trio.fail_after(300):
+                for i in range(count):
+                    while t.pending(peer["id"]) >= high_water:  # noqa: ASYNC110
+                        await trio.sleep(0.0005)  # let the sender task drain
                     t.send(
-                        peer["id"], Message(MessageType.HEARTBEAT, to=peer["id"], frm=t.local_id)
+                        peer["id"],
+                        Message(
+                            MessageType.APP,
+                            to=peer["id"],
+                            frm=t.local_id,
+                            term=1,
+                            index=i,
+                            entries=(Entry(1, i, data=data),),
+                        ),
                     )
-                    await done.wait()
-                done = trio.Event()
-                data = os.urandom(size)
-                high_water = t.config.queue_size // 2
-                start = time.perf_counter()
-                with trio.fail_after(300):
-                    for i in range(count):
-                        while t.pending(peer["id"]) >= high_water:  # noqa: ASYNC110
-                            await trio.sleep(0.0005)  # let the sender task drain
-                        t.send(
-                            peer["id"],
-                            Message(
-                                MessageType.APP,
-                                to=peer["id"],
-                                frm=t.local_id,
-                                term=1,
-                                index=i,
-                                entries=(Entry(1, i, data=data),),
-                            ),
-                        )
-                    await done.wait()
-                elapsed = result["end"] - start
-                frames = t.stats.frames_sent - 1  # minus the warm-up heartbeat
-                nursery.cancel_scope.cancel()
+                await done.wait()
+            elapsed = result["end"] - start
+            frames = t.stats.frames_sent - 1  # minus the warm-up heartbeat
+            nursery.cancel_scope.cancel()
         return {
             "messages": count,
             "size": size,
@@ -160,63 +175,40 @@ async def sender(count: int, size: int, max_batch_bytes: int) -> dict[str, float
             "mib_per_s": count * size / elapsed / 2**20,
             "msgs_per_frame": count / max(frames, 1),
         }
-    finally:
-        if proc.stdin is not None:
-            await proc.stdin.aclose()
-        with trio.move_on_after(5):
-            await proc.wait()
-        if proc.returncode is None:
-            proc.kill()
 
 
 async def round_trips(n: int) -> dict[str, float]:
     """Parent: spawn the receiver, then time ``n`` heartbeat round trips one at a time."""
-    env = env_with_root()
-    cmd = [sys.executable, "-m", "harness.bench.transport", "--role", "recv", "--count", "1"]
-    proc = await trio.lowlevel.open_process(
-        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
-    )
-    try:
-        with trio.fail_after(30):
-            peer = json.loads(await _read_line(proc.stdout))
-        kp = load_or_create_identity(tempfile.mkdtemp(prefix="raftd-bench-"))
-        async with open_host(kp) as host:
-            answered = trio.Event()
+    async with _receiver(1) as (peer, host):
+        answered = trio.Event()
 
-            def on_message(msg: Message) -> None:
-                if msg.type == MessageType.HEARTBEAT_RESP:
-                    answered.set()
+        def on_message(msg: Message) -> None:
+            if msg.type == MessageType.HEARTBEAT_RESP:
+                answered.set()
 
-            t = Libp2pTransport(host, NS, on_message=on_message)
-            t.add_peer_addrs(peer["id"], peer["addrs"])
-            beat = Message(MessageType.HEARTBEAT, to=peer["id"], frm=t.local_id)
-            samples: list[float] = []
-            async with trio.open_nursery() as nursery:
-                await nursery.start(t.run)
-                with trio.fail_after(10):  # connect both directions before timing
+        t = Libp2pTransport(host, NS, on_message=on_message)
+        t.add_peer_addrs(peer["id"], peer["addrs"])
+        beat = Message(MessageType.HEARTBEAT, to=peer["id"], frm=t.local_id)
+        samples: list[float] = []
+        async with trio.open_nursery() as nursery:
+            await nursery.start(t.run)
+            with trio.fail_after(10):  # connect both directions before timing
+                t.send(peer["id"], beat)
+                await answered.wait()
+            with trio.fail_after(max(60.0, n * 0.01)):
+                for _ in range(n):
+                    answered = trio.Event()
+                    t0 = time.perf_counter()
                     t.send(peer["id"], beat)
                     await answered.wait()
-                with trio.fail_after(max(60.0, n * 0.01)):
-                    for _ in range(n):
-                        answered = trio.Event()
-                        t0 = time.perf_counter()
-                        t.send(peer["id"], beat)
-                        await answered.wait()
-                        samples.append(time.perf_counter() - t0)
-                nursery.cancel_scope.cancel()
+                    samples.append(time.perf_counter() - t0)
+            nursery.cancel_scope.cancel()
         kept = sorted(samples[len(samples) // 3 :])
         return {
             "round_trips": n,
             "p50_ms": kept[len(kept) // 2] * 1000,
             "p99_ms": kept[min(len(kept) - 1, int(len(kept) * 0.99))] * 1000,
         }
-    finally:
-        if proc.stdin is not None:
-            await proc.stdin.aclose()
-        with trio.move_on_after(5):
-            await proc.wait()
-        if proc.returncode is None:
-            proc.kill()
 
 
 def main() -> None:
