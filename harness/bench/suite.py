@@ -320,12 +320,7 @@ def raftd_round_trip(rep: Reporter, cfg: AllConfig) -> None:
         rt = trio.run(round_trips, cfg.round_trips)
         rep.add(
             "raftd libp2p rtt",
-            result(
-                "libp2p-rtt",
-                ok=int(rt["round_trips"]),
-                p50_ms=round(rt["p50_ms"], 3),
-                p99_ms=round(rt["p99_ms"], 3),
-            ),
+            result("libp2p-rtt", ok=cfg.round_trips, p50_ms=rt["p50_ms"], p99_ms=rt["p99_ms"]),
         )
 
 

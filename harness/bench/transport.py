@@ -32,6 +32,7 @@ from typing import Any
 import trio
 import trio.lowlevel
 
+from harness.bench.load import BenchResult
 from harness.repo import env_with_root
 from raftd.core.types import Entry, Message, MessageType
 from raftd.transport.host import (
@@ -177,7 +178,7 @@ async def sender(count: int, size: int, max_batch_bytes: int) -> dict[str, float
         }
 
 
-async def round_trips(n: int) -> dict[str, float]:
+async def round_trips(n: int) -> dict[str, float | None]:
     """Parent: spawn the receiver, then time ``n`` heartbeat round trips one at a time."""
     async with _receiver(1) as (peer, host):
         answered = trio.Event()
@@ -203,12 +204,8 @@ async def round_trips(n: int) -> dict[str, float]:
                     await answered.wait()
                     samples.append(time.perf_counter() - t0)
             nursery.cancel_scope.cancel()
-        kept = sorted(samples[len(samples) // 3 :])
-        return {
-            "round_trips": n,
-            "p50_ms": kept[len(kept) // 2] * 1000,
-            "p99_ms": kept[min(len(kept) - 1, int(len(kept) * 0.99))] * 1000,
-        }
+        timed = BenchResult("libp2p-rtt", 1, 1, latencies=samples[len(samples) // 3 :])
+        return {"round_trips": n, "p50_ms": timed.pct(0.5), "p99_ms": timed.pct(0.99)}
 
 
 def main() -> None:
@@ -237,8 +234,8 @@ def main() -> None:
             print(json.dumps(rt))
         else:
             print(
-                f"{rt['round_trips']:.0f} heartbeat round trips between two processes: "
-                f"p50 {rt['p50_ms']:.3f} ms, p99 {rt['p99_ms']:.3f} ms"
+                f"{args.rtt} heartbeat round trips between two processes: "
+                f"p50 {rt['p50_ms']} ms, p99 {rt['p99_ms']} ms"
             )
         return
     r = trio.run(sender, args.count, args.size, args.max_batch_bytes)

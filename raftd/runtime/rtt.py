@@ -5,9 +5,9 @@ keeps a smoothed RTT per peer (an EWMA, as TCP's SRTT: RFC 6298 with ``alpha = 1
 The group runtime feeds it heartbeats (``MsgHeartbeat`` out, ``MsgHeartbeatResp`` in),
 so only a leader measures, and only the heartbeats that ask for an answer (an idle,
 caught-up follower is asked about once per election timeout, see
-:class:`~raftd.core.types.Message`); what it measures is the Raft-level round trip: the send
-queue, the network and the follower's Ready loop (which answers a heartbeat without an
-fsync), not an ICMP ping.
+:class:`~raftd.core.types.Message`). What it measures is the Raft-level round trip: the
+send queue, the network and the follower's Ready loop (which answers a heartbeat
+without an fsync), not an ICMP ping.
 
 Pairing: a heartbeat response does not say which heartbeat it answers. The estimator
 keeps **one probe per peer in flight**: :meth:`RttEstimator.sent` stamps a probe only
