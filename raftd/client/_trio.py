@@ -1,6 +1,12 @@
 """The trio client: one connection per client, reused and pipelined. The protocol state
 is :class:`raftd.client._core.Connection`; a writer task sends what it queued (many
-requests in one write), a reader task feeds it and wakes the waiting tasks.
+requests in one write), a reader task feeds it and wakes the waiting tasks, and a timer
+task wakes a call whose answer has not come by its deadline.
+
+A call parks its task on a :class:`_Wake` and its deadline goes into the connection's
+heap, instead of an event and a cancel scope per call: those were a third of the
+client's CPU per request under load, and the client shares the machine with its daemon.
+A call is still cancelled by any enclosing cancel scope, as any trio checkpoint is.
 
 Use it as an async context manager, which owns the background tasks::
 
@@ -15,6 +21,7 @@ Use it as an async context manager, which owns the background tasks::
 from __future__ import annotations
 
 import contextlib
+import heapq
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -46,14 +53,52 @@ def _wake(ready: list[Pending]) -> None:
             p.waker.set()
 
 
+class _Wake:
+    """The waker of one call: :meth:`wait` parks the calling task until :meth:`set` (an
+    answer, the connection's end or the call's deadline). ``set`` may come before the
+    wait and may come more than once; the task is rescheduled at most once. If the
+    waiting task is cancelled, a later ``set`` does nothing."""
+
+    __slots__ = ("fired", "task")
+
+    def __init__(self) -> None:
+        self.fired = False
+        self.task: trio.lowlevel.Task | None = None
+
+    def set(self) -> None:
+        self.fired = True
+        task = self.task
+        if task is not None:
+            self.task = None
+            trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
+        if self.fired:
+            await trio.lowlevel.checkpoint()
+            return
+        self.task = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self.task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+
 class _AsyncConn:
-    """One stream to the daemon; :meth:`run` is its reader and writer."""
+    """One stream to the daemon; :meth:`run` is its reader, writer and deadline timer."""
 
     def __init__(self, stream: trio.abc.Stream, max_frame_size: int) -> None:
         self.stream = stream
         self.core = Connection(max_frame_size)
         self.wake = trio.Event()  # the writer's: frames are queued
         self.done = trio.Event()
+        # Calls by deadline: (deadline, id, entry). Answered entries leave lazily, from
+        # the top at each new call (the oldest call is usually answered first, so the
+        # heap holds about the calls in flight) and at the timer's wake-ups.
+        self.deadlines: list[tuple[float, int, Pending]] = []
+        self._timer_at = math.inf  # when the timer wakes next (inf: when told)
+        self._timer_wake = trio.Event()
 
     @property
     def closed(self) -> bool:
@@ -63,6 +108,22 @@ class _AsyncConn:
         """Queue ``req``; wait on the entry's ``waker``, then read it."""
         p = self.core.request(req, trio.Event())
         self.wake.set()
+        return p
+
+    def call(self, req: apb.Request, wait: float) -> Pending:
+        """Queue ``req``, answered within ``wait`` seconds from now or timed out: await
+        the entry's ``waker``; an entry with neither ``response`` nor ``error`` then
+        timed out."""
+        p = self.core.request(req, _Wake())
+        self.wake.set()
+        at = trio.current_time() + wait
+        heap = self.deadlines
+        while heap and heap[0][2].done:
+            heapq.heappop(heap)
+        heapq.heappush(heap, (at, p.id, p))
+        if at < self._timer_at:
+            self._timer_at = at
+            self._timer_wake.set()
         return p
 
     def stream_request(self, req: apb.Request, limit: int | None) -> Pending:
@@ -85,6 +146,7 @@ class _AsyncConn:
         try:
             async with trio.open_nursery() as n:
                 n.start_soon(self._writer)
+                n.start_soon(self._timer)
                 await self._reader()
                 n.cancel_scope.cancel()
         except Exception as exc:
@@ -116,6 +178,21 @@ class _AsyncConn:
             _wake(core.receive_data(data))
             if core.has_output:  # a watch that overflowed queued its cancel
                 self.wake.set()
+
+    async def _timer(self) -> None:
+        """Wake each call still unanswered at its deadline (the caller then gives up on
+        it). Sleeps until the earliest deadline, or until a call with an earlier one."""
+        heap = self.deadlines
+        while True:
+            now = trio.current_time()
+            while heap and (heap[0][2].done or heap[0][0] <= now):
+                p = heapq.heappop(heap)[2]
+                if not p.done:
+                    p.waker.set()
+            self._timer_at = heap[0][0] if heap else math.inf
+            self._timer_wake = trio.Event()
+            with trio.move_on_at(self._timer_at):
+                await self._timer_wake.wait()
 
     def _fail(self, reason: str) -> None:
         _wake(self.core.fail(reason))
@@ -210,11 +287,10 @@ class AsyncClient(Operations, AsyncRunner):
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._connection()
-        p = conn.request(call.request)
         wait = wait_for(t)
+        p = conn.call(call.request, wait)
         try:
-            with trio.move_on_after(wait):
-                await p.waker.wait()
+            await p.waker.wait()
         finally:
             if not p.done:  # timed out or cancelled: a late answer is dropped
                 conn.core.forget(p)

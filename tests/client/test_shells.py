@@ -1,18 +1,23 @@
 """The two I/O shells over a real socket pair, the far end played by the test: what the
-core queues on its own (the cancel of a watch that fell behind) reaches the daemon, and
-a peer that sends garbage fails pending requests with the named error."""
+core queues on its own (the cancel of a watch that fell behind) reaches the daemon, a
+peer that sends garbage fails pending requests with the named error, and the trio
+client's calls end at their deadlines (each in its turn, however they were queued),
+leave nothing behind once answered, and can be cancelled like any trio checkpoint."""
 
 from __future__ import annotations
 
 import socket
+from collections.abc import AsyncIterator
 from concurrent.futures import Future
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import trio
 
 from raftd.client import _proto as P
 from raftd.client._core import MalformedResponse
 from raftd.client._sync import _Conn
-from raftd.client._trio import _AsyncConn
+from raftd.client._trio import AsyncClient, _AsyncConn
 from raftd.wire.framing import FrameDecoder, encode_frame
 from raftd.wire.pb import api_pb2 as apb
 
@@ -113,3 +118,132 @@ async def test_trio_overflow_cancel_reaches_the_daemon() -> None:
         with trio.fail_after(10):
             await conn.done.wait()
         await peer_stream.aclose()
+
+
+class FarEnd:
+    """The daemon's side of a trio socket pair: reads the client's requests, answers
+    the ones the test chooses."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.dec = FrameDecoder(MAX)
+
+    async def requests(self, k: int) -> list[apb.Request]:
+        out: list[apb.Request] = []
+        with trio.fail_after(10):
+            while len(out) < k:
+                data = await self.stream.receive_some(65536)
+                assert data, "the client closed the connection"
+                out += [apb.Request.FromString(f) for f in self.dec.feed(data)]
+        return out
+
+    async def answer(self, *rids: int) -> None:
+        resps = [apb.Response(id=r, revision=r) for r in rids]
+        for r in resps:
+            r.put.SetInParent()
+        await self.stream.send_all(b"".join(encode_frame(r.SerializeToString()) for r in resps))
+
+
+@asynccontextmanager
+async def trio_conn() -> AsyncIterator[tuple[_AsyncConn, FarEnd]]:
+    ours, peer = trio.socket.socketpair()
+    conn = _AsyncConn(trio.SocketStream(ours), MAX)
+    async with trio.open_nursery() as n:
+        n.start_soon(conn.run)
+        yield conn, FarEnd(trio.SocketStream(peer))
+        n.cancel_scope.cancel()
+
+
+def put_req(key: str) -> apb.Request:
+    return P.req_put(key, "v", lease=0, prev_kv=False)
+
+
+async def test_trio_calls_time_out_at_their_own_deadlines() -> None:
+    async with trio_conn() as (conn, far):
+        slow = conn.call(put_req("slow"), 30.0)
+        await far.requests(1)  # the timer now sleeps until the slow call's deadline
+        fast = conn.call(put_req("fast"), 0.05)  # queued later, due first
+        await far.requests(1)
+        t0 = trio.current_time()
+        with trio.fail_after(10):
+            await fast.waker.wait()
+        # Woken by the timer: neither answered nor failed, which the caller reports as
+        # DeadlineExceeded.
+        assert fast.response is None and fast.error is None and not fast.done
+        assert 0.04 <= trio.current_time() - t0 < 10
+        assert not slow.done and not slow.waker.fired
+        await far.answer(slow.id)
+        with trio.fail_after(10):
+            await slow.waker.wait()
+        assert slow.response is not None and slow.response.revision == slow.id
+
+
+async def test_trio_answered_calls_leave_the_deadline_heap() -> None:
+    async with trio_conn() as (conn, far):
+        for _ in range(200):
+            batch = [conn.call(put_req("k"), 30.0) for _ in range(5)]
+            await far.requests(5)
+            await far.answer(*(p.id for p in batch))
+            with trio.fail_after(10):
+                for p in batch:
+                    await p.waker.wait()
+            assert all(p.response is not None for p in batch)
+        # 1,000 calls made; what is left are at most the last batch's entries.
+        assert len(conn.deadlines) <= 5
+        assert not conn.core.pending
+
+
+async def test_trio_cancelled_call_is_forgotten_and_its_late_answer_dropped(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "fake.sock")
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await listener.bind(path)
+    listener.listen(1)
+    async with trio.open_nursery() as n:
+        client = AsyncClient(n, path, namespace="/raft/t")
+        with trio.move_on_after(0.05) as scope:
+            await client.put("first", "v")  # the daemon does not answer in time
+        assert scope.cancelled_caught
+        sock, _ = await listener.accept()
+        far = FarEnd(trio.SocketStream(sock))
+        conn = client._conn
+        assert conn is not None and not conn.core.pending  # forgotten
+        (first,) = await far.requests(1)
+        async with trio.open_nursery() as calls:
+            got: list[int] = []
+
+            async def second() -> None:
+                got.append((await client.put("second", "v")).revision)
+
+            calls.start_soon(second)
+            (nxt,) = await far.requests(1)
+            await far.answer(first.id, nxt.id)  # the late answer first: dropped
+        assert got == [nxt.id]
+        assert not conn.core.pending and not conn.closed
+        await client.aclose()
+        n.cancel_scope.cancel()
+    listener.close()
+
+
+async def test_trio_a_cancelled_wait_is_not_woken_at_its_deadline() -> None:
+    async with trio_conn() as (conn, far):
+        p = conn.call(put_req("k"), 0.05)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await p.waker.wait()
+        assert scope.cancelled_caught
+        # A call due after it: once the timer has woken that one, it has passed the
+        # cancelled call's deadline too, and found no task to wake there.
+        after = conn.call(put_req("after"), 0.2)
+        await far.requests(2)
+        with trio.fail_after(10):
+            await after.waker.wait()
+        assert after.response is None and p.waker.fired and p.waker.task is None
+        assert not conn.deadlines
+        later = conn.call(put_req("later"), 30.0)
+        (req,) = await far.requests(1)
+        await far.answer(req.id)
+        with trio.fail_after(10):
+            await later.waker.wait()
+        assert later.response is not None and not conn.closed
