@@ -4,9 +4,9 @@ requests in one write), a reader task feeds it and wakes the waiting tasks, and 
 task wakes a call whose answer has not come by its deadline.
 
 A call parks its task on a :class:`_Wake` and its deadline goes into the connection's
-heap, instead of an event and a cancel scope per call: those were a third of the
-client's CPU per request under load, and the client shares the machine with its daemon.
-A call is still cancelled by any enclosing cancel scope, as any trio checkpoint is.
+heap. An event and a cancel scope per call would cost a third of the client's CPU per
+request under load, and the client shares the machine with its daemon. A call is still
+cancelled by any enclosing cancel scope, as any trio checkpoint is.
 
 Use it as an async context manager, which owns the background tasks::
 
@@ -93,9 +93,10 @@ class _AsyncConn:
         self.core = Connection(max_frame_size)
         self.wake = trio.Event()  # the writer's: frames are queued
         self.done = trio.Event()
-        # Calls by deadline: (deadline, id, entry). Answered entries leave lazily, from
-        # the top at each new call (the oldest call is usually answered first, so the
-        # heap holds about the calls in flight) and at the timer's wake-ups.
+        # Calls by deadline: (deadline, id, entry). Settled entries (answered, failed, or
+        # forgotten by a caller that gave up) leave lazily, from the top at each new call
+        # (the oldest call is usually settled first, so the heap holds about the calls in
+        # flight) and at the timer's wake-ups.
         self.deadlines: list[tuple[float, int, Pending]] = []
         self._timer_at = math.inf  # when the timer wakes next (inf: when told)
         self._timer_wake = trio.Event()
@@ -117,8 +118,8 @@ class _AsyncConn:
         p = self.core.request(req, _Wake())
         self.wake.set()
         at = trio.current_time() + wait
-        heap = self.deadlines
-        while heap and heap[0][2].done:
+        heap, pending = self.deadlines, self.core.pending
+        while heap and (heap[0][2].done or heap[0][1] not in pending):
             heapq.heappop(heap)
         heapq.heappush(heap, (at, p.id, p))
         if at < self._timer_at:
@@ -185,9 +186,10 @@ class _AsyncConn:
         heap = self.deadlines
         while True:
             now = trio.current_time()
-            while heap and (heap[0][2].done or heap[0][0] <= now):
-                p = heapq.heappop(heap)[2]
-                if not p.done:
+            pending = self.core.pending  # replaced when the connection fails
+            while heap and (heap[0][2].done or heap[0][1] not in pending or heap[0][0] <= now):
+                _, rid, p = heapq.heappop(heap)
+                if not p.done and rid in pending:
                     p.waker.set()
             self._timer_at = heap[0][0] if heap else math.inf
             self._timer_wake = trio.Event()

@@ -193,6 +193,26 @@ async def test_trio_answered_calls_leave_the_deadline_heap() -> None:
         assert not conn.core.pending
 
 
+async def test_trio_given_up_calls_leave_the_deadline_heap() -> None:
+    async with trio_conn() as (conn, far):
+        first = conn.call(put_req("first"), 30.0)
+        await far.requests(1)  # the timer now sleeps until the first call's deadline
+        conn.core.forget(first)
+        for _ in range(100):
+            p = conn.call(put_req("k"), 30.0)
+            conn.core.forget(p)  # what a cancelled or timed-out caller does
+        # Each call dropped those given up before it (the timer did not run meanwhile).
+        assert [e[2] for e in conn.deadlines] == [p]
+        await far.requests(100)
+        later = conn.call(put_req("later"), 30.0)
+        (req,) = await far.requests(1)
+        await far.answer(req.id)
+        with trio.fail_after(10):
+            await later.waker.wait()
+        assert later.response is not None
+        assert [e[2] for e in conn.deadlines] == [later]
+
+
 async def test_trio_cancelled_call_is_forgotten_and_its_late_answer_dropped(
     tmp_path: Path,
 ) -> None:
