@@ -222,13 +222,13 @@ async def test_trio_cancelled_call_is_forgotten_and_its_late_answer_dropped(
     listener.listen(1)
     async with trio.open_nursery() as n:
         client = AsyncClient(n, path, namespace="/raft/t")
+        conn = await client._connection()  # connected before the cancel scope starts
+        sock, _ = await listener.accept()
+        far = FarEnd(trio.SocketStream(sock))
         with trio.move_on_after(0.05) as scope:
             await client.put("first", "v")  # the daemon does not answer in time
         assert scope.cancelled_caught
-        sock, _ = await listener.accept()
-        far = FarEnd(trio.SocketStream(sock))
-        conn = client._conn
-        assert conn is not None and not conn.core.pending  # forgotten
+        assert client._conn is conn and not conn.core.pending  # forgotten
         (first,) = await far.requests(1)
         async with trio.open_nursery() as calls:
             got: list[int] = []
