@@ -105,12 +105,6 @@ class _AsyncConn:
     def closed(self) -> bool:
         return self.core.closed
 
-    def request(self, req: apb.Request) -> Pending:
-        """Queue ``req``; wait on the entry's ``waker``, then read it."""
-        p = self.core.request(req, trio.Event())
-        self.wake.set()
-        return p
-
     def call(self, req: apb.Request, wait: float) -> Pending:
         """Queue ``req``, answered within ``wait`` seconds from now or timed out: await
         the entry's ``waker``; an entry with neither ``response`` nor ``error`` then
@@ -258,9 +252,9 @@ class AsyncClient(Operations, AsyncRunner):
         conn = _AsyncConn(stream, self.max_frame_size)
         self._nursery.start_soon(conn.run)
         if self.token is not None:
-            p = conn.request(apb.Request(auth=apb.AuthRequest(token=self.token)))
-            with trio.move_on_after(self.connect_timeout + MARGIN):
-                await p.waker.wait()
+            auth = apb.Request(auth=apb.AuthRequest(token=self.token))
+            p = conn.call(auth, self.connect_timeout + MARGIN)
+            await p.waker.wait()
             if p.error is not None:
                 raise p.error
             if p.response is None:

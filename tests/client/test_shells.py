@@ -12,6 +12,7 @@ from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 
 from raftd.client import _proto as P
@@ -109,7 +110,7 @@ async def test_trio_overflow_cancel_reaches_the_daemon() -> None:
             got = [await conn.take(p) for _ in range(3)]
         assert isinstance(got[2], P.ConnectionLost) and "keep up" in got[2].message
         # Garbage from the daemon: pending calls fail with the named error.
-        call = conn.request(P.req_put("k", "v", lease=0, prev_kv=False))
+        call = conn.call(P.req_put("k", "v", lease=0, prev_kv=False), 30.0)
         await requests(1)
         await peer_stream.send_all(encode_frame(b"\xff\xff\xff"))
         with trio.fail_after(10):
@@ -267,3 +268,40 @@ async def test_trio_a_cancelled_wait_is_not_woken_at_its_deadline() -> None:
         with trio.fail_after(10):
             await later.waker.wait()
         assert later.response is not None and not conn.closed
+
+
+async def test_trio_client_authenticates_first_and_a_refusal_is_named(tmp_path: Path) -> None:
+    path = str(tmp_path / "fake.sock")
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await listener.bind(path)
+    listener.listen(2)
+    async with trio.open_nursery() as n:
+
+        async def daemon(token_ok: bool) -> None:
+            sock, _ = await listener.accept()
+            far = FarEnd(trio.SocketStream(sock))
+            (auth,) = await far.requests(1)
+            assert auth.WhichOneof("op") == "auth" and auth.auth.token == "t0ken"
+            resp = apb.Response(id=auth.id)
+            if token_ok:
+                resp.auth.SetInParent()
+            else:
+                resp.error.code = apb.Error.UNAUTHENTICATED
+                resp.error.message = "wrong API token"
+            await far.stream.send_all(encode_frame(resp.SerializeToString()))
+            if token_ok:
+                (put,) = await far.requests(1)
+                await far.answer(put.id)
+
+        n.start_soon(daemon, True)
+        good = AsyncClient(n, path, namespace="/raft/t", token="t0ken")
+        with trio.fail_after(10):
+            assert (await good.put("k", "v")).revision > 0
+        await good.aclose()
+        n.start_soon(daemon, False)
+        bad = AsyncClient(n, path, namespace="/raft/t", token="t0ken")
+        with trio.fail_after(10), pytest.raises(P.Unauthenticated):
+            await bad.put("k", "v")
+        await bad.aclose()
+        n.cancel_scope.cancel()
+    listener.close()
