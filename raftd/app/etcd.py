@@ -76,7 +76,7 @@ async def serve_etcd(
         svc,
         cluster_id=_ClusterId(daemon, ns),
         client_urls=[],
-        db_dir=cfg.data_dir / "db",
+        db_dirs=(cfg.data_dir / "db", cfg.data_dir / "state"),
     )
     server = EtcdH2Server(service, host, port, tls=tls)
     try:

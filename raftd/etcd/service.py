@@ -22,13 +22,14 @@ Every call raises :class:`raftd.etcd.errors.EtcdError` for what the client must 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import logging
 import os
 import urllib.parse
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -70,8 +71,8 @@ class EtcdService:
 
     ``cluster_id``: the namespace's etcd cluster id, or a function giving it (it may be
     known only once the cluster has formed); ``client_urls``: this daemon's etcd
-    endpoint(s), listed in its Member entry; ``db_dir``: the LevelDB directory whose size
-    Status reports (``None``: 0)."""
+    endpoint(s), listed in its Member entry; ``db_dirs``: the LevelDB directories whose
+    size Status reports (none: 0)."""
 
     def __init__(
         self,
@@ -79,14 +80,14 @@ class EtcdService:
         *,
         cluster_id: int | Callable[[], int],
         client_urls: list[str],
-        db_dir: Path | None = None,
+        db_dirs: Sequence[Path] = (),
     ) -> None:
         self.svc = svc
         self.group = svc.group
         self._cluster_id = cluster_id
         self.member_id = member_id(svc.id)
         self.client_urls = list(client_urls)
-        self.db_dir = db_dir
+        self.db_dirs = tuple(db_dirs)
         self.progress_interval = PROGRESS_INTERVAL_S
         self._changed = trio.Event()
         self.group.sm.add_listener(self._on_apply)
@@ -618,12 +619,11 @@ class EtcdService:
         return []
 
     def db_size(self) -> int:
-        if self.db_dir is None:
-            return 0
-        try:
-            return sum(e.stat().st_size for e in os.scandir(self.db_dir) if e.is_file())
-        except OSError:
-            return 0
+        size = 0
+        for d in self.db_dirs:
+            with contextlib.suppress(OSError):  # a file a compaction deleted meanwhile
+                size += sum(e.stat().st_size for e in os.scandir(d) if e.is_file())
+        return size
 
     async def status(self, req: epb.StatusRequest, deadline: float) -> epb.StatusResponse:
         st = self.group.status()

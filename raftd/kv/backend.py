@@ -8,7 +8,8 @@ the new meta in ONE atomic batch, which is what guarantees that a restart never 
 an entry twice: either the entry's effects and its index are both
 on disk, or neither is.
 
-LevelDB layout, under the group's prefix (see :mod:`raftd.storage.codec`) + ``"D"``::
+LevelDB layout, in the state machines' database (:mod:`raftd.storage.statedb`), under
+the group's prefix (see :mod:`raftd.storage.codec`) + ``"D"``::
 
     "k" <user key>   -> create_revision u64 | mod_revision u64 | version u64 | value
                         (with a lease: version has bit 63 set and lease u64 precedes value)
@@ -314,10 +315,12 @@ _DELETE_CHUNK = 4096
 
 
 class LevelDBKVBackend:
-    """KV data of one namespace inside the daemon's :class:`LevelDB` (see module doc)."""
+    """KV data of one namespace in the daemon's state database (see module doc)."""
 
     def __init__(self, db: LevelDB, namespace: str, *, sync: bool = True) -> None:
-        self._db = db
+        # The records live in the state machines' database; the prefix comes from the
+        # log database's namespace registry.
+        self._db = db.state
         self._namespace = namespace
         self._sync = sync
         base = db.group_prefix(namespace) + codec.KIND_DATA

@@ -1,8 +1,8 @@
 """Binary layout of everything the LevelDB storage keeps: keys, sealed values, entries.
 
-Key layout (one LevelDB per daemon data dir, ``<data-dir>/db``)::
+Key layout (the log's LevelDB, one per daemon data dir, ``<data-dir>/db``)::
 
-    \\x00 "format"                -> format version (u32)
+    \\x00 "format"                -> format version (u32, :data:`FORMAT_VERSION`)
     \\x00 "ns-next"               -> next group id to hand out (u32)
     \\x00 "ns:" <namespace utf-8> -> group id (u32)                 (the namespace registry)
     \\x01 <gid u32 BE> <kind> ... -> per-group keys, kinds:
@@ -11,8 +11,16 @@ Key layout (one LevelDB per daemon data dir, ``<data-dir>/db``)::
         "C"                       conf state (latest membership the runtime recorded)
         "M" <name>                metadata: "log" (first, last, term of first-1),
                                   "snap" (snapshot metadata), "install" (pending install)
-        "D" ...                   state machine data, layout owned by the state machine
-                                  (:mod:`raftd.kv.backend`)
+
+The state machines' LevelDB (``<data-dir>/state``, :mod:`raftd.storage.statedb`)::
+
+    \\x00 "format"                -> its format version (u32, :data:`STATE_FORMAT_VERSION`)
+    \\x01 <gid u32 BE> "D" ...    -> state machine data (the group id from the log's
+                                   registry), layout owned by the state machine
+                                   (:mod:`raftd.kv.backend`)
+
+In format 1 the state machine data lived in the log's database, under the same keys; a
+data dir of format 1 is migrated when it is opened.
 
 Why a registry rather than the namespace itself or its hash: the group prefix is 6 bytes
 (1 + 4 + kind) whatever the namespace length, it cannot collide (a hash could, however
@@ -37,7 +45,8 @@ import zlib
 
 from raftd.core.types import ConfState, Entry, EntryType, HardState, SnapshotMetadata
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+STATE_FORMAT_VERSION = 1
 
 ROOT = b"\x00"
 GROUP = b"\x01"

@@ -1,9 +1,11 @@
 """LevelDB (plyvel) implementation of :class:`~raftd.storage.base.RaftStorage`.
 
-One database per daemon data dir (``<data-dir>/db``), shared by all Raft groups; each group
-(namespace, e.g. ``/raft/cron``) gets a 5-byte key prefix from a registry in the database.
-The key layout and value encodings are documented in :mod:`raftd.storage.codec`; snapshot
-files live beside it (:mod:`raftd.storage.snapshots`).
+One log database per daemon data dir (``<data-dir>/db``), shared by all Raft groups; each
+group (namespace, e.g. ``/raft/cron``) gets a 5-byte key prefix from a registry in the
+database. The state machines keep their data under the same prefixes in a database of
+their own (:mod:`raftd.storage.statedb`). The key layout and value encodings are
+documented in :mod:`raftd.storage.codec`; snapshot files live beside it
+(:mod:`raftd.storage.snapshots`).
 
 Durability and atomicity: every ``save`` is ONE ``write_batch(sync=True)`` holding the
 entries, the truncation of a conflicting suffix, the log metadata (first/last index) and
@@ -62,7 +64,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import outcome
-import plyvel
 import trio
 
 from raftd.core.storage import (
@@ -85,6 +86,14 @@ from raftd.storage.base import (
 )
 from raftd.storage.codec import DecodeError
 from raftd.storage.snapshots import SnapshotStore, namespace_slug
+from raftd.storage.statedb import (
+    StateDatabase,
+    flush_plyvel,
+    format_record,
+    migrate,
+    open_plyvel,
+    read_format,
+)
 from raftd.storage.writer import WriterThread
 
 T = TypeVar("T")
@@ -92,14 +101,16 @@ T = TypeVar("T")
 __all__ = ["LevelDB", "LevelDBStorage"]
 
 _MAX_INDEX = (1 << 64) - 1
-_NO_KEY = b"\xff"  # sorts after every key this module writes
 
 
 class LevelDB:
-    """The daemon's one LevelDB, opened once; hands out per-namespace storage views.
+    """The daemon's storage, opened once; hands out per-namespace storage views.
 
-    ``LevelDB(data_dir)`` creates ``<data_dir>/db`` and ``<data_dir>/snapshots``. Use
-    :meth:`group` for each Raft group. Thread-safe: writes may come from worker threads.
+    ``LevelDB(data_dir)`` opens (creating them) the Raft log's database ``<data_dir>/db``,
+    the state machines' database ``<data_dir>/state`` (:attr:`state`, see
+    :mod:`raftd.storage.statedb`) and ``<data_dir>/snapshots``. Use :meth:`group` for each
+    Raft group. Thread-safe: writes may come from worker threads. A failed write to either
+    database fails both.
     """
 
     def __init__(
@@ -114,27 +125,7 @@ class LevelDB:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         path = self.data_dir / "db"
-        try:
-            # paranoid_checks: LevelDB reports (rather than skips) corruption it finds.
-            # write_buffer_size: LevelDB's own default (4 MiB). The memtable and the one
-            # being flushed stay in memory: 16 MiB cost each daemon ~12 MB more RSS under
-            # write load, for no measured gain (scripts/bench-memory --write-buffer-mb).
-            # compression: none. Most of what LevelDB writes is Raft log entries that a
-            # snapshot soon deletes, so its background compactions mostly rewrite them,
-            # and compressing every block cost the daemons about 4% of their CPU under
-            # write load (snappy in the compaction thread). Blocks record how they are
-            # compressed, so a database written with snappy opens and reads as before.
-            self._db: Any = plyvel.DB(
-                str(path),
-                create_if_missing=True,
-                paranoid_checks=True,
-                write_buffer_size=write_buffer_size,
-                compression=None,
-            )
-        except plyvel.CorruptionError as e:
-            raise CorruptionError(f"LevelDB at {path} is corrupt: {e!r}", namespace="*") from e
-        except plyvel.Error as e:
-            raise StorageError(f"cannot open LevelDB at {path}: {e!r}") from e
+        self._db: Any = open_plyvel(path, write_buffer_size=write_buffer_size)
         self.fault_hook = fault_hook
         self.keep_snapshots = keep_snapshots
         self.tail_cache = tail_cache
@@ -147,23 +138,58 @@ class LevelDB:
         # event loop's thread only.
         self._off_loop = 0
         self._off_loop_done: trio.Event | None = None
-        fmt = self._db.get(codec.KEY_FORMAT)
-        if fmt is None:
-            self.write(
-                "format",
-                (),
-                [(codec.KEY_FORMAT, codec.seal(codec.KEY_FORMAT, codec.u32(codec.FORMAT_VERSION)))],
+        try:
+            self.state = self._open_state(path, write_buffer_size)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open_state(self, path: Path, write_buffer_size: int) -> StateDatabase:
+        """Open the state machines' database beside this one, checking both formats,
+        and migrate a data dir of log format 1 (see :mod:`raftd.storage.statedb`)."""
+        version = read_format(self._db, path)
+        if version not in (None, 1, codec.FORMAT_VERSION):
+            raise StorageError(f"unsupported storage format {version} at {path}")
+        spath = self.data_dir / "state"
+        if version == codec.FORMAT_VERSION and not spath.exists():
+            raise CorruptionError(
+                f"the state machines' database {spath} is missing: the data dir was "
+                "damaged (restore the node from a backup, or empty its data dir but for "
+                "identity.key to rejoin)",
+                namespace="*",
             )
-        else:
-            try:
-                version = codec.read_u32(codec.unseal(codec.KEY_FORMAT, fmt))
-            except DecodeError as e:
+        state = StateDatabase(self, open_plyvel(spath, write_buffer_size=write_buffer_size), spath)
+        try:
+            sversion = read_format(state.raw, spath)
+            if sversion not in (None, codec.STATE_FORMAT_VERSION):
+                raise StorageError(f"unsupported state storage format {sversion} at {spath}")
+            if version == 1:
+                migrate(self._db, state)
+            elif version is None:
+                # A new data dir. A state database that holds more than its format
+                # record belongs to another log: applying this one on top would be wrong.
+                for k in state.raw.iterator(include_value=False):
+                    if k != codec.KEY_FORMAT:
+                        raise CorruptionError(
+                            f"the state machines' database {spath} holds data but the log's "
+                            f"database {path} is new: the data dir was damaged",
+                            namespace="*",
+                            key=k,
+                        )
+                if sversion is None:
+                    state.write("format", (), [format_record(codec.STATE_FORMAT_VERSION)])
+                self.write("format", (), [format_record(codec.FORMAT_VERSION)])
+            elif sversion is None:
                 raise CorruptionError(
-                    f"bad format record: {e}", namespace="*", key=codec.KEY_FORMAT
-                ) from None
-            if version != codec.FORMAT_VERSION:
-                self._db.close()
-                raise StorageError(f"unsupported storage format {version} at {path}")
+                    f"the state machines' database {spath} has no format record: it was "
+                    "replaced by an empty one (restore the node from a backup, or empty "
+                    "its data dir but for identity.key to rejoin)",
+                    namespace="*",
+                )
+        except BaseException:
+            state.close()
+            raise
+        return state
 
     # -- shared plumbing ---------------------------------------------------------------
     @property
@@ -264,23 +290,9 @@ class LevelDB:
             raise err from e
 
     def flush(self) -> None:
-        """Make every write made so far durable, synced or not. Blocking (a memtable
-        written out): call it off the event loop. LevelDB syncs its log file only at a
-        synced write, and not the previous log file when it switches to a new one; a
-        flush writes the memtable to a table file and syncs it and the manifest, so
-        nothing written before depends on a log file any more. Any failure fails the
-        database."""
-        self.check_writable()
-        try:
-            if self.fault_hook is not None:
-                self.fault_hook("write:flush")
-            # A range holding no key (every key starts with ROOT or GROUP): LevelDB
-            # flushes the memtable first, then finds nothing to compact.
-            self._db.compact_range(start=_NO_KEY, stop=_NO_KEY + b"\x00")
-        except Exception as e:
-            err = StorageWriteError("LevelDB flush failed", cause=e)
-            self.mark_failed(err)
-            raise err from e
+        """Make every write made so far to the log's database durable, synced or not
+        (see :meth:`StateDatabase.flush`). Blocking: call it off the event loop."""
+        flush_plyvel(self, self._db)
 
     def get(self, key: bytes) -> bytes | None:
         return self.raw.get(key)  # type: ignore[no-any-return]
@@ -352,6 +364,7 @@ class LevelDB:
         self._closed = True
         self.writer.close()
         self._db.close()
+        self.state.close()
 
     def __enter__(self) -> LevelDB:
         return self

@@ -449,9 +449,9 @@ def test_corrupt_record_is_a_named_error(tmp_path: os.PathLike[str]) -> None:
     assert m.db is not None
     b = LevelDBKVBackend(m.db, "/raft/kv")
     raw_key = b._pk + b"key"
-    v = bytearray(m.db.raw.get(raw_key))
+    v = bytearray(m.db.state.raw.get(raw_key))
     v[-6] ^= 0x10
-    m.db.raw.put(raw_key, bytes(v))
+    m.db.state.raw.put(raw_key, bytes(v))
     # Reopened: the running machine may answer a recent write from its cache.
     with pytest.raises(CorruptionError, match="bad key record") as ei:
         m.restart().get(b"key")
