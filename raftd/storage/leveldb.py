@@ -90,6 +90,7 @@ from raftd.storage.statedb import (
     StateDatabase,
     flush_plyvel,
     format_record,
+    make_batch,
     migrate,
     open_plyvel,
     read_format,
@@ -270,12 +271,7 @@ class LevelDB:
         leaves the writer thread little Python to run, so the two threads seldom wait
         for each other's GIL."""
         self.check_writable()
-        wb = self._db.write_batch(sync=sync)
-        for k in deletes:
-            wb.delete(k)
-        for k, v in puts:
-            wb.put(k, v)
-        return wb
+        return make_batch(self._db, deletes, puts, sync=sync)
 
     def write_batch(self, op: str, wb: Any) -> None:
         """Write a batch from :meth:`batch` atomically. Any failure fails the database."""

@@ -42,6 +42,7 @@ __all__ = [
     "StateDatabase",
     "flush_plyvel",
     "format_record",
+    "make_batch",
     "migrate",
     "open_plyvel",
     "read_format",
@@ -101,6 +102,8 @@ class Owner(Protocol):
 
     def check_writable(self) -> None: ...
 
+    def write_batch(self, op: str, wb: Any) -> None: ...
+
     def mark_failed(self, err: StorageWriteError) -> None: ...
 
     def fault(self, point: str) -> None: ...
@@ -139,20 +142,7 @@ class StateDatabase:
     ) -> None:
         """One atomic batch: all ``deletes`` then all ``puts``. Any failure fails the
         storage."""
-        owner = self._owner
-        owner.check_writable()
-        try:
-            owner.fault("write:" + op)
-            wb = self._db.write_batch(sync=sync)
-            for k in deletes:
-                wb.delete(k)
-            for k, v in puts:
-                wb.put(k, v)
-            wb.write()
-        except Exception as e:
-            err = StorageWriteError(f"LevelDB write ({op}) failed", cause=e)
-            owner.mark_failed(err)
-            raise err from e
+        self._owner.write_batch(op, make_batch(self._db, deletes, puts, sync=sync))
 
     def flush(self) -> None:
         """Make every write made so far durable, synced or not. Blocking (a memtable
@@ -165,6 +155,19 @@ class StateDatabase:
 
     def close(self) -> None:
         self._db.close()
+
+
+def make_batch(
+    db: Any, deletes: Iterable[bytes], puts: Iterable[tuple[bytes, bytes]], *, sync: bool
+) -> Any:
+    """A write batch of the plyvel database ``db``: all ``deletes`` then all ``puts`` (so a
+    put wins over a delete of the same key)."""
+    wb = db.write_batch(sync=sync)
+    for k in deletes:
+        wb.delete(k)
+    for k, v in puts:
+        wb.put(k, v)
+    return wb
 
 
 def flush_plyvel(owner: Owner, db: Any) -> None:

@@ -9,15 +9,12 @@ by the old code open with the new one."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tarfile
-from io import BytesIO
 from pathlib import Path
 
 import pytest
 
 from raftd.testing.cluster import LocalCluster
+from tests.storage.helpers import export_release
 
 from .writers import Writers
 
@@ -26,25 +23,10 @@ PREVIOUS = "cf28ceb"
 pytestmark = pytest.mark.slow
 
 
-def export_previous(dest: Path) -> None:
-    git = shutil.which("git")
-    if git is None:
-        pytest.skip("git is not installed: cannot export the previous release")
-    p = subprocess.run(
-        [git, "-C", str(ROOT), "archive", "--format=tar", PREVIOUS, "raftd"],
-        capture_output=True,
-        timeout=60,
-    )
-    if p.returncode != 0:
-        pytest.skip(f"commit {PREVIOUS} is not in this clone: {p.stderr.decode()[-200:]}")
-    with tarfile.open(fileobj=BytesIO(p.stdout)) as tar:
-        tar.extractall(dest, filter="data")
-
-
 def test_rolling_upgrade_under_load_loses_no_write(tmp_path: Path) -> None:
     old = tmp_path / "previous"
     old.mkdir()
-    export_previous(old)
+    export_release(PREVIOUS, old)
     cluster = LocalCluster(3, base_dir=tmp_path / "c")
     for n in cluster.nodes:
         n.cwd = old

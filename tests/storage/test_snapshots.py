@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,8 @@ from raftd.storage.snapshots import (
     recover,
     restore_pending_install,
 )
+
+from .helpers import state_of
 
 NS = "/raft/cron"
 META = SnapshotMetadata(index=42, term=3, conf_state=ConfState(("a", "b"), ("c",)))
@@ -468,12 +469,6 @@ def leader_snapshot(tmp_path: Path, n: int = 300) -> Snapshot:
     snap = st.snapshot()
     db.close()
     return snap
-
-
-def state_of(sm: KVStateMachine) -> bytes:
-    buf = io.BytesIO()
-    sm.snapshot_data(buf)
-    return buf.getvalue()
 
 
 def test_install_snapshot(tmp_path: Path) -> None:

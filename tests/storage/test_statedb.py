@@ -3,15 +3,12 @@ a data dir of format 1 (one database), written here by the previous release's ow
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import shutil
 import subprocess
 import sys
-import tarfile
 from collections.abc import Callable
-from io import BytesIO
 from pathlib import Path
 
 import plyvel
@@ -25,6 +22,8 @@ from raftd.storage import codec, statedb
 from raftd.storage.base import CorruptionError, StorageWriteError
 from raftd.storage.leveldb import LevelDB
 from raftd.wire.pb import kv_pb2 as pb
+
+from .helpers import export_release, state_of
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The last commit whose data dirs are of format 1.
@@ -66,28 +65,6 @@ def commands(ns: str) -> list[bytes]:
     return out
 
 
-def state_of(sm: KVStateMachine) -> bytes:
-    buf = io.BytesIO()
-    sm.snapshot_data(buf)
-    return buf.getvalue()
-
-
-def export_previous(dest: Path) -> Path:
-    git = shutil.which("git")
-    if git is None:
-        pytest.skip("git is not installed: cannot export the previous release")
-    p = subprocess.run(
-        [git, "-C", str(ROOT), "archive", "--format=tar", PREVIOUS, "raftd"],
-        capture_output=True,
-        timeout=60,
-    )
-    if p.returncode != 0:
-        pytest.skip(f"commit {PREVIOUS} is not in this clone: {p.stderr.decode()[-200:]}")
-    with tarfile.open(fileobj=BytesIO(p.stdout)) as tar:
-        tar.extractall(dest, filter="data")
-    return dest
-
-
 def run_previous(code: Path, script: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(code))
     return subprocess.run(
@@ -104,7 +81,7 @@ def run_previous(code: Path, script: str, *args: str) -> subprocess.CompletedPro
 def previous(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the previous release's code, a data dir of format 1 it wrote)."""
     base = tmp_path_factory.mktemp("previous")
-    code = export_previous(base / "code")
+    code = export_release(PREVIOUS, base / "code")
     cmds = base / "cmds.pickle"
     cmds.write_bytes(pickle.dumps({ns: commands(ns) for ns in NAMESPACES}))
     p = run_previous(code, _WRITE, str(base / "v1"), str(cmds))
