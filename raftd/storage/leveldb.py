@@ -88,7 +88,6 @@ from raftd.storage.codec import DecodeError
 from raftd.storage.snapshots import SnapshotStore, namespace_slug
 from raftd.storage.statedb import (
     StateDatabase,
-    flush_plyvel,
     format_record,
     make_batch,
     migrate,
@@ -284,11 +283,6 @@ class LevelDB:
             err = StorageWriteError(f"LevelDB write ({op}) failed", cause=e)
             self.mark_failed(err)
             raise err from e
-
-    def flush(self) -> None:
-        """Make every write made so far to the log's database durable, synced or not
-        (see :meth:`StateDatabase.flush`). Blocking: call it off the event loop."""
-        flush_plyvel(self, self._db)
 
     def get(self, key: bytes) -> bytes | None:
         return self.raw.get(key)  # type: ignore[no-any-return]

@@ -41,7 +41,6 @@ from raftd.storage.codec import DecodeError
 
 __all__ = [
     "StateDatabase",
-    "flush_plyvel",
     "format_record",
     "make_batch",
     "migrate",
@@ -152,7 +151,17 @@ class StateDatabase:
         flush writes the memtable to a table file and syncs it and the manifest, so
         nothing written before depends on a log file any more. Any failure fails the
         storage."""
-        flush_plyvel(self._owner, self._db)
+        owner = self._owner
+        owner.check_writable()
+        try:
+            owner.fault("write:flush")
+            # A range holding no key (every key starts with ROOT or GROUP): LevelDB
+            # flushes the memtable first, then finds nothing to compact.
+            self._db.compact_range(start=b"\xff", stop=b"\xff\x00")
+        except Exception as e:
+            err = StorageWriteError("LevelDB flush failed", cause=e)
+            owner.mark_failed(err)
+            raise err from e
 
     def close(self) -> None:
         self._db.close()
@@ -169,20 +178,6 @@ def make_batch(
     for k, v in puts:
         wb.put(k, v)
     return wb
-
-
-def flush_plyvel(owner: Owner, db: Any) -> None:
-    """:meth:`StateDatabase.flush` of the plyvel database ``db``."""
-    owner.check_writable()
-    try:
-        owner.fault("write:flush")
-        # A range holding no key (every key starts with ROOT or GROUP): LevelDB
-        # flushes the memtable first, then finds nothing to compact.
-        db.compact_range(start=b"\xff", stop=b"\xff\x00")
-    except Exception as e:
-        err = StorageWriteError("LevelDB flush failed", cause=e)
-        owner.mark_failed(err)
-        raise err from e
 
 
 def _data_prefixes(log: Any) -> list[bytes]:
