@@ -164,7 +164,8 @@ class LevelDB:
             if sversion not in (None, codec.STATE_FORMAT_VERSION):
                 raise StorageError(f"unsupported state storage format {sversion} at {spath}")
             if version == 1:
-                migrate(self._db, state)
+                data = [self.group_prefix(ns) + codec.KIND_DATA for ns in self.namespaces()]
+                migrate(self._db, state, data)
             elif version is None:
                 # A new data dir. A state database that holds more than its format
                 # record belongs to another log: applying this one on top would be wrong.

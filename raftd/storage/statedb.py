@@ -180,20 +180,6 @@ def make_batch(
     return wb
 
 
-def _data_prefixes(log: Any) -> list[bytes]:
-    """The key prefix of every registered group's state machine data."""
-    out = []
-    for k, v in log.iterator(prefix=codec.KEY_NS_PREFIX):
-        try:
-            gid = codec.read_u32(codec.unseal(k, v))
-        except DecodeError as e:
-            raise CorruptionError(
-                f"bad namespace registry record: {e}", namespace="*", key=k
-            ) from None
-        out.append(codec.group_prefix(gid) + codec.KIND_DATA)
-    return out
-
-
 def _chunks(it: Iterable[Any]) -> Iterable[list[Any]]:
     chunk: list[Any] = []
     for x in it:
@@ -205,35 +191,29 @@ def _chunks(it: Iterable[Any]) -> Iterable[list[Any]]:
         yield chunk
 
 
-def migrate(log: Any, state: StateDatabase) -> int:
-    """Move every state machine record of a format-1 log database ``log`` (plyvel) into
-    ``state``, and record format 2 in ``log``. Returns how many records it copied.
+def migrate(log: Any, state: StateDatabase, prefixes: list[bytes]) -> None:
+    """Move every state machine record of a format-1 log database ``log`` (plyvel), the
+    keys under ``prefixes`` (each registered group's prefix + ``"D"``), into ``state``,
+    and record format 2 in ``log``.
 
     Restartable after a crash at any point: the state database gets its format record
     only after the copy is durable (a flush), and a state database without one is
     cleared and filled again. The log database's records are deleted only then, and its
     format raised last."""
-    copied = 0
     sdb = state.raw
     if read_format(sdb, state.path) is None:
-        stale = sdb.iterator(include_value=False)
-        for chunk in _chunks(stale):
+        for chunk in _chunks(sdb.iterator(include_value=False)):
             state.write("migrate-clear", chunk, (), sync=False)
-        for prefix in _data_prefixes(log):
+        for prefix in prefixes:
             for chunk in _chunks(log.iterator(prefix=prefix)):
                 state.write("migrate-copy", (), chunk, sync=False)
-                copied += len(chunk)
         state.flush()
         state.write("format", (), [format_record(codec.STATE_FORMAT_VERSION)])
     try:
-        for prefix in _data_prefixes(log):
+        for prefix in prefixes:
             for chunk in _chunks(log.iterator(prefix=prefix, include_value=False)):
                 state.fault("write:migrate-delete")
-                wb = log.write_batch()
-                for k in chunk:
-                    wb.delete(k)
-                wb.write()
+                make_batch(log, chunk, (), sync=False).write()
         log.put(*format_record(codec.FORMAT_VERSION), sync=True)
     except (OSError, plyvel.Error) as e:
         raise StorageWriteError("LevelDB write (migrate-delete) failed", cause=e) from e
-    return copied
