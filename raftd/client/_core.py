@@ -177,6 +177,12 @@ class Connection:
         self._out = []
         return out[0] if len(out) == 1 else b"".join(out)
 
+    def unsent(self, data: bytes) -> None:
+        """Put back the tail of :meth:`data_to_send`'s buffer that could not be written:
+        it goes out first, before any frame queued since."""
+        if data:
+            self._out.insert(0, data)
+
     # -- receiving -------------------------------------------------------------------
     def receive_data(self, data: bytes) -> list[Pending]:
         """Feed bytes read from the socket (b"": the daemon closed it). Returns the

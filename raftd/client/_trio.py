@@ -3,6 +3,11 @@ is :class:`raftd.client._core.Connection`; a writer task sends what it queued (m
 requests in one write), a reader task feeds it and wakes the waiting tasks, and a timer
 task wakes a call whose answer has not come by its deadline.
 
+A call made while no other waits on the connection and the writer is idle writes its
+frame itself, at once: a caller that works one call at a time (the usual application)
+then costs the writer's scheduler round and task switch less, about a fifth of the
+client's CPU per call. Calls that come together still leave in one write by the writer.
+
 A call parks its task on a :class:`_Wake` and its deadline goes into the connection's
 heap. An event and a cancel scope per call would cost a third of the client's CPU per
 request under load, and the client shares the machine with its daemon. A call is still
@@ -23,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import math
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -100,6 +106,10 @@ class _AsyncConn:
         self.deadlines: list[tuple[float, int, Pending]] = []
         self._timer_at = math.inf  # when the timer wakes next (inf: when told)
         self._timer_wake = trio.Event()
+        # A caller may write only to a socket, and only while the writer waits for work
+        # (so their bytes never interleave).
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        self._writer_idle = False
 
     @property
     def closed(self) -> bool:
@@ -110,7 +120,10 @@ class _AsyncConn:
         the entry's ``waker``; an entry with neither ``response`` nor ``error`` then
         timed out."""
         p = self.core.request(req, _Wake())
-        self.wake.set()
+        if self._writer_idle and self._fd >= 0 and len(self.core.pending) == 1:
+            self._write_now()
+        else:
+            self.wake.set()
         at = trio.current_time() + wait
         heap, pending = self.deadlines, self.core.pending
         while heap and (heap[0][2].done or heap[0][1] not in pending):
@@ -120,6 +133,19 @@ class _AsyncConn:
             self._timer_at = at
             self._timer_wake.set()
         return p
+
+    def _write_now(self) -> None:
+        """Write the queued frames from the calling task. What the socket does not take
+        at once (a full buffer, or an error, which the writer's own send then meets and
+        reports) is left to the writer, ahead of anything queued later."""
+        data = self.core.data_to_send()
+        try:
+            n = os.write(self._fd, data)
+        except OSError:
+            n = 0
+        if n < len(data):
+            self.core.unsent(data[n:])
+            self.wake.set()
 
     def stream_request(self, req: apb.Request, limit: int | None) -> Pending:
         p = self.core.stream(req, None, limit=limit)
@@ -157,7 +183,11 @@ class _AsyncConn:
         while True:
             while not core.has_output:
                 self.wake = trio.Event()
-                await self.wake.wait()
+                self._writer_idle = True
+                try:
+                    await self.wake.wait()
+                finally:
+                    self._writer_idle = False
                 if core.closed:
                     return
             await self.stream.send_all(core.data_to_send())

@@ -335,3 +335,17 @@ def test_operations_build_the_same_requests_as_the_protocol_helpers() -> None:
     assert P.is_write(put.request) and not P.is_write(O.get("k").request)
     with pytest.raises(ValueError):
         O.cas("k", "v")  # needs one condition
+
+
+def test_unsent_bytes_go_out_before_frames_queued_since() -> None:
+    conn = Connection(MAX)
+    conn.request(put_req("a"))
+    data = conn.data_to_send()
+    conn.request(put_req("b"))
+    conn.unsent(data[5:])
+    conn.unsent(b"")
+    out = conn.data_to_send()
+    assert out.startswith(data[5:])
+    frames = FrameDecoder(MAX).feed(data[:5] + out)
+    assert [apb.Request.FromString(f).put.key for f in frames] == [b"a", b"b"]
+    assert not conn.has_output
