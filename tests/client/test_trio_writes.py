@@ -68,14 +68,15 @@ async def test_a_lone_call_is_on_the_socket_before_the_caller_yields() -> None:
         async with trio.open_nursery() as n:
             n.start_soon(conn.run)
             await trio.testing.wait_all_tasks_blocked()  # the writer waits for work
-            p = conn.call(put_req("alone"), 5.0)
-            # No checkpoint since call(): the writer task cannot have run.
-            (req,) = read_now(raw)
-            assert req.put.key == b"alone" and req.id == p.id
-            raw.sendall(answer(req))
-            await p.waker.wait()
-            assert p.response is not None
-            assert p.response.revision == p.id
+            for key in (b"alone", b"again"):  # one call after another
+                p = conn.call(put_req(key.decode()), 5.0)
+                # No checkpoint since call(): the writer task cannot have run.
+                (req,) = read_now(raw)
+                assert req.put.key == key and req.id == p.id
+                raw.sendall(answer(req))
+                await p.waker.wait()
+                assert p.response is not None
+                assert p.response.revision == p.id
             n.cancel_scope.cancel()
 
 
@@ -145,3 +146,36 @@ async def test_a_call_made_while_the_writer_sends_waits_its_turn() -> None:
             assert second.response is not None
             n.cancel_scope.cancel()
     assert [(r.put.key, len(r.put.value)) for r in seen] == [(b"big", len(big)), (b"after", 1)]
+
+
+async def test_callers_answered_together_call_again_through_the_writer() -> None:
+    conn, peer, raw = pair()
+    wrote_at_once: list[bool] = []
+    seen: list[apb.Request] = []
+
+    async def caller(i: int) -> None:
+        p = conn.call(put_req(f"a{i}"), 5.0)
+        await p.waker.wait()
+        again = conn.call(put_req(f"b{i}"), 5.0)
+        # Written by this caller at once, or left to the writer?
+        try:
+            wrote_at_once.append(bool(raw.recv(1, socket.MSG_PEEK)))
+        except BlockingIOError:
+            wrote_at_once.append(False)
+        await again.waker.wait()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            n.start_soon(conn.run)
+            async with trio.open_nursery() as callers:
+                for i in range(4):
+                    callers.start_soon(caller, i)
+                await trio.testing.wait_all_tasks_blocked()
+                first = read_now(raw)
+                assert sorted(r.put.key for r in first) == [b"a0", b"a1", b"a2", b"a3"]
+                raw.sendall(b"".join(answer(r) for r in first))  # one read answers all four
+                await trio.testing.wait_all_tasks_blocked()
+                n.start_soon(serve, peer, seen)
+            n.cancel_scope.cancel()
+    assert wrote_at_once == [False] * 4
+    assert sorted(r.put.key for r in seen) == [b"b0", b"b1", b"b2", b"b3"]
