@@ -56,8 +56,8 @@ from raftd.api.service import (
     InlineWrite,
     NamespaceService,
 )
+from raftd.netio.sockio import SocketIO
 from raftd.transport.fastlock import take_all
-from raftd.transport.sockio import SocketIO
 from raftd.wire.framing import FrameDecoder, FrameError, FrameTooLarge, encode_frame
 from raftd.wire.pb import api_pb2 as apb
 

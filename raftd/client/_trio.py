@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import math
-import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -47,6 +46,7 @@ from raftd.client._watch import (
     resume_failed,
     watch_range,
 )
+from raftd.netio.sockio import SocketIO
 from raftd.wire.pb import api_pb2 as apb
 
 __all__ = ["AsyncClient", "AsyncWatch", "open_client"]
@@ -110,6 +110,7 @@ class _AsyncConn:
 
     def __init__(self, stream: trio.abc.Stream, max_frame_size: int) -> None:
         self.stream = stream
+        self.io = SocketIO(stream)
         self.core = Connection(max_frame_size)
         self.wake = trio.Event()  # the writer's: frames are queued
         self.done = trio.Event()
@@ -120,9 +121,8 @@ class _AsyncConn:
         self.deadlines: list[tuple[float, int, Pending]] = []
         self._timer_at = math.inf  # when the timer wakes next (inf: when told)
         self._timer_wake = trio.Event()
-        # A caller may write only to a socket, and only while the writer waits for work
-        # (so their bytes never interleave).
-        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        # A caller may write only while the writer waits for work (so their bytes never
+        # interleave).
         self._writer_idle = False
         # Callers woken together (one read answered them all) call again together: the
         # writer sends their frames in one write.
@@ -137,12 +137,7 @@ class _AsyncConn:
         the entry's ``waker``; an entry with neither ``response`` nor ``error`` then
         timed out."""
         p = self.core.request(req, _Wake(self._waking))
-        if (
-            self._writer_idle
-            and self._fd >= 0
-            and not self._waking.count
-            and len(self.core.pending) == 1
-        ):
+        if self._writer_idle and not self._waking.count and len(self.core.pending) == 1:
             self._write_now()
         else:
             self.wake.set()
@@ -158,12 +153,13 @@ class _AsyncConn:
 
     def _write_now(self) -> None:
         """Write the queued frames from the calling task. What the socket does not take
-        at once (a full buffer, or an error, which the writer's own send then meets and
-        reports) is left to the writer, ahead of anything queued later."""
+        at once (a full buffer, a stream without a socket of its own, or an error, which
+        the writer's own send then meets and reports) is left to the writer, ahead of
+        anything queued later."""
         data = self.core.data_to_send()
         try:
-            n = os.write(self._fd, data)
-        except OSError:
+            n = self.io.send_nowait(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             n = 0
         if n < len(data):
             self.core.unsent(data[n:])
@@ -212,13 +208,13 @@ class _AsyncConn:
                     self._writer_idle = False
                 if core.closed:
                     return
-            await self.stream.send_all(core.data_to_send())
+            await self.io.send_all(core.data_to_send())
 
     async def _reader(self) -> None:
         core = self.core
         while not core.closed:
             try:
-                data = await self.stream.receive_some(65536)
+                data = await self.io.receive_some(65536)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self._fail(f"connection failed: {exc!r}")
                 return

@@ -47,7 +47,7 @@ from raftd.etcd.errors import EtcdError
 from raftd.etcd.hpackdec import HeaderBlockError, HeaderDecoder
 from raftd.etcd.service import EtcdService
 from raftd.etcd.status import StatusCode
-from raftd.transport.sockio import SocketIO
+from raftd.netio.sockio import SocketIO
 from raftd.wire.pb.etcd import rpc_pb2 as epb
 
 if TYPE_CHECKING:

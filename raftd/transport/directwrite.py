@@ -43,8 +43,8 @@ from libp2p.security.noise.io import (
 from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
+from raftd.netio.sockio import SocketIO
 from raftd.transport.directread import noise_over_tcp
-from raftd.transport.sockio import SocketIO
 from raftd.transport.tcpread import io_of
 
 __all__ = ["DirectWriter", "direct_writer", "finish_within", "write_within"]

@@ -6,7 +6,7 @@ one a syscall and often a scheduler round. :func:`install` replaces
 ``libp2p.io.trio.TrioTCPStream.read`` with a version that receives up to 64 KiB at a
 time and serves later reads from that buffer: a batch of frames that arrived together
 costs one ``recv``, and a read that emptied the socket waits for the next bytes before
-it calls ``recv`` again (:class:`~raftd.transport.sockio.SocketIO`). The byte stream
+it calls ``recv`` again (:class:`~raftd.netio.sockio.SocketIO`). The byte stream
 every layer above sees is unchanged (same bytes, same order; a read returns at most
 ``n`` bytes and at least one, or ``b""`` at the end), and so are the errors. It applies
 to every TCP connection of the process. Writes go to the socket at once
@@ -30,8 +30,8 @@ import trio
 from libp2p.io.exceptions import ConnectionClosedError
 from libp2p.io.trio import TrioTCPStream
 
+from raftd.netio.sockio import SocketIO
 from raftd.transport.fastlock import take
-from raftd.transport.sockio import SocketIO
 
 __all__ = ["CHUNK", "buffered", "fill", "install", "installed", "io_of", "last_received"]
 

@@ -19,10 +19,10 @@ from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.secure_session import SecureSession
 
+from raftd.netio.sockio import SocketIO
 from raftd.transport import directread
 from raftd.transport.directread import NoiseReader, noise_reader
 from raftd.transport.host import load_or_create_identity, open_host
-from raftd.transport.sockio import SocketIO
 
 PROTO = TProtocol("/raftd-test/directread/1")
 

@@ -15,9 +15,9 @@ import pytest
 import trio
 import trio.testing
 
+from raftd.netio.sockio import SocketIO
 from raftd.transport.directwrite import DirectWriter
 from raftd.transport.libp2p import Libp2pTransportConfig
-from raftd.transport.sockio import SocketIO
 
 from .helpers import Node, app, introduce, libp2p_node, wait_until
 

@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from raftd.transport.sockio import CHECKPOINT_EVERY, SocketIO
+from raftd.netio.sockio import CHECKPOINT_EVERY, SocketIO
 
 
 def _pair() -> tuple[trio.SocketStream, trio.SocketStream]:

@@ -1,10 +1,11 @@
-"""Reads and writes on a client's socket with one system call each in the usual case.
+"""Reads and writes on a socket with one system call each in the usual case.
 
 trio's ``SocketStream.receive_some`` first tries a ``recv`` that, on a connection whose
-requests arrive one by one, fails with ``EAGAIN`` (an exception in Python), then waits
+messages arrive one by one, fails with ``EAGAIN`` (an exception in Python), then waits
 for readability and tries again; its ``send_all`` ends with an extra trip through the
-scheduler. On the request path of a busy daemon that is a measurable share of a small
-request's cost. :class:`SocketIO` reads and writes the socket's file descriptor itself:
+scheduler. On the request path of a busy daemon, and in a client that waits for each
+answer, that is a measurable share of a small request's cost. :class:`SocketIO` reads
+and writes the socket's file descriptor itself:
 
 - :meth:`SocketIO.receive_some` waits for readability first when the previous read
   emptied the socket (it returned less than asked), so the doomed ``recv`` is skipped;
