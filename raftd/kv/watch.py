@@ -33,6 +33,9 @@ DEFAULT_MAX_EVENTS = 50_000
 DEFAULT_MAX_BYTES = 32 << 20
 #: Dropped events kept in the list before it is compacted, at least.
 _COMPACT_MIN = 1024
+#: ... and at least this fraction (1/_COMPACT_SHARE) of the list. Each dropped event
+#: held is memory that counts against the daemon (about 250-350 bytes at 100-byte values).
+_COMPACT_SHARE = 32
 #: What a held event costs beside its packed bytes (object header, list and array slots).
 _OVERHEAD = 56
 
@@ -281,9 +284,10 @@ class EventHistory:
                 self._head += 1
             self.floor = dropped_rev + 1
         # Dropped events stay referenced by the list until it is compacted: compact once
-        # they are an eighth of it, so the list holds at most ~8/7 of the bound (moving
-        # the pointers costs about eight per event appended, amortized).
-        if self._head >= _COMPACT_MIN and self._head * 8 >= len(blobs):
+        # they are 1/_COMPACT_SHARE of it, so the list holds at most that much more than
+        # the bound (moving the pointers costs _COMPACT_SHARE pointer moves per event
+        # appended, amortized: a memmove, a few ns).
+        if self._head >= _COMPACT_MIN and self._head * _COMPACT_SHARE >= len(blobs):
             del blobs[: self._head]
             del revs[: self._head]
             self._head = 0

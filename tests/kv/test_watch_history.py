@@ -8,7 +8,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from raftd.kv.backend import KeyRecord
-from raftd.kv.watch import DELETE, PUT, EventHistory, KeyEvent, pack_event, pack_put
+from raftd.kv.watch import (
+    _COMPACT_MIN,
+    _COMPACT_SHARE,
+    DELETE,
+    PUT,
+    EventHistory,
+    KeyEvent,
+    pack_event,
+    pack_put,
+)
 
 
 def _ev(rev: int) -> KeyEvent:
@@ -32,9 +41,23 @@ def test_dropped_events_are_released_and_reads_stay_exact() -> None:
             # A key range reads the same events as a filter of the whole window.
             evs_k1, _ = h.read(h.floor, b"k1", b"k2", limit=10 * bound)
             assert evs_k1 == [e for e in evs if e.key == b"k1"]
-    # The list never holds much more than the window: an eighth over it at most (or
-    # the fixed minimum of dropped events before a compaction).
-    assert held_max <= bound + max(1024, bound // 7) + 1, held_max
+    # The list never holds much more than the window (see the next test).
+    assert held_max <= bound + max(_COMPACT_MIN, bound // (_COMPACT_SHARE - 1)) + 1, held_max
+
+
+def test_a_large_window_holds_a_small_share_of_dropped_events() -> None:
+    # Where the share, not the fixed minimum, decides when the list is compacted.
+    bound = 64_000
+    assert bound // (_COMPACT_SHARE - 1) > _COMPACT_MIN
+    h = EventHistory(0, max_events=bound)
+    held_max = 0
+    for rev in range(1, 3 * bound + 1):
+        h.append_packed([rev], [b"e%d" % rev])
+        held_max = max(held_max, len(h._blobs))
+    assert held_max <= bound + bound // (_COMPACT_SHARE - 1) + 1, held_max
+    assert held_max <= bound * 1.04
+    assert len(h) == bound and h.floor == 2 * bound + 1
+    assert h._revs[h._head] == h.floor and h._revs[-1] == 3 * bound
 
 
 def test_event_keeps_what_it_was_given() -> None:
