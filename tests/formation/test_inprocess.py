@@ -100,9 +100,11 @@ async def test_daemons_form_one_cluster_through_bootstrap_entries(tmp_path: Path
             stats = formation(d).metrics()[NS]
             assert stats["conflict"] == 0
         assert sum(formation(d).metrics()[NS]["bootstraps"] for d in ds) == 1
-        # The status file mirrors the in-process status.
-        doc = (ds[0].cfg.data_dir / "status.json").read_text()
-        assert str(cid) in doc
+        # The status file mirrors the in-process status (it is rewritten at most ten
+        # times a second, so it may still show the state from before the formation).
+        status = ds[0].cfg.data_dir / "status.json"
+        with trio.fail_after(10):
+            await wait(lambda: str(cid) in status.read_text(), "the status file")
 
 
 async def test_voter_cap_makes_the_rest_learners(tmp_path: Path) -> None:
