@@ -18,7 +18,6 @@ from tests.storage.helpers import export_release
 
 from .writers import Writers
 
-ROOT = Path(__file__).resolve().parents[2]
 PREVIOUS = "cf28ceb"
 pytestmark = pytest.mark.slow
 
