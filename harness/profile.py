@@ -109,7 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--endpoints", choices=["all", "leader"], default="all")
     ap.add_argument("--out", type=Path, help="keep the raw stacks here")
-    ap.add_argument("--gil", action="store_true", help="only samples of the thread holding the GIL")
+    ap.add_argument(
+        "--gil",
+        action="store_true",
+        help="only samples py-spy attributes to the GIL's holder (at 64 in flight it also "
+        "counts the writer thread in its queue wait and LevelDB write, both of which "
+        "release the GIL: read CPU from /proc)",
+    )
     ap.add_argument(
         "--via",
         choices=["native", "etcd"],
