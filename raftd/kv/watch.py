@@ -6,7 +6,7 @@ the history answers from memory, so a watcher that reconnects can resume from th
 revision it saw, as long as that revision is still held.
 
 Bounds: at most ``max_events`` events and about ``max_bytes`` bytes of memory (keys,
-values, previous values and a fixed cost per event; defaults 50,000 events / 32 MiB).
+values, previous values and a fixed cost per event; defaults 35,000 events / 32 MiB).
 The oldest *whole revisions* are dropped first, and :attr:`EventHistory.floor` is the
 oldest revision still complete: a watch from an older revision must be refused
 ("compacted") and the client must re-read and watch again.
@@ -29,7 +29,10 @@ __all__ = ["DELETE", "PUT", "EventHistory", "KeyEvent", "pack_event", "pack_put"
 PUT = 0
 DELETE = 1
 
-DEFAULT_MAX_EVENTS = 50_000
+#: The window's default length. Its memory at 100-byte values (about 8.5 MB of new
+#: keys, 13 MB of overwrites) counts against the daemon's memory per key, and shares
+#: that budget with the applier's record cache (:data:`raftd.kv.cache.DEFAULT_MAX_BYTES`).
+DEFAULT_MAX_EVENTS = 35_000
 DEFAULT_MAX_BYTES = 32 << 20
 #: Dropped events kept in the list before it is compacted, at least.
 _COMPACT_MIN = 1024
