@@ -50,9 +50,9 @@ MISS: Final = Miss()
 #: then applied without reading LevelDB, which at 64 puts in flight took 5-7% of the
 #: daemons' CPU per put (a get, a checksum and a decode per put on every replica, for
 #: the 62% of puts a cache of 3,800 keys missed). Each namespace has its own cache, and
-#: the daemon's memory per key matters more than the hit rate on a large key space: the
-#: watch history's default window (:data:`raftd.kv.watch.DEFAULT_MAX_EVENTS`) was cut to
-#: pay for this one.
+#: the daemon's memory per key matters more than the hit rate on a large key space: this
+#: bound and the watch history's default window (:data:`raftd.kv.watch.DEFAULT_MAX_EVENTS`)
+#: share one budget.
 DEFAULT_MAX_BYTES = 17 << 18
 #: Client sessions held (each is a seq and one serialized result).
 DEFAULT_MAX_SESSIONS = 4096
