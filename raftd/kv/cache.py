@@ -46,13 +46,12 @@ class Miss:
 MISS: Final = Miss()
 
 #: Key records held, by the estimate of :func:`_cost`: about 10,700 keys of 16 bytes with
-#: 100-byte values (about 4.5 MB of Python objects). A working set of 10,000 keys is
-#: then applied without reading LevelDB, which at 64 puts in flight took 5-7% of the
-#: daemons' CPU per put (a get, a checksum and a decode per put on every replica, for
-#: the 62% of puts a cache of 3,800 keys missed). Each namespace has its own cache, and
-#: the daemon's memory per key matters more than the hit rate on a large key space: this
-#: bound and the watch history's default window (:data:`raftd.kv.watch.DEFAULT_MAX_EVENTS`)
-#: share one budget.
+#: 100-byte values (about 4.5 MB of Python objects), so a working set of 10,000 keys is
+#: applied without reading LevelDB: a miss is a get, a checksum and a decode on every
+#: replica, 5-7% of the daemons' CPU per put at 64 in flight when most puts miss. Each
+#: namespace has its own cache, and the daemon's memory per key matters more than the
+#: hit rate on a large key space: this bound and the watch history's default window
+#: (:data:`raftd.kv.watch.DEFAULT_MAX_EVENTS`) share one budget.
 DEFAULT_MAX_BYTES = 17 << 18
 #: Client sessions held (each is a seq and one serialized result).
 DEFAULT_MAX_SESSIONS = 4096
